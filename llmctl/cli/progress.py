@@ -1,0 +1,76 @@
+"""Load progress for `llmctl switch`: one redrawn line with a bar on a terminal, plain lines
+(one per phase, and every 10%) when the output is a file or a pipe."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TextIO
+
+BAR = 24
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+class Progress:
+    def __init__(self, out: TextIO, quiet: bool = False):
+        self.out = out
+        self.quiet = quiet
+        self.tty = out.isatty()
+        self.started = time.monotonic()
+        self.model = ""
+        self.last_plain: tuple[str, int] | None = None
+        self.frame = 0
+        self.drawn = False
+
+    def update(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        name = event.get("event")
+        self.model = event.get("model") or self.model
+        if name == "resolved":
+            query = event.get("query")
+            if query and query != self.model:
+                self._line(f"{query!r} → {self.model}")
+        elif name == "stopping":
+            self._status(f"stopping {event.get('model')}")
+        elif name == "starting":
+            self._status(f"starting {self.model}")
+        elif name == "progress":
+            self._progress(event.get("phase") or "loading", event.get("percent"))
+
+    def _progress(self, phase: str, percent: float | None) -> None:
+        if self.tty:
+            if percent is None:
+                bar = ""
+            else:
+                filled = int(BAR * percent / 100)
+                bar = f" [{'█' * filled}{'·' * (BAR - filled)}] {percent:5.1f}%"
+            self._status(f"{phase} {self.model}{bar}")
+            return
+        bucket = -1 if percent is None else int(percent // 10) * 10
+        if (phase, bucket) != self.last_plain:
+            self.last_plain = (phase, bucket)
+            suffix = "" if percent is None else f" {bucket}%"
+            self._line(f"{phase} {self.model}{suffix}")
+
+    def _status(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        if not self.tty:
+            self._line(text)
+            return
+        self.frame = (self.frame + 1) % len(SPINNER)
+        self.out.write(f"\r\x1b[2K{SPINNER[self.frame]} {text}  {elapsed:4.1f}s")
+        self.out.flush()
+        self.drawn = True
+
+    def _line(self, text: str) -> None:
+        if self.drawn:
+            self.out.write("\r\x1b[2K")
+            self.drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+            self.drawn = False

@@ -1,0 +1,116 @@
+"""Human-readable text for the CLI's read commands (the --json forms print the API as is)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+def params(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def render_status(status: dict[str, Any], url: str) -> str:
+    d, b = status["daemon"], status["backend"]
+    workers = d.get("workers") or {}
+    restarts = sum(int(w.get("restarts") or 0) for w in workers.values())
+    lines = [f"llmctld {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  {url}"
+             + (f"  ({restarts} worker restarts)" if restarts else "")]
+    state = b["state"]
+    if state == "ready":
+        lines.append(f"model    {b['model']}  ready  (llama-server pid {b['pid']}, port "
+                     f"{b['port']}, loaded in {duration(b['load_seconds'])}, up "
+                     f"{duration(b.get('uptime_s'))})")
+    elif state == "starting":
+        progress = b.get("progress") or {}
+        pct = progress.get("percent")
+        since = time.time() - b["started_at"] if b.get("started_at") else None
+        lines.append(f"model    {b['model']}  loading  ({progress.get('phase', 'loading')}"
+                     f"{'' if pct is None else f' {pct:.0f}%'}, {duration(since)} so far)")
+    elif state == "failed":
+        lines.append(f"model    {b['model'] or '-'}  FAILED: {b['error']}")
+        for line in b.get("log_tail") or []:
+            lines.append(f"  | {line}")
+    else:
+        lines.append(f"model    none ({state}) — load one with `llmctl switch <model>`")
+    lines.append(f"requests {status['in_flight']} in flight, {status.get('requests_total', 0)}"
+                 f" served by this proxy worker")
+    lines.append(f"default  {status['default_model'] or '-'}")
+    if status.get("config_error"):
+        lines.append(f"config   ERROR: {status['config_error']}")
+    return "\n".join(lines)
+
+
+def render_models(data: dict[str, Any]) -> str:
+    models = data["models"]
+    if not models:
+        return (f"no models found in {data.get('models_dir')}.\n"
+                "Add one: mkdir -p <dir>/<name>, put the .gguf there with a config.yaml:\n"
+                "  id: my-model\n  name: My Model\n  model_file: my-model.Q4_K_M.gguf\n"
+                "then run `llmctl reload` (see the README, 'Adding a model').")
+    rows = [("", "ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX")]
+    problems = []
+    for m in models:
+        gguf = m.get("gguf") or {}
+        mark = ("*" if m["active"] else " ") + ("d" if m["default"] else " ")
+        if not m["available"]:
+            mark = " !"
+            problems.append(f"  ! {m['id']}: {m['error']}")
+        rows.append((mark, m["id"], m["name"], size(m.get("size_bytes")),
+                     params(gguf.get("parameters")), gguf.get("quantization") or "-",
+                     str(gguf.get("context_length") or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out.append("(* active, d default, ! unavailable)")
+    return "\n".join(out + problems)
+
+
+def render_inspect(data: dict[str, Any]) -> str:
+    import yaml
+
+    lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file')}",
+             f"size     {size(data.get('size_bytes'))}",
+             f"config   {data.get('config_file')}"]
+    if data.get("gguf"):
+        g = data["gguf"]
+        lines.append(f"gguf     {g.get('architecture')}, {params(g.get('parameters'))} params, "
+                     f"{g.get('quantization', '?')}, trained context {g.get('context_length')}"
+                     f", {g.get('block_count', '?')} layers")
+    if data.get("gguf_error"):
+        lines.append(f"gguf     cannot read header: {data['gguf_error']}")
+    if not data["available"]:
+        lines.append(f"ERROR    {data['error']}")
+    if data.get("config"):
+        lines.append("merged configuration:")
+        dumped = yaml.safe_dump(data["config"], sort_keys=False, default_flow_style=False)
+        lines.extend("  " + ln for ln in dumped.rstrip().splitlines())
+    return "\n".join(lines)

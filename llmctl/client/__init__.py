@@ -1,0 +1,1 @@
+"""Client side of llmctld's control API (shared by the CLI and scripts)."""

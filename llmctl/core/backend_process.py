@@ -1,0 +1,166 @@
+"""One llama-server process: spawned by us, or adopted from a previous worker or daemon.
+
+The process runs in its own session (so a Ctrl-C in llmctld's terminal never reaches it, and
+it outlives a crashed worker until someone adopts or cleans it up) and writes straight to its
+log file (no pipe that could break when a worker dies).
+
+Identity is pid + create time + cmdline: a pid alone could have been reused by now.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+OWNER_ENV = "LLMCTL_BACKEND_OF"  # marks our children: value is the runtime dir
+
+
+class BackendProcess:
+    def __init__(self, pid: int, create_time: float, cmdline: list[str],
+                 popen: subprocess.Popen[bytes] | None = None):
+        self.pid = pid
+        self.create_time = create_time
+        self.cmdline = cmdline
+        self._popen = popen
+        self._exit_code: int | None = None
+        self._gone = False
+
+    # --- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def spawn(cls, argv: list[str], log_path: Path, env: dict[str, str]) -> BackendProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab", buffering=0) as log:
+            os.fchmod(log.fileno(), 0o600)
+            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     env=env, start_new_session=True, close_fds=True)
+        try:
+            create_time = psutil.Process(popen.pid).create_time()
+        except psutil.Error:
+            create_time = 0.0  # already gone; exit_status() will say so
+        return cls(popen.pid, create_time, list(argv), popen)
+
+    @classmethod
+    def adopt(cls, record: dict[str, Any]) -> BackendProcess | None:
+        """The process a state.json record names, if it is still that very process."""
+        pid, created, cmdline = record.get("pid"), record.get("create_time"), record.get("cmdline")
+        if not isinstance(pid, int) or not isinstance(created, int | float) or not cmdline:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) > 0.01 or proc.cmdline() != cmdline:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.Error:
+            return None
+        return cls(pid, created, list(cmdline))
+
+    # --- watching ---------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        return {"pid": self.pid, "create_time": self.create_time, "cmdline": self.cmdline}
+
+    def exit_status(self) -> int | None:
+        """None while running; the exit code (negative: killed by that signal) once it ended;
+        for an adopted process whose status we cannot collect, -255."""
+        if self._gone:
+            return self._exit_code
+        if self._popen is not None:
+            code = self._popen.poll()
+            if code is None:
+                return None
+            self._gone, self._exit_code = True, code
+            return code
+        try:
+            proc = psutil.Process(self.pid)
+            alive = (abs(proc.create_time() - self.create_time) < 0.01
+                     and proc.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            alive = False
+        if alive:
+            return None
+        self._gone, self._exit_code = True, -255
+        return self._exit_code
+
+    def read_chars(self) -> int | None:
+        try:
+            return psutil.Process(self.pid).io_counters().read_chars
+        except (psutil.Error, AttributeError):
+            return None
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def terminate(self, grace: float, kill_wait: float = 5.0) -> int | None:
+        """SIGTERM to the process group, wait `grace`, then SIGKILL and wait. Returns the exit
+        status (None only if even SIGKILL did not end it within kill_wait)."""
+        if self.exit_status() is not None:
+            return self._exit_code
+        self._signal(signal.SIGTERM)
+        if self._wait(grace) is not None:
+            return self._exit_code
+        self._signal(signal.SIGKILL)
+        return self._wait(kill_wait)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if os.getpgid(self.pid) == self.pid:  # its own group, as we started it
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            if self.exit_status() is not None:
+                return self._exit_code
+            time.sleep(delay)  # polling a process we do not own has no blocking alternative
+            delay = min(delay * 2, 0.05)
+        return self.exit_status()
+
+
+def health(host: str, port: int, timeout: float = 1.0) -> int | None:
+    """HTTP status of GET /health, or None when nothing answers."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host.strip("[]"), port)) == 0
+
+
+def find_owned_orphans(runtime: Path, exclude: set[int]) -> list[psutil.Process]:
+    """llama-servers that an llmctld using this runtime dir started and lost track of (found by
+    the marker we put in their environment, so a user's own llama-server is never touched)."""
+    found = []
+    uid = os.getuid()
+    for proc in psutil.process_iter(["pid", "uids"]):
+        if proc.info["pid"] in exclude or proc.info["uids"] is None or \
+                proc.info["uids"].real != uid:
+            continue
+        try:
+            if proc.environ().get(OWNER_ENV) == str(runtime):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

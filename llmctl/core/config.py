@@ -1,0 +1,382 @@
+"""Configuration: built-in defaults, the global YAML file, and per-model YAML files.
+
+Precedence, lowest first: DEFAULTS -> $LLMCTL_HOME/config/default.yaml -> a model's config.yaml
+(mappings are merged key by key; lists and scalars replace). Every file is validated against
+SCHEMA, and every error names the file, the line and the dotted key, so a user can jump to it.
+
+This module only reads and validates; discovery.py decides which files to read.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+DEFAULTS: dict[str, Any] = {
+    "server": {
+        "host": "127.0.0.1",
+        "port": 11435,
+        "binary": "llama-server",
+        "readyTimeoutMs": 600_000,
+        "stopTimeoutMs": 10_000,
+    },
+    "daemon": {
+        "host": "127.0.0.1",
+        "port": 16384,
+        "default_model": None,
+        "load_default_on_startup": False,
+        "allowed_origins": [],
+        "allow_remote": False,
+        "log_max_bytes": 20 * 1024 * 1024,
+    },
+    "llama": {
+        "flash_attn": "auto",
+        "gpu_layers": 999,
+        "mmap": False,
+        "ctx_size": 0,
+        "cache_type_k": "q8_0",
+        "cache_type_v": "q8_0",
+        "parallel": 1,
+        "metrics": True,
+        "slots": True,
+        "reasoning_format": "deepseek",
+        "extra_args": [],
+    },
+    "pi": {
+        "model": {
+            "reasoning": False,
+            "input": ["text"],
+            "contextWindow": 131072,
+            "maxTokens": 8192,
+        },
+        "provider_compat": {
+            "supportsDeveloperRole": False,
+            "supportsStore": False,
+            "maxTokensField": "max_tokens",
+        },
+    },
+}
+
+
+class ConfigError(Exception):
+    """A problem in one configuration file, located as precisely as we can."""
+
+    def __init__(self, file: Path | str, line: int | None, key: str | None, message: str):
+        self.file = str(file)
+        self.line = line
+        self.key = key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+# --- validators -------------------------------------------------------------------------------
+
+Check = Callable[[Any], str | None]  # returns an error message or None
+
+
+def _int(lo: int | None = None, hi: int | None = None) -> Check:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"expected an integer, got {v!r}"
+        if lo is not None and v < lo:
+            return f"must be at least {lo}, got {v}"
+        if hi is not None and v > hi:
+            return f"must be at most {hi}, got {v}"
+        return None
+
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+
+
+def _str(v: Any) -> str | None:
+    return None if isinstance(v, str) and v != "" else f"expected a non-empty string, got {v!r}"
+
+
+def _optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def _str_list(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, str | int | float) for x in v):
+        return f"expected a list of strings, got {v!r}"
+    return None
+
+
+def _choice(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"expected one of {', '.join(choices)}, got {v!r}"
+
+
+def _flash_attn(v: Any) -> str | None:
+    # YAML 1.1 reads a bare `on`/`off` as a boolean; accept both spellings.
+    return None if isinstance(v, bool) or v in ("on", "off", "auto") else (
+        f"expected on, off or auto, got {v!r}"
+    )
+
+
+def _loopback_host(v: Any) -> str | None:
+    if (err := _str(v)) is not None:
+        return err
+    return None if is_loopback(v) else (
+        f"llama-server must listen on a loopback address (127.0.0.1, ::1 or localhost), not {v!r}"
+    )
+
+
+def _model_inputs(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not set(v) <= {"text", "image"}:
+        return f"expected a list drawn from [text, image], got {v!r}"
+    return None
+
+
+def _scalar_map(v: Any) -> str | None:
+    if not isinstance(v, dict) or not all(
+        isinstance(x, str | int | float | bool) for x in v.values()
+    ):
+        return f"expected a mapping of names to plain values, got {v!r}"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# The schema mirrors DEFAULTS. A dict is a section (unknown keys are errors); a callable checks a
+# value. FREE marks a mapping whose keys are the user's (checked as a whole).
+SECTIONS: dict[str, Any] = {
+    "server": {
+        "host": _loopback_host,
+        "port": _int(1, 65535),
+        "binary": _str,
+        "readyTimeoutMs": _int(1000),
+        "stopTimeoutMs": _int(100, 600_000),
+    },
+    "daemon": {
+        "host": _str,
+        "port": _int(1, 65535),
+        "default_model": _optional(_str),
+        "load_default_on_startup": _bool,
+        "allowed_origins": _str_list,
+        "allow_remote": _bool,
+        "log_max_bytes": _int(64 * 1024),
+    },
+    "llama": {
+        "flash_attn": _flash_attn,
+        "gpu_layers": _int(-1),
+        "mmap": _bool,
+        "ctx_size": _int(0),
+        "cache_type_k": _str,
+        "cache_type_v": _str,
+        "parallel": _int(1, 256),
+        "metrics": _bool,
+        "slots": _bool,
+        "reasoning_format": _str,
+        "extra_args": _str_list,
+    },
+    "pi": {
+        "model": {
+            "name": _str,
+            "reasoning": _bool,
+            "input": _model_inputs,
+            "contextWindow": _int(1),
+            "maxTokens": _int(1),
+        },
+        "provider_compat": _scalar_map,
+    },
+}
+
+GLOBAL_SCHEMA: dict[str, Any] = SECTIONS
+MODEL_SCHEMA: dict[str, Any] = {
+    "id": _str,
+    "name": _str,
+    "model_file": _str,
+    "description": _str,
+    "llama": SECTIONS["llama"],
+    "pi": SECTIONS["pi"],
+}
+MODEL_REQUIRED = ("id", "model_file")
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedYaml:
+    data: dict[str, Any]
+    lines: dict[str, int]  # dotted key -> 1-based line
+    file: Path
+
+    def line_of(self, key: str) -> int | None:
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key.rpartition(".")[0]
+        return None
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.file, self.line_of(key) if key else None, key, message)
+
+
+def load_yaml(file: Path) -> LoadedYaml:
+    """Parse a YAML mapping, remembering the line of every key. An empty file is an empty
+    mapping; duplicate keys are errors (PyYAML would silently keep the last one)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(file, None, None, f"not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(file, None, None, f"cannot read: {e.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(file, mark.line + 1 if mark else None, None,
+                          f"invalid YAML: {problem}") from None
+    lines: dict[str, int] = {}
+    if node is None:
+        return LoadedYaml({}, lines, file)
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(file, node.start_mark.line + 1, None,
+                          "expected a mapping of keys to values at the top level")
+    loader = yaml.SafeLoader("")
+    try:
+        data = _construct(loader, node, "", lines, file)
+    finally:
+        loader.dispose()
+    return LoadedYaml(data, lines, file)
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node, prefix: str, lines: dict[str, int],
+               file: Path) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(file, key_node.start_mark.line + 1, prefix or None,
+                                  "keys must be plain names")
+            key = key_node.value
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in out:
+                raise ConfigError(file, key_node.start_mark.line + 1, dotted,
+                                  "key appears twice in the same mapping")
+            lines[dotted] = key_node.start_mark.line + 1
+            out[key] = _construct(loader, value_node, dotted, lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, prefix, lines, file) for item in node.value]
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as e:
+        raise ConfigError(file, node.start_mark.line + 1, prefix or None, str(e)) from None
+
+
+def validate(doc: LoadedYaml, schema: dict[str, Any], prefix: str = "",
+             data: dict[str, Any] | None = None) -> None:
+    data = doc.data if data is None else data
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        rule = schema.get(key)
+        if rule is None:
+            raise doc.error(dotted, f"unknown key{_did_you_mean(key, schema)}")
+        if isinstance(rule, dict):
+            if not isinstance(value, dict):
+                raise doc.error(dotted, f"expected a mapping, got {value!r}")
+            validate(doc, rule, dotted, value)
+        elif (message := rule(value)) is not None:
+            raise doc.error(dotted, message)
+
+
+def _did_you_mean(key: str, schema: dict[str, Any]) -> str:
+    from rapidfuzz import process
+
+    best = process.extractOne(key, list(schema), score_cutoff=70)
+    known = ", ".join(schema)
+    return f" (did you mean {best[0]!r}?)" if best else f" (known keys: {known})"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass
+class GlobalConfig:
+    """The merged global configuration (defaults + config/default.yaml)."""
+
+    data: dict[str, Any]
+    file: Path
+    exists: bool
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.data[name]
+
+
+def load_global(file: Path) -> GlobalConfig:
+    """Defaults merged with the global file. Raises ConfigError on any problem: the daemon
+    refuses to start on a broken global config rather than guess."""
+    if not file.exists():
+        return GlobalConfig(copy.deepcopy(DEFAULTS), file, exists=False)
+    doc = load_yaml(file)
+    validate(doc, GLOBAL_SCHEMA)
+    merged = deep_merge(DEFAULTS, doc.data)
+    daemon = merged["daemon"]
+    if not daemon["allow_remote"] and not is_loopback(daemon["host"]):
+        raise doc.error("daemon.host", (
+            f"{daemon['host']!r} is not a loopback address; llmctld has no authentication, so "
+            "listening beyond this machine needs `daemon.allow_remote: true`"))
+    if daemon["default_model"] is not None and not MODEL_ID_RE.match(daemon["default_model"]):
+        raise doc.error("daemon.default_model", f"{daemon['default_model']!r} is not a model id")
+    return GlobalConfig(merged, file, exists=True)
+
+
+def load_model_file(file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
+    """Validate one model's config.yaml; returns the document and its own (unmerged) data."""
+    doc = load_yaml(file)
+    validate(doc, MODEL_SCHEMA)
+    for key in MODEL_REQUIRED:
+        if key not in doc.data:
+            raise doc.error(None, f"missing required key {key!r}")
+    model_id = doc.data["id"]
+    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+        raise doc.error("id", (
+            f"{model_id!r} is not a valid id: use letters, digits, '.', '_', '+' or '-' "
+            "(max 128), starting with a letter or digit"))
+    return doc, doc.data
+
+
+def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any]) -> dict[str, Any]:
+    """The effective configuration of one model: global settings with the model's own
+    `llama` and `pi` sections merged on top, plus its identity keys."""
+    merged = deep_merge(global_cfg.data, {k: model_data[k] for k in ("llama", "pi")
+                                          if k in model_data})
+    merged["id"] = model_data["id"]
+    merged["name"] = model_data.get("name", model_data["id"])
+    merged["model_file"] = model_data["model_file"]
+    if "description" in model_data:
+        merged["description"] = model_data["description"]
+    return merged

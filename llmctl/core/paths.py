@@ -1,0 +1,74 @@
+"""Where llmctl keeps its files, and the environment overrides that move them.
+
+$LLMCTL_HOME          config/default.yaml, gguf/<dir>/config.yaml   (~/.local/share/llmctl)
+$LLMCTL_RUNTIME_HOME  state.json, llmctld.pid, logs/<model>.log      (defaults to $LLMCTL_HOME)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DAEMON_HOST = "127.0.0.1"
+DEFAULT_DAEMON_PORT = 16384
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    runtime: Path
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Paths:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("LLMCTL_HOME") or Path.home() / ".local" / "share" / "llmctl")
+        runtime = Path(env.get("LLMCTL_RUNTIME_HOME") or home)
+        return cls(home=home.expanduser().absolute(), runtime=runtime.expanduser().absolute())
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config" / "default.yaml"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "gguf"
+
+    @property
+    def state_file(self) -> Path:
+        return self.runtime / "state.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.runtime / "llmctld.pid"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.runtime / "logs"
+
+    def log_file(self, model_id: str) -> Path:
+        """The log of one model. Ids are validated by the config loader (no separators, no dots
+        at the start), and this re-checks so a bad id can never name a path outside logs/."""
+        path = self.logs_dir / f"{model_id}.log"
+        if path.parent != self.logs_dir or model_id.startswith("."):
+            raise ValueError(f"invalid model id for a log name: {model_id!r}")
+        return path
+
+
+def daemon_address(environ: dict[str, str] | None = None) -> tuple[str, int]:
+    """The daemon's host and port as the CLI and clients see them (env overrides only: the
+    CLI must not parse YAML on its hot path)."""
+    env = os.environ if environ is None else environ
+    host = env.get("LLMCTL_HOST") or DEFAULT_DAEMON_HOST
+    port_text = env.get("LLMCTL_PORT") or str(DEFAULT_DAEMON_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"LLMCTL_PORT must be a port number, not {port_text!r}") from None
+    return host, port
+
+
+def base_url(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"

@@ -1,0 +1,334 @@
+"""The WSGI application of the proxy worker: the control API and the /v1 entry point.
+
+/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ; everything else
+is routed with werkzeug. Control responses are JSON; errors are
+{"error": {"code", "message", "type", ...}} with a fitting HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import gevent
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from llmctl import __version__
+from llmctl.core.config import MODEL_ID_RE
+from llmctl.core.gguf import GGUFError, read_facts
+from llmctl.core.lifecycle import read_log_tail
+from llmctl.core.resolve import resolve
+from llmctl.daemon.hub import Busy, Hub
+from llmctl.daemon.openai_proxy import OpenAIProxy
+from llmctl.daemon.security import Guard
+
+MAX_CONTROL_BODY = 64 * 1024
+LOG_LINES_MAX = 10_000
+
+ROUTES = Map([
+    Rule("/health", endpoint="health", methods=["GET"]),
+    Rule("/status", endpoint="status", methods=["GET"]),
+    Rule("/models", endpoint="models", methods=["GET"]),
+    Rule("/models/<path:model>", endpoint="model", methods=["GET"]),
+    Rule("/active", endpoint="active", methods=["GET"]),
+    Rule("/switch/<path:model>", endpoint="switch", methods=["POST"]),
+    Rule("/stop", endpoint="stop", methods=["POST"]),
+    Rule("/logs", endpoint="logs", methods=["GET"]),
+    Rule("/logs/<path:model>", endpoint="logs", methods=["GET"]),
+    Rule("/reload", endpoint="reload", methods=["POST"]),
+    Rule("/restart-proxy", endpoint="restart_proxy", methods=["POST"]),
+    Rule("/v1/models", endpoint="v1_models", methods=["GET"]),
+], strict_slashes=False)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, indent=None) + "\n", status=status,
+                    mimetype="application/json")
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> Response:
+    return json_response({"error": {"code": code, "message": message,
+                                    "type": _ERROR_TYPES.get(status, "error"), **extra}}, status)
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
+                405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 502: "upstream_error", 503: "unavailable_error",
+                504: "timeout_error"}
+
+
+class App:
+    def __init__(self, hub: Hub, guard: Guard):
+        self.hub = hub
+        self.guard = guard
+        self.proxy = OpenAIProxy(hub)
+        self.started = time.time()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        refusal = self.guard.check(environ)
+        if refusal is not None:
+            return error(403, "forbidden", refusal)(environ, start_response)
+        path = environ["PATH_INFO"]
+        if path.startswith("/v1/") and path != "/v1/models":
+            return self.proxy(environ, start_response)
+        request = Request(environ)
+        request.max_content_length = MAX_CONTROL_BODY
+        try:
+            endpoint, args = ROUTES.bind_to_environ(environ).match()
+            response = getattr(self, f"on_{endpoint}")(request, **args)
+        except NotFound:
+            response = error(404, "not_found", f"no route {path}; see the API reference in the "
+                             "README (GET /status, /models, POST /switch/<model>, /v1/...)")
+        except MethodNotAllowed as e:
+            response = error(405, "method_not_allowed",
+                             f"{request.method} is not allowed on {path}; use "
+                             f"{', '.join(sorted(e.valid_methods or []))}")
+        except HTTPException as e:
+            response = error(e.code or 400, "bad_request", e.description or str(e))
+        return response(environ, start_response)
+
+    # --- read routes ---------------------------------------------------------------------------
+
+    def on_health(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    def on_status(self, request: Request) -> Response:
+        hub = self.hub
+        backend = dict(hub.backend)
+        backend.pop("cmdline", None)
+        now = time.time()
+        if backend["state"] == "ready" and backend.get("ready_at"):
+            backend["uptime_s"] = round(now - backend["ready_at"], 1)
+        info = hub.daemon_info
+        return json_response({
+            "daemon": {"pid": info.get("supervisor_pid") or info["pid"], "version": __version__,
+                       "host": info["host"], "port": info["port"],
+                       "started_at": info["started_at"],
+                       "uptime_s": round(now - info["started_at"], 1),
+                       "proxy_pid": os.getpid(), "workers": hub.workers,
+                       "home": str(hub.paths.home), "runtime": str(hub.paths.runtime)},
+            "backend": backend,
+            "in_flight": hub.in_flight,
+            "requests_total": hub.requests_total,
+            "default_model": hub.default_model,
+            "config_error": hub.config_error,
+        })
+
+    def on_models(self, request: Request) -> Response:
+        self.hub.refresh()
+        return json_response({"models": [self._model_summary(e) for e in
+                                         self.hub.catalog.entries],
+                              "config_error": self.hub.config_error,
+                              "models_dir": str(self.hub.paths.models_dir)})
+
+    def _model_summary(self, entry: Any) -> dict[str, Any]:
+        summary = entry.summary()
+        backend = self.hub.backend
+        summary["active"] = entry.id is not None and entry.id == backend["model"] and \
+            backend["state"] in ("starting", "ready")
+        summary["default"] = entry.id is not None and entry.id == self.hub.default_model
+        summary["gguf"] = None
+        if entry.model_path is not None and entry.available:
+            try:
+                summary["gguf"] = read_facts(entry.model_path)
+            except (GGUFError, OSError) as e:
+                summary["gguf_error"] = str(e)
+        if entry.config:
+            llama = entry.config["llama"]
+            summary["ctx_size"] = llama["ctx_size"]
+            summary["pi"] = entry.config["pi"]["model"]
+        return summary
+
+    def on_model(self, request: Request, model: str) -> Response:
+        self.hub.refresh()
+        entry = self.hub.entry(model)
+        if entry is None:
+            match = resolve(model, self._choices())
+            return error(404, "not_found", f"no model with id {model!r}",
+                         suggestions=match.candidates)
+        summary = self._model_summary(entry)
+        summary["config"] = entry.config
+        return json_response(summary)
+
+    def on_active(self, request: Request) -> Response:
+        hub = self.hub
+        backend = hub.backend
+        active = backend["model"] if backend["state"] in ("starting", "ready") else None
+        entry = hub.entry(active or hub.default_model)
+        config = entry.config if entry is not None and entry.config else hub.config.data
+        pi_model = dict(config["pi"]["model"])
+        pi_model.setdefault("name", entry.name if entry is not None and entry.name else "local")
+        return json_response({
+            "model": active, "name": entry.name if active and entry else None,
+            "state": backend["state"], "default_model": hub.default_model,
+            "generation": backend["generation"],
+            "pi": {"model": pi_model, "provider_compat": config["pi"]["provider_compat"]},
+        })
+
+    def on_logs(self, request: Request, model: str | None = None) -> Response:
+        model = model or self.hub.backend["model"]
+        if not model:
+            return error(404, "no_model", "no model is active; name one: GET /logs/<model>")
+        if not MODEL_ID_RE.match(model):
+            return error(400, "bad_model_id", f"{model!r} is not a model id")
+        path = self.hub.paths.log_file(model)
+        if not path.exists():
+            return error(404, "no_log", f"no log for {model} yet (it has not been started)")
+        lines = request.args.get("lines", "100")
+        if not lines.isdigit():
+            return error(400, "bad_lines", "lines must be a number")
+        count = min(int(lines), LOG_LINES_MAX)
+        tail = "\n".join(read_log_tail(path, 0, count)) + "\n" if count else ""
+        if request.args.get("follow") not in ("1", "true", "yes"):
+            return Response(tail, mimetype="text/plain")
+        sock = request.environ.get("llmctl.socket")
+        return Response(_follow(path, tail, sock), mimetype="text/plain")
+
+    def on_v1_models(self, request: Request) -> Response:
+        backend = self.hub.backend
+        return json_response({"object": "list", "data": [{
+            "id": "local", "object": "model", "created": int(self.started), "owned_by": "llmctl",
+            "meta": {"active_model": backend["model"], "state": backend["state"],
+                     "default_model": self.hub.default_model},
+        }]})
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def _choices(self) -> dict[str, str]:
+        return {e.id: e.name or e.id for e in self.hub.catalog.entries if e.id}
+
+    def on_switch(self, request: Request, model: str) -> Response:
+        hub = self.hub
+        hub.refresh()
+        query = unquote(model)
+        match = resolve(query, self._choices())
+        if match.kind == "not_found":
+            hint = (f"did you mean {', '.join(match.candidates)}?" if match.candidates else
+                    "run `llmctl models` to see what is available")
+            return error(404, "not_found", f"no model matches {query!r}; {hint}",
+                         suggestions=match.candidates)
+        if match.kind == "ambiguous":
+            return error(409, "ambiguous", f"{query!r} matches several models: "
+                         f"{', '.join(match.candidates)}; be more specific",
+                         candidates=match.candidates)
+        entry = hub.entry(match.model)
+        assert entry is not None and match.model is not None
+        if not entry.available:
+            return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")
+        try:
+            command = hub.begin("switch", _flag(request, "force"), model=match.model)
+        except Busy as e:
+            return error(409, "busy", str(e), in_flight=e.in_flight)
+        resolved = {"event": "resolved", "model": match.model, "query": query}
+        if _flag(request, "stream"):
+            return Response(_ndjson(hub, command, resolved), mimetype="application/x-ndjson")
+        while True:
+            message = hub.next_message(command)
+            if message["type"] == "reply":
+                return _reply_response(message)
+
+    def on_stop(self, request: Request) -> Response:
+        try:
+            command = self.hub.begin("stop", _flag(request, "force"))
+        except Busy as e:
+            return error(409, "busy", str(e), in_flight=e.in_flight)
+        while True:
+            message = self.hub.next_message(command)
+            if message["type"] == "reply":
+                if message["ok"]:
+                    return json_response({"stopped": message.get("stopped")})
+                return _reply_response(message)
+
+    def on_reload(self, request: Request) -> Response:
+        hub = self.hub
+        before = set(self._choices())
+        hub.refresh()
+        after = set(self._choices())
+        hub.command("reload", to="supervisor")
+        return json_response({
+            "models": len(hub.catalog.entries), "added": sorted(after - before),
+            "removed": sorted(before - after), "config_error": hub.config_error,
+            "unavailable": [{"id": e.key, "error": e.error} for e in hub.catalog.entries
+                            if not e.available],
+        })
+
+    def on_restart_proxy(self, request: Request) -> Response:
+        self.hub.command("restart_proxy", to="supervisor")
+        return json_response({"restarting": True, "pid": os.getpid()}, 202)
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.args.get(name, "").lower() in ("1", "true", "yes")
+
+
+_FAILURE_STATUS = {"not_found": 404, "unavailable": 503, "config_error": 422,
+                   "backend_setup": 424, "port_in_use": 409, "cancelled": 409,
+                   "load_timeout": 504, "load_failed": 502, "timeout": 504}
+
+
+def _reply_response(reply: dict[str, Any]) -> Response:
+    if reply.get("ok"):
+        return json_response({k: v for k, v in reply.items()
+                              if k not in ("type", "id", "ok", "event")} | {"state": "ready"})
+    err = dict(reply.get("error") or {})
+    code = err.pop("code", "error")
+    message = err.pop("message", "the command failed")
+    return error(_FAILURE_STATUS.get(code, 500), code, message, **err)
+
+
+def _ndjson(hub: Hub, command: Any, first: dict[str, Any]) -> Iterator[bytes]:
+    yield (json.dumps(first) + "\n").encode()
+    while True:
+        message = hub.next_message(command)
+        if message["type"] == "event":
+            yield (json.dumps({k: v for k, v in message.items() if k not in ("type", "id")})
+                   + "\n").encode()
+            continue
+        if message["ok"]:
+            out = {k: v for k, v in message.items() if k not in ("type", "id", "ok")}
+            out.setdefault("event", "ready")
+        else:
+            out = {"event": "error", "model": message.get("model"), **(message.get("error") or {})}
+        yield (json.dumps(out) + "\n").encode()
+        return
+
+
+def _follow(path: Any, first: str, sock: Any) -> Iterator[bytes]:
+    """Stream a log as it grows until the client goes away. Polls the file (cheap, and works
+    for a file written by a process we do not own); notices a truncation and starts over."""
+    yield first.encode()
+    position = path.stat().st_size
+    while True:
+        gevent.sleep(0.25)
+        if sock is not None and _client_gone(sock):
+            return
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return
+        if size < position:
+            position = 0
+        if size > position:
+            with open(path, "rb") as f:
+                f.seek(position)
+                data = f.read(min(size - position, 1024 * 1024))
+            position += len(data)
+            yield data
+
+
+def _client_gone(sock: Any) -> bool:
+    import select
+    import socket
+
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+

@@ -1,0 +1,223 @@
+"""Forwarding of /v1/* to the active llama-server.
+
+This is the hot path, so it works on the raw WSGI environ (no werkzeug Request) and passes
+bytes through untouched: the body is never parsed, and every chunk llama-server writes is
+yielded to the client as soon as it arrives (gevent's pywsgi writes each yielded chunk at once).
+
+Upstream connections are kept alive in a small pool. llama-server may close an idle kept-alive
+connection at any time, so a pooled connection is checked before reuse and, if it still fails
+before any response byte arrived, the request is sent once more on a fresh connection (only
+when the body is in memory, so it can be sent again).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import select
+from collections.abc import Iterator
+from typing import Any
+
+from llmctl.daemon.hub import Hub, Unavailable
+
+log = logging.getLogger("llmctld.proxy")
+
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+))
+MAX_BODY = 64 * 1024 * 1024
+BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be re-sent)
+POOL_SIZE = 32
+UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
+READ_SIZE = 65536
+
+
+def openai_error(status: int, message: str, type_: str, code: str | int | None = None,
+                 ) -> tuple[str, list[tuple[str, str]], bytes]:
+    body = json.dumps({"error": {"message": message, "type": type_,
+                                 "code": code if code is not None else status}}).encode()
+    return (f"{status} {http.client.responses.get(status, 'Error')}",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body)
+
+
+class UpstreamPool:
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+
+    def get(self, addr: tuple[str, int]) -> tuple[http.client.HTTPConnection, bool]:
+        idle = self._idle.get(addr)
+        while idle:
+            conn = idle.pop()
+            if _still_open(conn):
+                return conn, True
+            conn.close()
+        conn = http.client.HTTPConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
+        return conn, False
+
+    def put(self, addr: tuple[str, int], conn: http.client.HTTPConnection) -> None:
+        idle = self._idle.setdefault(addr, [])
+        if len(idle) < POOL_SIZE:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def clear(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+
+def _still_open(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection that is readable has been closed by the server (or sent junk)."""
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+class OpenAIProxy:
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self.pool = UpstreamPool()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        try:
+            body = self._read_body(environ)
+        except ValueError as e:
+            return self._error(start_response, 413, str(e), "invalid_request_error")
+        try:
+            addr = self.hub.acquire()
+        except Unavailable as e:
+            return self._error(start_response, e.status, e.message, "unavailable_error", e.code)
+        headers = {}
+        for name, value in environ.items():
+            if name.startswith("HTTP_"):
+                header = name[5:].replace("_", "-").lower()
+                if header not in HOP_BY_HOP:
+                    headers[header] = value
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = environ["CONTENT_TYPE"]
+        path = environ.get("RAW_URI") or environ["PATH_INFO"]
+        if "?" not in path and environ.get("QUERY_STRING"):
+            path += "?" + environ["QUERY_STRING"]
+        self.hub.in_flight += 1
+        self.hub.requests_total += 1
+        try:
+            conn, response = self._send(addr, environ["REQUEST_METHOD"], path, headers, body)
+        except (OSError, http.client.HTTPException) as e:
+            self.hub.in_flight -= 1
+            return self._error(start_response, 502,
+                               f"llama-server did not answer ({e.__class__.__name__}: {e}); "
+                               "see `llmctl status` and `llmctl logs`", "upstream_error")
+        out_headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
+        length = response.getheader("Content-Length")
+        if length is not None:
+            out_headers.append(("Content-Length", length))
+        start_response(f"{response.status} {response.reason}", out_headers)
+        return Relay(self, addr, conn, response)
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes | _Body | None:
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        stream = environ["wsgi.input"]
+        if length_text:
+            length = int(length_text)
+            if length > MAX_BODY:
+                raise ValueError(f"request body of {length} bytes exceeds the "
+                                 f"{MAX_BODY // 2**20} MiB limit")
+            if length > BUFFERED_BODY:
+                return _Body(stream, length)
+            return stream.read(length) if length else None
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            data = stream.read(MAX_BODY + 1)
+            if len(data) > MAX_BODY:
+                raise ValueError(f"request body exceeds the {MAX_BODY // 2**20} MiB limit")
+            return data
+        return None
+
+    def _send(self, addr: tuple[str, int], method: str, path: str, headers: dict[str, str],
+              body: bytes | _Body | None,
+              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        replayable = not isinstance(body, _Body)
+        for attempt in (1, 2):
+            conn, reused = self.pool.get(addr) if replayable else (
+                http.client.HTTPConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT), False)
+            try:
+                if isinstance(body, _Body):
+                    headers["content-length"] = str(body.length)
+                conn.request(method, path, body=body, headers=headers)
+                return conn, conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected,
+                    http.client.BadStatusLine) as e:
+                conn.close()
+                if not (reused and attempt == 1):
+                    raise
+                log.debug("pooled upstream connection was stale (%s); resending once", e)
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def _error(self, start_response: Any, status: int, message: str, type_: str,
+               code: str | None = None) -> list[bytes]:
+        status_line, headers, body = openai_error(status, message, type_, code)
+        start_response(status_line, headers)
+        return [body]
+
+
+class _Body:
+    """A large request body streamed from the client to llama-server."""
+
+    def __init__(self, stream: Any, length: int):
+        self.stream, self.length = stream, length
+
+    def read(self, size: int = -1) -> bytes:
+        return self.stream.read(size if size >= 0 else self.length)
+
+
+class Relay:
+    """The WSGI response iterable: relays upstream bytes, and on close() (end of response,
+    client disconnect, or error) releases the in-flight count and the upstream connection.
+    Closing an unfinished upstream response disconnects from llama-server, which aborts the
+    generation."""
+
+    def __init__(self, proxy: OpenAIProxy, addr: tuple[str, int],
+                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+        self.proxy, self.addr, self.conn, self.response = proxy, addr, conn, response
+        self.sse = (response.getheader("Content-Type") or "").startswith("text/event-stream")
+        self.done = False
+        self.released = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.response.read1
+        try:
+            while True:
+                data = read(READ_SIZE)
+                if not data:
+                    break
+                yield data
+            self.done = True
+        except (OSError, http.client.HTTPException) as e:
+            log.warning("llama-server broke off a response: %s", e)
+            if self.sse:  # tell a streaming client why its stream ends, in llama-server's form
+                yield (b'data: {"error":{"code":502,"type":"upstream_error","message":'
+                       b'"llama-server stopped in the middle of the response"}}\n\n')
+
+    def close(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.proxy.hub.in_flight -= 1
+        self.proxy.hub.notify()
+        if self.done and not self.response.will_close:
+            self.response.close()
+            self.proxy.pool.put(self.addr, self.conn)
+        else:
+            self.conn.close()
+

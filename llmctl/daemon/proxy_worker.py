@@ -1,0 +1,93 @@
+"""The proxy worker process: gevent's WSGI server on the socket inherited from the supervisor.
+
+Order matters (as in gunicorn's gevent worker): monkey-patch first, in the child only, then
+re-wrap the inherited listening socket and channel as gevent sockets, then serve. On SIGTERM it
+stops accepting (the supervisor's copy of the socket keeps the port open, so new connections
+wait in the backlog for the successor) and drains its requests for a bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+from llmctl.core.paths import Paths
+
+DRAIN_SECONDS = 10.0
+log = logging.getLogger("llmctld.proxy")
+
+
+def run(listener: socket.socket, sock: socket.socket, paths: Paths,
+        daemon_info: dict[str, Any]) -> int:
+    from gevent import monkey
+
+    monkey.patch_all()
+    import gevent
+    import gevent.event
+    from gevent import pywsgi
+    from setproctitle import setproctitle
+
+    from llmctl.core.config import ConfigError
+    from llmctl.daemon.app import App
+    from llmctl.daemon.channel import Channel
+    from llmctl.daemon.hub import Hub
+    from llmctl.daemon.security import Guard
+    from llmctl.daemon.supervisor import BOOT_ERROR
+
+    setproctitle("llmctld: proxy")
+    server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
+    channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
+    try:
+        hub = Hub(channel, paths, daemon_info)
+    except ConfigError as e:
+        log.error("cannot start the proxy: %s", e)
+        return BOOT_ERROR
+    daemon_cfg = hub.config.data["daemon"]
+    guard = Guard(daemon_info["host"], daemon_cfg["allowed_origins"], daemon_cfg["allow_remote"])
+    server = pywsgi.WSGIServer(server_sock, App(hub, guard), handler_class=_handler_class(), log=None,
+                               error_log=_ErrorLog())
+    hub.start()
+    stopping = gevent.event.Event()
+
+    def stop() -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        server.stop(timeout=DRAIN_SECONDS)
+
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
+    gevent.spawn(lambda: (hub.closed.wait(), stop()))
+    server.start()
+    stopping.wait()
+    server.stop(timeout=DRAIN_SECONDS)
+    return 0
+
+
+def _handler_class() -> type:
+    from gevent.pywsgi import WSGIHandler
+
+    class Handler(WSGIHandler):
+        """Adds the raw request target (PATH_INFO is unquoted) and the client socket."""
+
+        def get_environ(self) -> dict[str, Any]:
+            env = super().get_environ()
+            env["RAW_URI"] = self.path
+            env["llmctl.socket"] = self.socket
+            return env
+
+    return Handler
+
+
+class _ErrorLog:
+    """pywsgi's error log, sent to the daemon's logger instead of raw stderr."""
+
+    def write(self, data: str) -> None:
+        data = data.strip()
+        if data:
+            log.error("%s", data)
+
+    def flush(self) -> None:
+        sys.stderr.flush()

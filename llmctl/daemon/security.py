@@ -1,0 +1,64 @@
+"""Browser defences for an unauthenticated localhost daemon.
+
+The threat is a web page in the user's own browser: it can send requests to 127.0.0.1 but
+cannot set the Host header of its own origin's requests to a loopback name unless it uses DNS
+rebinding (then Host is the attacker's name), and its cross-site requests carry its Origin.
+So: the Host must name this machine, and state-changing requests and everything under /v1
+(a page must not spend the user's GPU) must come without an Origin (CLI, SDKs, agents) or
+from a loopback origin or one the user listed in daemon.allowed_origins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from llmctl.core.config import is_loopback
+
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+class Guard:
+    def __init__(self, bound_host: str, allowed_origins: list[str], allow_remote: bool):
+        self.bound_host = bound_host.strip("[]").lower()
+        self.allowed_origins = {o.rstrip("/").lower() for o in allowed_origins}
+        self.any_host = allow_remote and self.bound_host in ("0.0.0.0", "::")
+
+    def host_allowed(self, host_header: str | None) -> bool:
+        if not host_header or self.any_host:
+            return True
+        host = _hostname(host_header)
+        return host is not None and (is_loopback(host) or host == self.bound_host
+                                     or host.endswith(".localhost"))
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        if origin in self.allowed_origins:
+            return True
+        if origin == "null":
+            return False
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.hostname is not None and (
+            is_loopback(parts.hostname) or parts.hostname.endswith(".localhost"))
+
+    def check(self, environ: dict[str, Any]) -> str | None:
+        """None when the request may proceed, else why it is refused."""
+        if not self.host_allowed(environ.get("HTTP_HOST")):
+            return (f"Host {environ.get('HTTP_HOST')!r} is not this machine; llmctld only "
+                    "answers requests addressed to localhost (DNS rebinding protection)")
+        if environ["REQUEST_METHOD"] not in SAFE_METHODS or environ["PATH_INFO"].startswith(
+                "/v1/"):
+            origin = environ.get("HTTP_ORIGIN")
+            if not self.origin_allowed(origin):
+                return (f"cross-site request from {origin!r} refused; add it to "
+                        "daemon.allowed_origins in config/default.yaml if you trust it")
+        return None
+
+
+def _hostname(host_header: str) -> str | None:
+    try:
+        return urlsplit(f"//{host_header}").hostname
+    except ValueError:
+        return None
