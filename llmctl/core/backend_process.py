@@ -55,7 +55,8 @@ class BackendProcess:
             return None
         try:
             proc = psutil.Process(pid)
-            if abs(proc.create_time() - created) > 0.01 or proc.cmdline() != cmdline:
+            if abs(proc.create_time() - created) > 0.01 or not _same_command(proc.cmdline(),
+                                                                                cmdline):
                 return None
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
@@ -127,6 +128,12 @@ class BackendProcess:
             time.sleep(delay)  # polling a process we do not own has no blocking alternative
             delay = min(delay * 2, 0.05)
         return self.exit_status()
+
+
+def _same_command(actual: list[str], recorded: list[str]) -> bool:
+    """The argv we started, possibly behind an interpreter (a `#!` script runs as
+    `python3 script.py ...`)."""
+    return len(actual) >= len(recorded) and actual[len(actual) - len(recorded):] == recorded
 
 
 def health(host: str, port: int, timeout: float = 1.0) -> int | None:

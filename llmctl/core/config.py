@@ -307,9 +307,9 @@ def validate(doc: LoadedYaml, schema: dict[str, Any], prefix: str = "",
 
 
 def _did_you_mean(key: str, schema: dict[str, Any]) -> str:
-    from rapidfuzz import process
+    from rapidfuzz import fuzz, process
 
-    best = process.extractOne(key, list(schema), score_cutoff=70)
+    best = process.extractOne(key, list(schema), scorer=fuzz.ratio, score_cutoff=70)
     known = ", ".join(schema)
     return f" (did you mean {best[0]!r}?)" if best else f" (known keys: {known})"
 
@@ -360,7 +360,7 @@ def load_model_file(file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
     validate(doc, MODEL_SCHEMA)
     for key in MODEL_REQUIRED:
         if key not in doc.data:
-            raise doc.error(None, f"missing required key {key!r}")
+            raise ConfigError(file, 1, key, f"missing required key {key!r} (at the top level)")
     model_id = doc.data["id"]
     if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
         raise doc.error("id", (

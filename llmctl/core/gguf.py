@@ -123,6 +123,8 @@ def _parse(r: _Reader) -> dict[str, Any]:
             count *= r.take("Q")
         r.pos += 4 + 8  # type, offset
         params += count
+    if r.pos > len(r.buf):
+        raise GGUFError("the tensor table runs past the end of the file")
     arch = kv.get("general.architecture")
     facts: dict[str, Any] = {"gguf_version": version, "architecture": arch,
                              "name": kv.get("general.name"), "tensors": n_tensors,

@@ -117,11 +117,12 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
 
     fa = llama["flash_attn"]
     fa = {True: "on", False: "off"}.get(fa, fa)
+    quantized_v = str(llama["cache_type_v"]).lower() not in ("f16", "f32", "bf16")
     if caps.flash_attn_value:
         argv += ["-fa", fa]
-    elif fa == "on":
+    elif fa == "on" or (fa == "auto" and quantized_v):
+        # old builds have no "auto" (off unless -fa), but a quantized V cache needs it on
         argv += ["-fa"]
-    quantized_v = str(llama["cache_type_v"]).lower() not in ("f16", "f32", "bf16")
     if quantized_v and fa == "off":
         raise BackendSetupError(
             f"llama.cache_type_v {llama['cache_type_v']} needs flash attention; set "

@@ -18,9 +18,6 @@ log = logging.getLogger("llmctld.lifecycle")
 
 def run(sock: socket.socket, paths: Paths, daemon_info: dict[str, Any],
         load_default: bool = False) -> int:
-    from setproctitle import setproctitle
-
-    setproctitle("llmctld: lifecycle")
     channel = Channel(sock)
     terminate = []
     # Ctrl-C reaches the whole foreground group: the supervisor decides, not us.

@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "configuration and models; USR2 restarts the proxy worker without touching the model. "
         "Environment: LLMCTL_HOME, LLMCTL_RUNTIME_HOME, LLMCTL_HOST, LLMCTL_PORT.")
     p.add_argument("--host", help="address to listen on (default: daemon.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port to listen on (default: daemon.port, 16384)")
+    p.add_argument("--port", type=int,
+                   help="port to listen on (default: daemon.port, 16384; 0 picks a free one)")
     p.add_argument("--log-level", default=os.environ.get("LLMCTL_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"llmctld {__version__}")
@@ -61,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise StartupError(f"cannot start: {e}") from None
     host = args.host or os.environ.get("LLMCTL_HOST") or cfg.data["daemon"]["host"]
-    port = args.port or _env_port() or cfg.data["daemon"]["port"]
+    port = next(p for p in (args.port, _env_port(), cfg.data["daemon"]["port"]) if p is not None)
     if not is_loopback(host):
         if not cfg.data["daemon"]["allow_remote"]:
             raise StartupError(
@@ -72,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     _prepare_dirs(paths)
     lock_fd = _lock_pidfile(paths.pid_file)
     listener = _bind(host, port)
+    port = listener.getsockname()[1]  # the real one when asked for port 0
     daemon_info = {"pid": os.getpid(), "host": host, "port": port, "started_at": time.time(),
                    "version": __version__}
     log.info("llmctld %s listening on http://%s:%d (home %s, runtime %s)", __version__,

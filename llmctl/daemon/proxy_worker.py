@@ -28,7 +28,6 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     import gevent
     import gevent.event
     from gevent import pywsgi
-    from setproctitle import setproctitle
 
     from llmctl.core.config import ConfigError
     from llmctl.daemon.app import App
@@ -37,7 +36,6 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     from llmctl.daemon.security import Guard
     from llmctl.daemon.supervisor import BOOT_ERROR
 
-    setproctitle("llmctld: proxy")
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
     try:

@@ -215,6 +215,9 @@ class Supervisor:
         self.send_workers()
 
     def _in_child(self, worker: Worker) -> None:
+        from setproctitle import setproctitle
+
+        setproctitle(f"llmctld: {worker.role}")
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_DFL)
