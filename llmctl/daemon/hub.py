@@ -65,6 +65,7 @@ class Hub:
         self.backend: dict[str, Any] = empty_backend()
         self.workers: dict[str, Any] = {}
         self.in_flight = 0
+        self.relays: set[Any] = set()  # open proxied responses (openai_proxy.Relay)
         self.requests_total = 0
         self.gating: set[str] = set()
         self.default_load: str | None = None
@@ -195,6 +196,9 @@ class Hub:
         """Start a switch or stop: refused while requests are in flight unless forced."""
         if self.in_flight and not force:
             raise Busy(self.in_flight)
+        # llama-server does not exit on SIGTERM while a request is open: cut them first
+        for relay in list(self.relays):
+            relay.abort()
         return self.command(cmd, gate=True, **fields)
 
     def acquire(self) -> tuple[str, int]:

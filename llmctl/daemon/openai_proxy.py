@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import select
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -193,6 +194,7 @@ class Relay:
         self.sse = (response.getheader("Content-Type") or "").startswith("text/event-stream")
         self.done = False
         self.released = False
+        proxy.hub.relays.add(self)
 
     def __iter__(self) -> Iterator[bytes]:
         read = self.response.read1
@@ -209,10 +211,22 @@ class Relay:
                 yield (b'data: {"error":{"code":502,"type":"upstream_error","message":'
                        b'"llama-server stopped in the middle of the response"}}\n\n')
 
+    def abort(self) -> None:
+        """Disconnect from llama-server now (a forced switch or stop). Shut the socket down
+        rather than close it: the greenlet relaying this response is blocked reading it, and
+        wakes up to an ended stream, then cleans up in close()."""
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self.released:
             return
         self.released = True
+        self.proxy.hub.relays.discard(self)
         self.proxy.hub.in_flight -= 1
         self.proxy.hub.notify()
         if self.done and not self.response.will_close:

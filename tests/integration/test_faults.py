@@ -137,6 +137,20 @@ def test_busy_rules(fake_home: Home, make_daemon) -> None:
     assert daemon.switch("other").status_code == 200
 
 
+def test_force_stop_is_prompt_with_real_llama_server(real_home: Home, make_daemon) -> None:
+    """A real llama-server will not exit on SIGTERM while a request is open; a forced stop
+    disconnects the open requests first instead of waiting out the grace period."""
+    real_home.write_config(server={"stopTimeoutMs": 20_000})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    stream = chat(daemon, stream=True, max_tokens=100_000, ignore_eos=True)
+    next(stream.iter_lines())
+    started = time.monotonic()
+    assert daemon.post("/stop", params={"force": 1}).json() == {"stopped": "tiny-alpha"}
+    assert time.monotonic() - started < 10
+    assert not owned_backends(real_home.runtime)
+
+
 def test_force_switch_cuts_in_flight_stream(fake_home: Home, make_daemon) -> None:
     fake_home.add_model("talker", script={"chunk_interval": 0.05, "stream_chunks": 200})
     fake_home.add_model("other")
