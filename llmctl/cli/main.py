@@ -124,9 +124,11 @@ def cmd_switch(client: Any, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(final))
         else:
+            from llmctl.cli.render import duration
+
             verb = "already active" if final.get("already_active") else (
-                f"ready in {final.get('load_seconds', 0):.2f}s")
-            print(f"{final['model']} {verb} — http://…/v1 model `local`")
+                f"ready in {duration(final.get('load_seconds'))}")
+            print(f"{final['model']} {verb} — {client.url}/v1, model `local`")
         return EXIT_OK
     code = final.get("code", "load_failed")
     return fail(final.get("message") or "the switch did not finish", code,

@@ -10,6 +10,8 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = float(seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -73,10 +75,12 @@ def render_status(status: dict[str, Any], url: str) -> str:
 def render_models(data: dict[str, Any]) -> str:
     models = data["models"]
     if not models:
-        return (f"no models found in {data.get('models_dir')}.\n"
-                "Add one: mkdir -p <dir>/<name>, put the .gguf there with a config.yaml:\n"
+        where = data.get("models_dir")
+        return (f"no models found in {where}.\n"
+                f"Add one: mkdir -p {where}/my-model, put the .gguf there, and beside it a "
+                "config.yaml:\n"
                 "  id: my-model\n  name: My Model\n  model_file: my-model.Q4_K_M.gguf\n"
-                "then run `llmctl reload` (see the README, 'Adding a model').")
+                "then `llmctl switch my-model` (see the README's Quick start).")
     rows = [("", "ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX")]
     problems = []
     for m in models:

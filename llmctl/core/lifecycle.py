@@ -12,6 +12,7 @@ server.stopTimeoutMs plus a SIGKILL wait.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from llmctl.core.paths import Paths
 from llmctl.core.state import empty_backend, read_state, write_state
 
 Emit = Callable[[dict[str, Any]], None]
+log = logging.getLogger("llmctld.lifecycle")
 
 LOAD_POLL = 0.02  # seconds between readiness checks while loading
 WATCH_POLL = 0.5  # seconds between liveness checks of a ready backend
@@ -284,6 +286,7 @@ class Lifecycle:
                        error=_err("backend_setup", message))
             return
         now = time.monotonic()
+        log.info("starting %s (llama-server pid %d, log %s)", model_id, proc.pid, log_path)
         self.proc, self.log_path = proc, log_path
         self.load = Load(model=model_id, model_path=model_path, proc=proc, log_path=log_path,
                          log_offset=offset, started=now,
@@ -367,6 +370,7 @@ class Lifecycle:
 
     def _load_ready(self, load: Load, now: float) -> None:
         seconds = round(now - load.started, 3)
+        log.info("%s is ready (loaded in %.2fs)", load.model, seconds)
         self.load = None
         self.backend.update(state="ready", ready_at=time.time(), load_seconds=seconds,
                             progress=None, error=None)
@@ -379,6 +383,7 @@ class Lifecycle:
                    tail: list[str] | None = None) -> None:
         load = self.load
         assert load is not None
+        log.warning("loading %s failed: %s", load.model, message)
         self.load = None
         if kill:
             self.backend["state"] = "stopping"
@@ -406,6 +411,7 @@ class Lifecycle:
 
     def _backend_died(self, code: int) -> None:
         model = self.backend["model"]
+        log.warning("llama-server for %s %s", model, describe_exit(code))
         tail = read_log_tail(self.log_path) if self.log_path else []
         self.proc = None
         self._record_failure(model, f"llama-server for {model} {describe_exit(code)}", code,
@@ -415,6 +421,7 @@ class Lifecycle:
         if self.proc is None:
             return
         model = self.backend["model"]
+        log.info("stopping %s (llama-server pid %d)", model, self.proc.pid)
         self.event(rids, "stopping", model=model)
         self.backend["state"] = "stopping"
         self._changed(write=False)

@@ -174,7 +174,8 @@ class App:
     def on_logs(self, request: Request, model: str | None = None) -> Response:
         model = model or self.hub.backend["model"]
         if not model:
-            return error(404, "no_model", "no model is active; name one: GET /logs/<model>")
+            return error(404, "no_model", "no model is active; name the model whose log you "
+                         "want (`llmctl logs <model>`, GET /logs/<model>)")
         if not MODEL_ID_RE.match(model):
             return error(400, "bad_model_id", f"{model!r} is not a model id")
         path = self.hub.paths.log_file(model)

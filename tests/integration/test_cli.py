@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from conftest import ROOT, Daemon, Home, wait_for
+from harness import ROOT, Daemon, Home, wait_for
 
 EXIT_NOT_RUNNING, EXIT_NOT_FOUND, EXIT_AMBIGUOUS, EXIT_BUSY = 3, 4, 5, 6
 EXIT_LOAD_FAILED, EXIT_UNAVAILABLE = 7, 8

@@ -12,7 +12,7 @@ import sys
 import psutil
 import requests
 
-from conftest import ROOT, Daemon, Home, owned_backends, wait_for
+from harness import ROOT, Daemon, Home, owned_backends, wait_for
 
 
 def run_daemon(home: Home, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:

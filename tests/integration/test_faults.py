@@ -13,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from conftest import Daemon, Home, owned_backends, wait_for
+from harness import Daemon, Home, owned_backends, wait_for
 
 
 def chat(daemon: Daemon, stream: bool = False, **body) -> requests.Response:
@@ -185,12 +185,14 @@ def test_switch_during_load_supersedes_it(fake_home: Home, make_daemon) -> None:
     loading = threading.Thread(target=lambda: events.extend(daemon.switch_events("first")))
     loading.start()
     daemon.wait_state("starting")
-    assert daemon.switch("second").status_code == 200
+    r = daemon.switch("second")
+    assert r.status_code == 200, (r.text, daemon.log.read_text())
     loading.join(30)
-    assert events[-1]["event"] == "error" and events[-1]["code"] == "cancelled"
-    assert "second" in events[-1]["message"]
+    assert events and events[-1]["event"] == "error", (events, daemon.log.read_text())
+    assert events[-1]["code"] == "cancelled" and "second" in events[-1]["message"], events
     assert daemon.backend()["model"] == "second"
-    assert len(owned_backends(fake_home.runtime)) == 1
+    backends = owned_backends(fake_home.runtime)
+    assert [p.pid for p in backends] == [daemon.backend()["pid"]], daemon.log.read_text()
 
 
 def test_stop_during_load_cancels_it(fake_home: Home, make_daemon) -> None:

@@ -8,7 +8,7 @@ import signal
 import openai
 import pytest
 
-from conftest import Daemon, Home, owned_backends, wait_for
+from harness import Daemon, Home, owned_backends, wait_for
 
 pytestmark = pytest.mark.real_backend
 
