@@ -77,8 +77,14 @@ class App:
         path = environ["PATH_INFO"]
         if path.startswith("/v1/") and path != "/v1/models":
             return self.proxy(environ, start_response)
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
+            # the control API reads no bodies: refuse big ones, and close rather than drain
+            response = error(413, "body_too_large", "control requests take no body (at most "
+                             f"{MAX_CONTROL_BODY} bytes)")
+            response.headers["Connection"] = "close"
+            return response(environ, start_response)
         request = Request(environ)
-        request.max_content_length = MAX_CONTROL_BODY
         try:
             endpoint, args = ROUTES.bind_to_environ(environ).match()
             response = getattr(self, f"on_{endpoint}")(request, **args)

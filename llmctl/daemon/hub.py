@@ -58,7 +58,8 @@ class Command:
 
 
 class Hub:
-    def __init__(self, channel: Channel, paths: Paths, daemon_info: dict[str, Any]):
+    def __init__(self, channel: Channel, paths: Paths, daemon_info: dict[str, Any],
+                 config: GlobalConfig):
         self.channel = channel
         self.paths = paths
         self.daemon_info = daemon_info
@@ -74,9 +75,12 @@ class Hub:
         self._ids = itertools.count(1)
         self._changed = Event()
         self.closed = Event()
-        self.config: GlobalConfig = load_global(paths.config_file)  # validated by llmctld
+        # The configuration llmctld validated at start-up: a worker restarted after the file
+        # was broken by an edit still boots, and reports the error.
+        self.config = config
         self.config_error: str | None = None
-        self.catalog: Catalog = discover(paths.models_dir, self.config)
+        self.catalog = Catalog()
+        self.refresh()
         data, _ = read_state(paths.state_file)
         if data:  # serve at once from what the lifecycle worker last wrote
             self.backend = data["backend"]

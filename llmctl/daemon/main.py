@@ -82,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     def proxy_main(sock: socket.socket, first: bool) -> int:
         from llmctl.daemon import proxy_worker  # imports gevent: only ever in the child
 
-        return proxy_worker.run(listener, sock, paths, daemon_info)
+        return proxy_worker.run(listener, sock, paths, daemon_info, cfg)
 
     def lifecycle_main(sock: socket.socket, first: bool) -> int:
         from llmctl.daemon import lifecycle_worker

@@ -91,8 +91,10 @@ class OpenAIProxy:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         try:
             body = self._read_body(environ)
-        except ValueError as e:
-            return self._error(start_response, 413, str(e), "invalid_request_error")
+        except ValueError as e:  # too big: answer at once and close instead of draining it
+            status, headers, payload = openai_error(413, str(e), "invalid_request_error")
+            start_response(status, [*headers, ("Connection", "close")])
+            return [payload]
         try:
             addr = self.hub.acquire()
         except Unavailable as e:

@@ -14,6 +14,7 @@ import socket
 import sys
 from typing import Any
 
+from llmctl.core.config import GlobalConfig
 from llmctl.core.paths import Paths
 
 DRAIN_SECONDS = 10.0
@@ -21,7 +22,7 @@ log = logging.getLogger("llmctld.proxy")
 
 
 def run(listener: socket.socket, sock: socket.socket, paths: Paths,
-        daemon_info: dict[str, Any]) -> int:
+        daemon_info: dict[str, Any], config: GlobalConfig) -> int:
     from gevent import monkey
 
     monkey.patch_all()
@@ -29,20 +30,14 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     import gevent.event
     from gevent import pywsgi
 
-    from llmctl.core.config import ConfigError
     from llmctl.daemon.app import App
     from llmctl.daemon.channel import Channel
     from llmctl.daemon.hub import Hub
     from llmctl.daemon.security import Guard
-    from llmctl.daemon.supervisor import BOOT_ERROR
 
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
-    try:
-        hub = Hub(channel, paths, daemon_info)
-    except ConfigError as e:
-        log.error("cannot start the proxy: %s", e)
-        return BOOT_ERROR
+    hub = Hub(channel, paths, daemon_info, config)
     daemon_cfg = hub.config.data["daemon"]
     guard = Guard(daemon_info["host"], daemon_cfg["allowed_origins"], daemon_cfg["allow_remote"])
     server = pywsgi.WSGIServer(server_sock, App(hub, guard), handler_class=_handler_class(), log=None,
@@ -75,6 +70,14 @@ def _handler_class() -> type:
             env["RAW_URI"] = self.path
             env["llmctl.socket"] = self.socket
             return env
+
+        def run_application(self) -> None:
+            super().run_application()
+            if self.close_connection and self.wsgi_input is not None:
+                # We answered without reading the body (e.g. 413) and close the connection:
+                # don't let pywsgi read and discard gigabytes first. This is the flag its
+                # Input uses for "state unknown, the socket will be closed".
+                self.wsgi_input._chunked_input_error = True
 
     return Handler
 
