@@ -340,8 +340,10 @@ class Lifecycle:
         code = load.proc.exit_status()
         if code is not None:
             tail = read_log_tail(load.log_path, load.log_offset)
+            hint = llama_server.diagnose(tail)
             self._fail_load("load_failed", f"llama-server {describe_exit(code)} while loading "
-                            f"{load.model}", kill=False, exit_code=code, tail=tail)
+                            f"{load.model}" + (f": {hint}" if hint else ""), kill=False,
+                            exit_code=code, tail=tail)
             return
         status = health(self.backend["host"], self.backend["port"], timeout=0.5)
         if status == 200:

@@ -158,3 +158,29 @@ def clean_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
     """The daemon's environment minus what would silently change llama-server's behaviour."""
     return {k: v for k, v in environ.items()
             if not k.startswith(_ENV_DROP_PREFIXES) and k not in _ENV_DROP}
+
+
+# What llama-server's log says when a load fails, and what the user can do about it.
+_DIAGNOSES = (
+    (("failed to create context", "failed to allocate", "out of memory", "cudaMalloc failed",
+      "ErrorOutOfDeviceMemory", "unable to allocate"),
+     "the model or its context does not fit in memory: lower llama.ctx_size, use a smaller "
+     "KV cache type (llama.cache_type_k/v), or offload fewer layers (llama.gpu_layers)"),
+    (("invalid magic", "failed to load model", "error loading model", "failed to open",
+      "gguf_init_from_file"),
+     "the GGUF file could not be read: check that it is complete (not a partial download) "
+     "and is a model llama.cpp supports"),
+    (("couldn't bind", "address already in use"),
+     "llama-server could not listen on its port: set server.port to a free port"),
+    (("invalid argument", "unknown value for", "error while handling argument"),
+     "llama-server rejected an argument: check llama.extra_args and the llama.* settings"),
+)
+
+
+def diagnose(log_lines: list[str]) -> str | None:
+    """A hint for a failed load, from the last lines of llama-server's log."""
+    text = "\n".join(log_lines).lower()
+    for needles, hint in _DIAGNOSES:
+        if any(n.lower() in text for n in needles):
+            return hint
+    return None

@@ -74,6 +74,16 @@ class App:
         refusal = self.guard.check(environ)
         if refusal is not None:
             return error(403, "forbidden", refusal)(environ, start_response)
+        origin = environ.get("HTTP_ORIGIN")
+        if origin is not None:
+            allowed = self.guard.origin_allowed(origin)
+            if environ["REQUEST_METHOD"] == "OPTIONS":
+                if not allowed:
+                    return error(403, "forbidden", f"origin {origin!r} is not allowed; add it "
+                                 "to daemon.allowed_origins")(environ, start_response)
+                return _preflight(environ, start_response, origin)
+            if allowed:  # let that page read the answer; others get no CORS headers
+                start_response = _with_cors(start_response, origin)
         path = environ["PATH_INFO"]
         if path.startswith("/v1/") and path != "/v1/models":
             return self.proxy(environ, start_response)
@@ -268,6 +278,25 @@ class App:
     def on_restart_proxy(self, request: Request) -> Response:
         self.hub.command("restart_proxy", to="supervisor")
         return json_response({"restarting": True, "pid": os.getpid()}, 202)
+
+
+def _preflight(environ: dict[str, Any], start_response: Any, origin: str) -> list[bytes]:
+    start_response("204 No Content", [
+        ("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+        ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+        ("Access-Control-Allow-Headers",
+         environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "Content-Type, Authorization")),
+        ("Access-Control-Max-Age", "600")])
+    return []
+
+
+def _with_cors(start_response: Any, origin: str) -> Any:
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        headers = [h for h in headers if not h[0].lower().startswith("access-control-")]
+        return start_response(status, [*headers, ("Access-Control-Allow-Origin", origin),
+                                       ("Vary", "Origin")], exc_info)
+
+    return start
 
 
 def _flag(request: Request, name: str) -> bool:

@@ -254,6 +254,7 @@ def test_corrupt_gguf_fails_load_with_real_llama_server(home: Home, make_daemon,
     err = r.json()["error"]
     assert err["code"] == "load_failed" and err["exit_code"] != 0
     assert err["log_tail"], err
+    assert "GGUF file could not be read" in err["message"]
     assert daemon.backend()["state"] == "failed"
 
 
@@ -315,3 +316,26 @@ def test_request_forwarding_keeps_method_path_query_headers_body(fake_home: Home
         ["two words"], "two words")
     assert headers["x-custom"] == "yes" and headers["authorization"] == "Bearer k"
     assert echo["body"] == '{"x": [1, 2]}'
+
+
+def test_context_too_large_for_memory_names_the_cause(home: Home, make_daemon,
+                                                      llama_server_binary: Path,
+                                                      tmp_path: Path) -> None:
+    import psutil
+
+    from tinymodel import write_tiny_llama
+
+    home.use_real_server(llama_server_binary)
+    model = write_tiny_llama(tmp_path / "wide.gguf", n_embd=256, n_layer=8, ctx=4096)
+    home.add_model("wide", model, llama={"ctx_size": 4_000_000, "cache_type_k": "f16",
+                                         "cache_type_v": "f16"})
+    daemon = make_daemon()
+    # llama-server inherits this address-space limit from the lifecycle worker: a 4M-token
+    # context cannot be allocated under it
+    lifecycle = psutil.Process(daemon.workers()["lifecycle"])
+    lifecycle.rlimit(psutil.RLIMIT_AS, (4 * 1024 ** 3, 4 * 1024 ** 3))
+    r = daemon.switch("wide")
+    assert r.status_code == 502, r.text
+    message = r.json()["error"]["message"]
+    assert "does not fit in memory" in message and "llama.ctx_size" in message
+    assert daemon.get("/health").ok

@@ -53,7 +53,16 @@ def test_cross_site_origins_are_refused(fake_home: Home, make_daemon) -> None:
     assert daemon.backend()["state"] == "stopped"  # the refused switch did nothing
     assert daemon.get("/status", headers=evil).ok  # reads of control routes are harmless
     assert daemon.post("/switch/m", headers={"Origin": "http://localhost:8080"}).ok
-    assert daemon.post("/stop", headers={"Origin": "http://my-ui.lan:3000"}).ok
+    r = daemon.post("/stop", headers={"Origin": "http://my-ui.lan:3000"})
+    assert r.ok and r.headers["Access-Control-Allow-Origin"] == "http://my-ui.lan:3000"
+    preflight = daemon.session.options(daemon.url + "/v1/chat/completions", headers={
+        "Origin": "http://my-ui.lan:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Headers"] == "content-type"
+    r = daemon.session.options(daemon.url + "/v1/chat/completions",
+                               headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers
 
 
 def test_model_ids_never_become_paths(fake_home: Home, make_daemon) -> None:
