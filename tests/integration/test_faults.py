@@ -220,6 +220,19 @@ def test_missing_binary_is_a_clear_error_and_daemon_stays_up(home: Home, make_da
     assert daemon.get("/health").status_code == 200
 
 
+def test_switch_that_cannot_start_keeps_the_serving_model(fake_home: Home,
+                                                          make_daemon) -> None:
+    fake_home.add_model("serving")
+    fake_home.add_model("next")
+    daemon = make_daemon()
+    assert daemon.switch("serving").ok
+    fake_home.write_config(server={"binary": "/nonexistent/llama-server"})
+    assert daemon.switch("next").status_code == 424
+    backend = daemon.backend()
+    assert backend["state"] == "ready" and backend["model"] == "serving"
+    assert chat(daemon, max_tokens=2).ok
+
+
 def test_binary_that_is_not_llama_server(home: Home, make_daemon) -> None:
     home.write_config(server={"binary": "/bin/true"})
     home.add_model("m")
