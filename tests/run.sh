@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n=== %s\n' "$*"; }
 
-# System tools the packaging tests drive (runit, s6, shellcheck, nix-instantiate, git).
+# System tools the packaging tests drive (runit, s6, OpenRC, systemd-analyze, shellcheck,
+# nix-instantiate, git) and node for the Pi extension.
 need=()
-for tool in shellcheck:shellcheck runsv:runit s6-supervise:s6 nix-instantiate:nix-bin git:git \
-            node:nodejs npm:npm; do
+for tool in shellcheck:shellcheck runsv:runit s6-supervise:s6 openrc:openrc \
+            systemd-analyze:systemd nix-instantiate:nix-bin git:git node:nodejs npm:npm; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

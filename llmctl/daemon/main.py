@@ -72,7 +72,11 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
     _prepare_dirs(paths)
     lock_fd = _lock_pidfile(paths.pid_file)
-    listener = _bind(host, port)
+    try:
+        listener = _bind(host, port)
+    except StartupError:
+        _release_pidfile(paths.pid_file, lock_fd)
+        raise
     port = listener.getsockname()[1]  # the real one when asked for port 0
     daemon_info = {"pid": os.getpid(), "host": host, "port": port, "started_at": time.time(),
                    "version": __version__}
