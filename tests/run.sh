@@ -33,6 +33,7 @@ npm ci --no-audit --no-fund --loglevel=error
 
 log "lint and type checks"
 .venv/bin/ruff check llmctl tests bin
+.venv/bin/mypy llmctl
 npx --no-install tsc --noEmit
 
 log "tests"

@@ -36,10 +36,11 @@ class DaemonNotRunning(ClientError):
 
 class ApiError(ClientError):
     def __init__(self, status: int, body: dict[str, Any]):
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        found = body.get("error")
+        err: dict[str, Any] = found if isinstance(found, dict) else {}
         self.status = status
-        self.code = err.get("code") or f"http_{status}"
-        self.message = err.get("message") or f"HTTP {status}"
+        self.code: str = err.get("code") or f"http_{status}"
+        self.message: str = err.get("message") or f"HTTP {status}"
         self.data = err
         super().__init__(self.message)
 
@@ -55,11 +56,11 @@ def daemon_url() -> str:
     try:
         with open(Paths.from_env().state_file, "rb") as f:
             daemon = json.load(f).get("daemon") or {}
-        host, port = daemon.get("host"), daemon.get("port")
-        if isinstance(host, str) and isinstance(port, int):
-            if host in ("0.0.0.0", "::"):
-                host = "127.0.0.1"
-            return base_url(host, port)
+        recorded_host, recorded_port = daemon.get("host"), daemon.get("port")
+        if isinstance(recorded_host, str) and isinstance(recorded_port, int):
+            if recorded_host in ("0.0.0.0", "::"):
+                recorded_host = "127.0.0.1"
+            return base_url(recorded_host, recorded_port)
     except (OSError, ValueError, AttributeError):
         pass
     return base_url(DEFAULT_DAEMON_HOST, DEFAULT_DAEMON_PORT)

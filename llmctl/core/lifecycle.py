@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from llmctl.core import llama_server
 from llmctl.core.backend_process import (
     OWNER_ENV,
@@ -139,12 +141,14 @@ class Lifecycle:
         adopted = {self.proc.pid} if self.proc else set()
         for orphan in find_owned_orphans(self.paths.runtime, adopted | {os.getpid()}):
             notes.append(f"stopping orphaned llama-server pid {orphan.pid}")
-            BackendProcess(orphan.pid, orphan.create_time(), orphan.cmdline()).terminate(
-                self.stop_grace)
+            try:
+                stale = BackendProcess(orphan.pid, orphan.create_time(), orphan.cmdline())
+            except psutil.Error:
+                continue  # gone meanwhile
+            stale.terminate(self.stop_grace)
         if self.proc is None and self.load is None:
-            failed = record is not None and record["state"] == "failed"
             self.backend.update(empty_backend(), generation=self.backend["generation"])
-            if failed:  # keep the last failure visible across restarts
+            if record is not None and record["state"] == "failed":  # keep it visible
                 self.backend.update(state="failed", model=record["model"],
                                     error=record["error"], exit_code=record["exit_code"],
                                     log_tail=record["log_tail"])

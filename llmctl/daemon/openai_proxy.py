@@ -17,7 +17,7 @@ import json
 import logging
 import select
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llmctl.daemon.hub import Hub, Unavailable
@@ -88,18 +88,19 @@ class OpenAIProxy:
         self.hub = hub
         self.pool = UpstreamPool()
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         try:
             body = self._read_body(environ)
         except ValueError as e:  # too big: answer at once and close instead of draining it
-            status, headers, payload = openai_error(413, str(e), "invalid_request_error")
-            start_response(status, [*headers, ("Connection", "close")])
+            status, error_headers, payload = openai_error(413, str(e),
+                                                          "invalid_request_error")
+            start_response(status, [*error_headers, ("Connection", "close")])
             return [payload]
         try:
             addr = self.hub.acquire()
         except Unavailable as e:
             return self._error(start_response, e.status, e.message, "unavailable_error", e.code)
-        headers = {}
+        headers: dict[str, str] = {}
         for name, value in environ.items():
             if name.startswith("HTTP_"):
                 header = name[5:].replace("_", "-").lower()

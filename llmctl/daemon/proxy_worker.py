@@ -52,7 +52,11 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
         server.stop(timeout=DRAIN_SECONDS)
 
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
-    gevent.spawn(lambda: (hub.closed.wait(), stop()))
+    def stop_when_orphaned() -> None:
+        hub.closed.wait()
+        stop()
+
+    gevent.spawn(stop_when_orphaned)
     server.start()
     stopping.wait()
     server.stop(timeout=DRAIN_SECONDS)

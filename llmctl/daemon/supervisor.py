@@ -9,6 +9,11 @@ channels, and child reaping. It forks two workers and routes messages between th
 
 Signal handlers only queue the signal and wake the loop (via set_wakeup_fd); the loop does
 the work. It must never import gevent: the proxy worker patches itself after the fork.
+
+Workers are plain os.fork() children and channels plain socketpairs, not multiprocess
+Process/Pipe: the supervisor must be the only code that reaps its children (one waitpid(-1)
+loop, which also reaps llama-servers re-parented to us as subreaper), and the proxy worker
+must read its channel cooperatively, which a gevent socket does and a Connection does not.
 """
 
 from __future__ import annotations
