@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import subprocess
-import sys
 import threading
 
 from harness import ROOT, Daemon, Home, wait_for
@@ -18,7 +17,7 @@ EXIT_LOAD_FAILED, EXIT_UNAVAILABLE = 7, 8
 def test_daemon_not_running_says_how_to_start_it(home: Home, ports) -> None:
     env = {**home.env, "LLMCTL_PORT": str(ports.take())}
     for args in (["status"], ["switch", "x"], ["models"]):
-        r = subprocess.run([sys.executable, str(ROOT / "bin" / "llmctl"), *args], env=env,
+        r = subprocess.run([str(ROOT / "bin" / "llmctl"), *args], env=env,
                            capture_output=True, text=True, timeout=30)
         assert r.returncode == EXIT_NOT_RUNNING, r
         assert "llmctld is not running" in r.stderr and "start it with `llmctld`" in r.stderr
@@ -127,7 +126,7 @@ def test_logs_and_follow(fake_home: Home, make_daemon) -> None:
     r = daemon.cli("logs", "-n", "3")
     assert r.returncode == 0 and 1 <= len(r.stdout.splitlines()) <= 3
 
-    follower = subprocess.Popen([sys.executable, str(ROOT / "bin" / "llmctl"), "logs", "-f",
+    follower = subprocess.Popen([str(ROOT / "bin" / "llmctl"), "logs", "-f",
                                  "-n", "1"], env=daemon.env, stdout=subprocess.PIPE, text=True)
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(follower.stdout or []), daemon=True)
@@ -168,7 +167,7 @@ def test_progress_on_a_terminal_redraws_one_line(fake_home: Home, make_daemon) -
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    r = subprocess.run([sys.executable, str(ROOT / "bin" / "llmctl"), "switch", "big"],
+    r = subprocess.run([str(ROOT / "bin" / "llmctl"), "switch", "big"],
                        env=daemon.env, stdout=subprocess.PIPE, stderr=slave, timeout=60)
     os.close(slave)
     reader.join(10)
@@ -183,7 +182,7 @@ def test_progress_on_a_terminal_redraws_one_line(fake_home: Home, make_daemon) -
 def test_env_port_reaches_the_daemon(fake_home: Home, make_daemon) -> None:
     daemon: Daemon = make_daemon()
     env = {**fake_home.env}  # no LLMCTL_PORT: the CLI finds the port in state.json
-    r = subprocess.run([sys.executable, str(ROOT / "bin" / "llmctl"), "status", "--json"],
+    r = subprocess.run([str(ROOT / "bin" / "llmctl"), "status", "--json"],
                        env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["daemon"]["port"] == daemon.port

@@ -217,7 +217,7 @@ class Daemon:
 
     def cli(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(ROOT / "bin" / "llmctl"), *args],
+        return subprocess.run([str(ROOT / "bin" / "llmctl"), *args],
                               env=env or self.env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
