@@ -183,3 +183,26 @@ def _alive(pid: int) -> bool:
     except psutil.Error:
         return False
 
+
+
+def test_client_disconnect_stops_the_generation(real_home: Home, make_daemon) -> None:
+    """Closing a streaming request through the proxy makes llama-server stop generating (seen
+    on its own /slots endpoint, queried directly by the test)."""
+    import requests
+
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    port = daemon.backend()["port"]
+
+    def processing() -> bool:
+        slots = requests.get(f"http://127.0.0.1:{port}/slots", timeout=5).json()
+        return any(slot.get("is_processing") for slot in slots)
+
+    r = daemon.post("/v1/chat/completions", stream=True, json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "max_tokens": 1_000_000, "ignore_eos": True})
+    next(r.iter_lines())
+    assert processing()
+    r.close()
+    wait_for(lambda: not processing(), 10, "llama-server to stop generating")
+    wait_for(lambda: daemon.status()["in_flight"] == 0, 10, "the request to be released")
