@@ -43,6 +43,15 @@ def openai_error(status: int, message: str, type_: str, code: str | int | None =
             [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body)
 
 
+class UpstreamConnection(http.client.HTTPConnection):
+    """http.client sends the request head and body in separate writes; with Nagle's algorithm
+    and delayed ACKs the body then waits ~40 ms. Small writes go out at once instead."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
@@ -54,7 +63,7 @@ class UpstreamPool:
             if _still_open(conn):
                 return conn, True
             conn.close()
-        conn = http.client.HTTPConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
+        conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
         return conn, False
 
     def put(self, addr: tuple[str, int], conn: http.client.HTTPConnection) -> None:
@@ -151,7 +160,7 @@ class OpenAIProxy:
         replayable = not isinstance(body, _Body)
         for attempt in (1, 2):
             conn, reused = self.pool.get(addr) if replayable else (
-                http.client.HTTPConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT), False)
+                UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT), False)
             try:
                 if isinstance(body, _Body):
                     headers["content-length"] = str(body.length)

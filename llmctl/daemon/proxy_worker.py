@@ -28,7 +28,6 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     monkey.patch_all()
     import gevent
     import gevent.event
-    from gevent import pywsgi
 
     from llmctl.daemon.app import App
     from llmctl.daemon.channel import Channel
@@ -40,8 +39,8 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     hub = Hub(channel, paths, daemon_info, config)
     daemon_cfg = hub.config.data["daemon"]
     guard = Guard(daemon_info["host"], daemon_cfg["allowed_origins"], daemon_cfg["allow_remote"])
-    server = pywsgi.WSGIServer(server_sock, App(hub, guard), handler_class=_handler_class(), log=None,
-                               error_log=_ErrorLog())
+    server = _server_class()(server_sock, App(hub, guard), handler_class=_handler_class(),
+                             log=None, error_log=_ErrorLog())
     hub.start()
     stopping = gevent.event.Event()
 
@@ -61,6 +60,19 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     stopping.wait()
     server.stop(timeout=DRAIN_SECONDS)
     return 0
+
+
+def _server_class() -> type:
+    from gevent import pywsgi
+
+    class Server(pywsgi.WSGIServer):
+        def handle(self, sock: socket.socket, address: Any) -> None:
+            # each SSE chunk is its own small write: send it now, not after the client's
+            # delayed ACK of the previous one
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    return Server
 
 
 def _handler_class() -> type:
