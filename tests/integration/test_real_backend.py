@@ -185,13 +185,16 @@ def _alive(pid: int) -> bool:
 
 
 
-def test_client_disconnect_stops_the_generation(real_home: Home, make_daemon) -> None:
+def test_client_disconnect_stops_the_generation(real_home: Home, make_daemon,
+                                                slow_gguf) -> None:
     """Closing a streaming request through the proxy makes llama-server stop generating (seen
     on its own /slots endpoint, queried directly by the test)."""
     import requests
 
+    # the big vocabulary of the "slow" model makes each token slow enough to watch
+    real_home.add_model("wordy", slow_gguf, llama={"ctx_size": 2048})
     daemon = make_daemon()
-    assert daemon.switch("tiny-alpha").status_code == 200
+    assert daemon.switch("wordy").status_code == 200
     port = daemon.backend()["port"]
 
     def processing() -> bool:
@@ -201,7 +204,9 @@ def test_client_disconnect_stops_the_generation(real_home: Home, make_daemon) ->
     r = daemon.post("/v1/chat/completions", stream=True, json={
         "messages": [{"role": "user", "content": "hi"}], "stream": True,
         "max_tokens": 1_000_000, "ignore_eos": True})
-    next(r.iter_lines())
+    lines = r.iter_lines()
+    for _ in range(20):
+        next(lines)
     assert processing()
     r.close()
     wait_for(lambda: not processing(), 10, "llama-server to stop generating")
