@@ -1,14 +1,18 @@
 """The proxy worker process: gevent's WSGI server on the socket inherited from the supervisor.
 
 Order matters (as in gunicorn's gevent worker): monkey-patch first, in the child only, then
-re-wrap the inherited listening socket and channel as gevent sockets, then serve. On SIGTERM it
+re-wrap the inherited listening socket and channel as gevent sockets, then serve, and tell the
+supervisor it is ready (a graceful restart retires the old worker only then). On SIGTERM it
 stops accepting (the supervisor's copy of the socket keeps the port open, so new connections
-wait in the backlog for the successor) and drains its requests for a bounded time.
+go to the successor) and answers every request still reaching it with `Connection: close`,
+so clients move over one by one. Closing an idle kept-alive connection ourselves would race
+with a client sending on it; only connections silent for the whole DRAIN_SECONDS are dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -28,9 +32,10 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     monkey.patch_all()
     import gevent
     import gevent.event
+    import gevent.pool
 
     from llmctl.daemon.app import App
-    from llmctl.daemon.channel import Channel
+    from llmctl.daemon.channel import Channel, ChannelClosed
     from llmctl.daemon.hub import Hub
     from llmctl.daemon.security import Guard
 
@@ -39,26 +44,30 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     hub = Hub(channel, paths, daemon_info, config)
     daemon_cfg = hub.config.data["daemon"]
     guard = Guard(daemon_info["host"], daemon_cfg["allowed_origins"], daemon_cfg["allow_remote"])
+    # a Pool, unbounded: without one, server.stop() does not wait for requests in progress
     server = _server_class()(server_sock, App(hub, guard), handler_class=_handler_class(),
-                             log=None, error_log=_ErrorLog())
+                             spawn=gevent.pool.Pool(), log=None, error_log=_ErrorLog())
     hub.start()
-    stopping = gevent.event.Event()
+    stopped = gevent.event.Event()
 
     def stop() -> None:
-        if stopping.is_set():
+        if server.closed:
             return
-        stopping.set()
-        server.stop(timeout=DRAIN_SECONDS)
+        server.stop(timeout=DRAIN_SECONDS)  # stop accepting, then wait for the connections
+        stopped.set()
 
-    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
     def stop_when_orphaned() -> None:
         hub.closed.wait()
         stop()
 
+    gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
     gevent.spawn(stop_when_orphaned)
     server.start()
-    stopping.wait()
-    server.stop(timeout=DRAIN_SECONDS)
+    try:
+        channel.send({"type": "ready", "pid": os.getpid()})
+    except ChannelClosed:
+        stop()
+    stopped.wait()
     return 0
 
 
@@ -80,6 +89,12 @@ def _handler_class() -> type:
 
     class Handler(WSGIHandler):
         """Adds the raw request target (PATH_INFO is unquoted) and the client socket."""
+
+        def start_response(self, status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Any:
+            if self.server.closed:  # draining: this is the connection's last answer
+                headers = [*headers, ("Connection", "close")]
+            return super().start_response(status, headers, exc_info)
 
         def get_environ(self) -> dict[str, Any]:
             env = super().get_environ()

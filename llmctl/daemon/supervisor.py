@@ -81,7 +81,10 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.exit_code = 0
-        self.draining: set[int] = set()  # old proxy workers finishing their requests
+        # old proxy workers, by pid: still serving until their successor is ready (not yet
+        # signalled), then draining; their channels stay open for replies meant for them
+        self.retiring: dict[int, Channel | None] = {}
+        self.signalled: set[int] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -103,7 +106,7 @@ class Supervisor:
                 self.handle_signals()
                 self.reap_workers()
                 if self.stopping:
-                    if all(w.pid is None for w in self.workers.values()):
+                    if not self.children_alive():
                         return self.exit_code
                     if time.monotonic() > self.stop_deadline:
                         self.kill_workers()
@@ -117,7 +120,7 @@ class Supervisor:
 
     def _finish_shutdown(self) -> int:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-        while any(w.pid is not None for w in self.workers.values()):
+        while self.children_alive():
             if time.monotonic() > deadline:
                 self.kill_workers()
                 break
@@ -143,6 +146,9 @@ class Supervisor:
 
     def _queue_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)  # nothing else: the loop does the work
+
+    def children_alive(self) -> bool:
+        return bool(self.retiring) or any(w.pid is not None for w in self.workers.values())
 
     def _next_timeout(self) -> float:
         due = [w.due for w in self.workers.values() if w.pid is None and not self.stopping]
@@ -172,24 +178,29 @@ class Supervisor:
         proxy = self.workers["proxy"]
         if proxy.pid is not None:
             _kill(proxy.pid, signal.SIGTERM)  # stop accepting and drain
+        self.retire_old_proxies()
         self.send("lifecycle", {"type": "control", "action": "shutdown"})
 
     def restart_proxy(self, reason: str) -> None:
-        """A graceful proxy restart (upgrade, leak): start the successor first, then let the
-        old one drain. Both accept from the same socket meanwhile: nothing is refused."""
+        """A graceful proxy restart (upgrade, leak): the old worker keeps serving until its
+        successor reports ready, then drains. Both accept from the same socket meanwhile:
+        nothing is refused and nothing waits."""
         old = self.workers["proxy"]
         if old.pid is None or self.stopping:
             return
         log.info("restarting the proxy worker (%s)", reason)
-        old_pid = old.pid
         if old.channel is not None:
-            self.selector.unregister(old.channel.fileno())
-            old.channel.close()
-        self.draining.add(old_pid)
+            self.selector.modify(old.channel.fileno(), selectors.EVENT_READ, ("retiring", old.pid))
+        self.retiring[old.pid] = old.channel
         old.pid, old.channel = None, None
         old.restarts += 1
         self.spawn(old)
-        _kill(old_pid, signal.SIGTERM)
+
+    def retire_old_proxies(self) -> None:
+        for pid in self.retiring:
+            if pid not in self.signalled:
+                self.signalled.add(pid)
+                _kill(pid, signal.SIGTERM)
 
     # --- workers ------------------------------------------------------------------------------
 
@@ -246,12 +257,22 @@ class Supervisor:
                 return
             worker = next((w for w in self.workers.values() if w.pid == pid), None)
             if worker is None:
-                if pid in self.draining:
-                    self.draining.discard(pid)
+                if pid in self.retiring:
+                    self._close_retired(pid)
                 else:  # an orphan re-parented to us (subreaper): nothing to do but reap it
                     log.info("reaped orphaned process %d (%s)", pid, _describe(status))
                 continue
             self._worker_exited(worker, status)
+
+    def _close_retired(self, pid: int) -> None:
+        channel = self.retiring.pop(pid, None)
+        self.signalled.discard(pid)
+        if channel is not None:
+            try:
+                self.selector.unregister(channel.fileno())
+            except (KeyError, ValueError):
+                pass
+            channel.close()
 
     def _worker_exited(self, worker: Worker, status: int) -> None:
         worker.last_exit = _describe(status)
@@ -263,7 +284,7 @@ class Supervisor:
             worker.channel.close()
         worker.pid, worker.channel = None, None
         for rid in sorted(worker.pending):  # commands it will never answer
-            self.send("proxy", {"type": "reply", "id": rid, "ok": False, "error": {
+            self.send_to_proxy({"type": "reply", "id": rid, "ok": False, "error": {
                 "code": "unavailable", "retryable": True,
                 "message": f"the {worker.role} worker stopped while handling this request; "
                            "retry in a moment"}})
@@ -295,9 +316,9 @@ class Supervisor:
                 self.spawn(worker)
 
     def kill_workers(self) -> None:
-        for worker in self.workers.values():
-            if worker.pid is not None:
-                _kill(worker.pid, signal.SIGKILL)
+        for pid in [w.pid for w in self.workers.values()] + list(self.retiring):
+            if pid is not None:
+                _kill(pid, signal.SIGKILL)
 
     # --- messages -------------------------------------------------------------------------------
 
@@ -309,6 +330,20 @@ class Supervisor:
                         pass
                 except BlockingIOError:
                     pass
+                continue
+            if isinstance(key.data, tuple):  # a retiring proxy worker
+                channel = self.retiring.get(key.data[1])
+                if channel is None:
+                    continue
+                try:
+                    messages = channel.receive()
+                except (ChannelClosed, OSError):
+                    self.selector.unregister(key.fd)
+                    channel.close()
+                    self.retiring[key.data[1]] = None
+                    continue
+                for message in messages:
+                    self.route("proxy", message)
                 continue
             worker = self.workers[key.data]
             if worker.channel is None:
@@ -326,12 +361,14 @@ class Supervisor:
     def route(self, source: str, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if source == "proxy":
-            if kind == "cmd" and message.get("to") == "supervisor":
+            if kind == "ready":
+                self.retire_old_proxies()
+            elif kind == "cmd" and message.get("to") == "supervisor":
                 self._supervisor_command(message)
             elif kind == "cmd":
                 lifecycle = self.workers["lifecycle"]
                 if lifecycle.channel is None:
-                    self.send("proxy", {"type": "reply", "id": message.get("id"), "ok": False,
+                    self.send_to_proxy({"type": "reply", "id": message.get("id"), "ok": False,
                                         "error": {"code": "unavailable", "retryable": True,
                                                   "message": "the lifecycle worker is "
                                                   "restarting; retry in a moment"}})
@@ -341,15 +378,37 @@ class Supervisor:
         else:
             if kind == "reply":
                 self.workers["lifecycle"].pending.discard(str(message.get("id")))
-            self.send("proxy", message)
+            if kind == "state":
+                for channel in self.retiring.values():
+                    self._send_channel(channel, message)
+            self.send_to_proxy(message)
+
+    def send_to_proxy(self, message: dict[str, Any]) -> None:
+        """Replies and events go to the proxy worker that asked (its pid is in the command
+        id, `p<pid>-<n>`), which may be a retiring one; everything else to the current one."""
+        rid = str(message.get("id") or "")
+        if rid.startswith("p") and "-" in rid:
+            pid_text = rid[1:rid.index("-")]
+            if pid_text.isdigit() and int(pid_text) in self.retiring:
+                self._send_channel(self.retiring[int(pid_text)], message)
+                return
+        self.send("proxy", message)
+
+    def _send_channel(self, channel: Channel | None, message: dict[str, Any]) -> None:
+        if channel is None:
+            return
+        try:
+            channel.send(message)
+        except (ChannelClosed, OSError):
+            pass
 
     def _supervisor_command(self, message: dict[str, Any]) -> None:
         if message.get("cmd") == "restart_proxy":
-            self.send("proxy", {"type": "reply", "id": message.get("id"), "ok": True})
+            self.send_to_proxy({"type": "reply", "id": message.get("id"), "ok": True})
             self.restart_proxy("requested over the API")
         elif message.get("cmd") == "reload":
             self.send("lifecycle", {"type": "control", "action": "reload"})
-            self.send("proxy", {"type": "reply", "id": message.get("id"), "ok": True})
+            self.send_to_proxy({"type": "reply", "id": message.get("id"), "ok": True})
 
     def send(self, role: str, message: dict[str, Any]) -> None:
         worker = self.workers[role]

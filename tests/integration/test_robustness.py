@@ -290,3 +290,49 @@ def test_load_while_the_proxy_worker_is_killed_repeatedly(fake_home: Home,
     assert daemon.backend()["pid"] == backend_pid
     restarts = daemon.status()["daemon"]["workers"]["proxy"]["restarts"]
     assert restarts == kills
+
+
+def test_graceful_proxy_restart_under_load_fails_nothing(fake_home: Home,
+                                                          make_daemon) -> None:
+    """POST /restart-proxy while clients (new connections and kept-alive ones) keep sending:
+    the old worker serves until its successor is ready, then drains; no request fails."""
+    fake_home.add_model("m")
+    daemon = make_daemon()
+    assert daemon.switch("m").ok
+    stop = time.monotonic() + 5
+    stats = {"ok": 0, "failed": 0}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(keep_alive: bool) -> None:
+        session = requests.Session()
+        session.trust_env = False
+        while time.monotonic() < stop:
+            try:
+                if keep_alive:
+                    r = session.post(daemon.url + "/v1/chat/completions", timeout=30,
+                                     json={"messages": [], "max_tokens": 2})
+                else:
+                    r = requests.post(daemon.url + "/v1/chat/completions", timeout=30,
+                                      json={"messages": [], "max_tokens": 2})
+                outcome = "ok" if r.status_code == 200 else "failed"
+            except requests.RequestException as e:
+                outcome = "failed"
+                errors.append(repr(e))
+            with lock:
+                stats[outcome] += 1
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    pids = []
+    while time.monotonic() < stop - 1.5:
+        pids.append(wait_for(lambda: (p := daemon.workers().get("proxy")) not in pids and p,
+                             10, "a new proxy worker"))
+        assert daemon.post("/restart-proxy").status_code == 202
+        time.sleep(0.6)  # ok: pacing the restarts, not synchronising
+    for t in threads:
+        t.join(60)
+    assert len(pids) >= 3
+    assert stats["failed"] == 0, (stats, errors[:3])
+    assert stats["ok"] > 100, stats
