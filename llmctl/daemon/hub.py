@@ -32,6 +32,9 @@ from llmctl.daemon.channel import Channel, ChannelClosed
 log = logging.getLogger("llmctld.proxy")
 
 COMMAND_SLACK = 60.0  # beyond load + stop timeouts, for a reply that never comes
+# A client that just read a stream's last event may switch before the proxy has read the
+# upstream's end-of-stream and released that request: give finishing requests this long.
+BUSY_GRACE = 0.5
 
 
 class Unavailable(Exception):
@@ -199,7 +202,11 @@ class Hub:
     def begin(self, cmd: str, force: bool, **fields: Any) -> Command:
         """Start a switch or stop: refused while requests are in flight unless forced."""
         if self.in_flight and not force:
-            raise Busy(self.in_flight)
+            deadline = time.monotonic() + BUSY_GRACE
+            while self.in_flight and (remaining := deadline - time.monotonic()) > 0:
+                self.wait_for_change(remaining)
+            if self.in_flight:
+                raise Busy(self.in_flight)
         # llama-server does not exit on SIGTERM while a request is open: cut them first
         for relay in list(self.relays):
             relay.abort()

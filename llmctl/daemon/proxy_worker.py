@@ -2,11 +2,14 @@
 
 Order matters (as in gunicorn's gevent worker): monkey-patch first, in the child only, then
 re-wrap the inherited listening socket and channel as gevent sockets, then serve, and tell the
-supervisor it is ready (a graceful restart retires the old worker only then). On SIGTERM it
+supervisor it is ready (a graceful restart retires the old worker only then). Either way it
 stops accepting (the supervisor's copy of the socket keeps the port open, so new connections
-go to the successor) and answers every request still reaching it with `Connection: close`,
-so clients move over one by one. Closing an idle kept-alive connection ourselves would race
-with a client sending on it; only connections silent for the whole DRAIN_SECONDS are dropped.
+go to the successor) and answers every request still reaching it with `Connection: close`.
+
+- SIGUSR2, retire (a graceful restart): wait for every connection, so kept-alive clients move
+  to the successor one by one. Closing an idle kept-alive connection ourselves would race
+  with a client sending on it; only connections silent for DRAIN_SECONDS are dropped.
+- SIGTERM, shut down: wait only for requests in progress (DRAIN_SECONDS at most), then go.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from llmctl.core.config import GlobalConfig
@@ -50,10 +54,19 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     hub.start()
     stopped = gevent.event.Event()
 
+    def retire() -> None:
+        if not server.closed:
+            server.stop(timeout=DRAIN_SECONDS)  # stop accepting, wait for every connection
+            stopped.set()
+
     def stop() -> None:
-        if server.closed:
+        if server.closed and stopped.is_set():
             return
-        server.stop(timeout=DRAIN_SECONDS)  # stop accepting, then wait for the connections
+        server.close()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while server.busy and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        server.stop(timeout=0)  # what is left is idle: drop it
         stopped.set()
 
     def stop_when_orphaned() -> None:
@@ -61,6 +74,7 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
         stop()
 
     gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(stop))
+    gevent.signal_handler(signal.SIGUSR2, lambda: gevent.spawn(retire))
     gevent.spawn(stop_when_orphaned)
     server.start()
     try:
@@ -75,6 +89,8 @@ def _server_class() -> type:
     from gevent import pywsgi
 
     class Server(pywsgi.WSGIServer):
+        busy = 0  # requests being answered (connections between requests are not counted)
+
         def handle(self, sock: socket.socket, address: Any) -> None:
             # each SSE chunk is its own small write: send it now, not after the client's
             # delayed ACK of the previous one
@@ -88,7 +104,15 @@ def _handler_class() -> type:
     from gevent.pywsgi import WSGIHandler
 
     class Handler(WSGIHandler):
-        """Adds the raw request target (PATH_INFO is unquoted) and the client socket."""
+        """Adds the raw request target (PATH_INFO is unquoted) and the client socket, and
+        counts the requests being answered for the shutdown drain."""
+
+        def handle_one_response(self) -> None:
+            self.server.busy += 1
+            try:
+                super().handle_one_response()
+            finally:
+                self.server.busy -= 1
 
         def start_response(self, status: str, headers: list[tuple[str, str]],
                            exc_info: Any = None) -> Any:

@@ -178,7 +178,7 @@ class Supervisor:
         proxy = self.workers["proxy"]
         if proxy.pid is not None:
             _kill(proxy.pid, signal.SIGTERM)  # stop accepting and drain
-        self.retire_old_proxies()
+        self.retire_old_proxies(signal.SIGTERM)
         self.send("lifecycle", {"type": "control", "action": "shutdown"})
 
     def restart_proxy(self, reason: str) -> None:
@@ -196,11 +196,13 @@ class Supervisor:
         old.restarts += 1
         self.spawn(old)
 
-    def retire_old_proxies(self) -> None:
+    def retire_old_proxies(self, sig: int = signal.SIGUSR2) -> None:
+        """USR2: drain and let kept-alive clients move over; TERM (shutdown): finish the
+        requests in progress and go."""
         for pid in self.retiring:
-            if pid not in self.signalled:
+            if pid not in self.signalled or sig == signal.SIGTERM:
                 self.signalled.add(pid)
-                _kill(pid, signal.SIGTERM)
+                _kill(pid, sig)
 
     # --- workers ------------------------------------------------------------------------------
 

@@ -193,7 +193,7 @@ def test_worker_that_cannot_boot_stops_the_supervisor(tmp_path) -> None:
 
 
 def test_lifecycle_killed_during_load_resumes_it(fake_home: Home, make_daemon) -> None:
-    fake_home.add_model("slowpoke", script={"load_seconds": 2.0})
+    fake_home.add_model("slowpoke", script={"load_seconds": 5.0})
     daemon = make_daemon()
     result: dict[str, requests.Response] = {}
     t = threading.Thread(target=lambda: result.update(r=daemon.switch("slowpoke")))

@@ -48,18 +48,25 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
 
 class Ports:
     """Ports for llama-servers (the daemons themselves bind port 0). Each test session takes a
-    block derived from its pid and skips ports something else listens on."""
+    block of 100 derived from its pid, below Linux's ephemeral range (32768-60999), where the
+    kernel hands out ports for outgoing connections and port-0 binds at any moment, and skips
+    ports that are taken."""
+
+    FIRST, BLOCKS = 20000, 120
 
     def __init__(self) -> None:
-        self.next = 21000 + (os.getpid() % 300) * 100
+        self.next = self.FIRST + (os.getpid() % self.BLOCKS) * 100
 
     def take(self) -> int:
         while True:
             port = self.next
             self.next += 1
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) != 0:
-                    return port
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
 
 
 class Home:

@@ -18,14 +18,16 @@ HERE = Path(__file__).resolve().parent
 FAKE = HERE / "fake_llama_server.py"
 sys.path.insert(0, str(HERE))
 from fake_llama_server import write_fake_model  # noqa: E402
+from harness import Ports  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only (signals, /proc)")
 
 
+PORTS = Ports()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return PORTS.take()
 
 
 class Fake:
