@@ -114,6 +114,25 @@ def _handler_class() -> type:
             finally:
                 self.server.busy -= 1
 
+        def _write_with_headers(self, data: bytes) -> None:
+            """The head and a small first chunk in one write (pywsgi makes two syscalls)."""
+            if len(data) > 65536:
+                super()._write_with_headers(data)
+                return
+            self.headers_sent = True
+            self.finalize_headers()
+            out = bytearray(b"HTTP/1.1 ")
+            out += self.status
+            out += b"\r\n"
+            for header, value in self.response_headers:
+                out += header + b": " + value + b"\r\n"
+            out += b"\r\n"
+            if data and self.response_use_chunked:
+                out += b"%x\r\n" % len(data) + data + b"\r\n"
+            else:
+                out += data
+            self._sendall(out)
+
         def start_response(self, status: str, headers: list[tuple[str, str]],
                            exc_info: Any = None) -> Any:
             if self.server.closed:  # draining: this is the connection's last answer

@@ -121,7 +121,7 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(fake_home: Home,
 
 
 def test_busy_rules(fake_home: Home, make_daemon) -> None:
-    fake_home.add_model("talker", script={"chunk_interval": 0.05})
+    fake_home.add_model("talker", script={"chunk_interval": 0.05, "stream_chunks": 60})
     fake_home.add_model("other")
     daemon = make_daemon()
     assert daemon.switch("talker").status_code == 200
