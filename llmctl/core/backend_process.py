@@ -158,7 +158,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 def find_owned_orphans(runtime: Path, exclude: set[int]) -> list[psutil.Process]:
     """llama-servers that an llmctld using this runtime dir started and lost track of (found by
-    the marker we put in their environment, so a user's own llama-server is never touched)."""
+    the marker we put in their environment, so a user's own llama-server is never touched).
+    Only session leaders count: we start each backend in a session of its own, and whatever
+    else carries the marker is a child of one (e.g. an interpreter's launcher) and goes with
+    it."""
     found = []
     uid = os.getuid()
     for proc in psutil.process_iter(["pid", "uids"]):
@@ -166,8 +169,8 @@ def find_owned_orphans(runtime: Path, exclude: set[int]) -> list[psutil.Process]
                 proc.info["uids"].real != uid:
             continue
         try:
-            if proc.environ().get(OWNER_ENV) == str(runtime):
+            if os.getsid(proc.pid) == proc.pid and proc.environ().get(OWNER_ENV) == str(runtime):
                 found.append(proc)
-        except psutil.Error:
+        except (psutil.Error, OSError):
             continue
     return found

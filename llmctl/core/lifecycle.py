@@ -39,10 +39,12 @@ Emit = Callable[[dict[str, Any]], None]
 log = logging.getLogger("llmctld.lifecycle")
 
 LOAD_POLL = 0.02  # seconds between readiness checks while loading
+EARLY_POLL = 0.005  # ...during the first second: small models are ready within it
 WATCH_POLL = 0.5  # seconds between liveness checks of a ready backend
 PROGRESS_EVERY = 0.1  # at most this often a progress event
 LOG_TAIL_LINES = 30
 LOG_CHECK_EVERY = 5.0
+LOG_KEEP = 1024 * 1024  # what a cut log keeps of its newest part
 
 
 def describe_exit(code: int | None) -> str:
@@ -323,7 +325,9 @@ class Lifecycle:
     # --- the loop's periodic work -------------------------------------------------------------
 
     def next_timeout(self) -> float:
-        return LOAD_POLL if self.load is not None else WATCH_POLL
+        if self.load is None:
+            return WATCH_POLL
+        return EARLY_POLL if time.monotonic() - self.load.started < 1.0 else LOAD_POLL
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -460,7 +464,7 @@ class Lifecycle:
         after we cut the file its next line lands at the new end."""
         if _size(path) <= self.log_max:
             return
-        keep = self.log_max // 2
+        keep = min(self.log_max // 2, LOG_KEEP)  # held in memory for a moment: keep it small
         try:
             with open(path, "r+b") as f:
                 f.seek(-keep, os.SEEK_END)

@@ -13,6 +13,7 @@ when the body is in memory, so it can be sent again).
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import logging
 import select
@@ -49,7 +50,15 @@ class UpstreamConnection(http.client.HTTPConnection):
     goes in the same write as the head (one syscall, one packet)."""
 
     def connect(self) -> None:
-        super().connect()
+        try:  # a numeric address (the usual 127.0.0.1) needs no resolver round-trip
+            family = socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 \
+                else socket.AF_INET
+        except ValueError:
+            super().connect()
+        else:
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect((self.host, self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:

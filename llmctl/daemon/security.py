@@ -10,6 +10,7 @@ from a loopback origin or one the user listed in daemon.allowed_origins.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,10 @@ class Guard:
     def host_allowed(self, host_header: str | None) -> bool:
         if not host_header or self.any_host:
             return True
+        return self._host_allowed(host_header)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one Guard per worker, a handful of hosts
+    def _host_allowed(self, host_header: str) -> bool:
         host = _hostname(host_header)
         return host is not None and (is_loopback(host) or host == self.bound_host
                                      or host.endswith(".localhost"))

@@ -230,10 +230,13 @@ class Daemon:
 
 
 def owned_backends(runtime: Path) -> list[psutil.Process]:
+    """Live llama-servers (fake or real) started for this runtime dir: session leaders carrying
+    llmctld's marker (their own children, e.g. an interpreter launcher's, do not count)."""
     found = []
     for proc in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
-            if proc.environ().get("LLMCTL_BACKEND_OF") == str(runtime):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) == proc.pid and proc.status() != psutil.STATUS_ZOMBIE and \
+                    proc.environ().get("LLMCTL_BACKEND_OF") == str(runtime):
                 found.append(proc)
     return found
 
