@@ -1,0 +1,291 @@
+"""The printed tables, the PASS/MISS list against the targets, the JSON and the plot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+NA = "n/a"
+PATHS = ("direct", "llmctld", "nginx")
+
+
+def _get(d: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return NA
+    if isinstance(v, float) and v != v:  # NaN
+        return NA
+    return fmt.format(v) if isinstance(v, int | float) else str(v)
+
+
+def table(headers: list[str], rows: list[list[str]], title: str = "") -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    out = [title] if title else []
+    out.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                         for i, (h, w) in enumerate(zip(headers, widths, strict=False))))
+    out.append(line)
+    for r in rows:
+        out.append("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=False))))
+    return "\n".join(out)
+
+
+# --- the per-path comparison ------------------------------------------------------------------
+
+
+def _path_row(label: str, values: dict[str, Any], mode: str, fmt: str = "{:.2f}") -> list[str]:
+    """One metric for the three paths, and llmctld's and nginx's difference (`delta`) or
+    ratio (`ratio`) to direct."""
+    d = values.get("direct")
+    row = [label] + [_f(values.get(p), fmt) for p in PATHS]
+    for p in ("llmctld", "nginx"):
+        v = values.get(p)
+        if mode == "none":
+            row.append("")
+        elif v is None or d is None:
+            row.append(NA)
+        elif mode == "delta":
+            row.append(f"{v - d:+.2f} ms")
+        else:
+            row.append(f"{v / d:.3f}x" if d else NA)
+    return row
+
+
+def comparison(r: dict[str, Any]) -> str:
+    rows: list[list[str]] = []
+
+    def per_path(fn: Callable[[str], Any]) -> dict[str, Any]:
+        return {p: fn(p) for p in PATHS}
+
+    lat = r.get("latency") or {}
+    for kind, label in (("nonstream", "non-stream"), ("stream", "stream")):
+        for stat, name in (("total", "total"), ("ttfb", "TTFB")):
+            for q in ("p50", "p99"):
+                if kind == "nonstream" and stat == "ttfb" and q == "p99":
+                    continue
+                values = {p: _get(lat, kind, p, stat, q) for p in PATHS}
+                rows.append(_path_row(f"1 client {label} {name} {q} (ms)", values, "delta"))
+    if lat:
+        rows.append(["1 client errors (non-stream/stream)", *[
+            NA if _get(lat, "nonstream", p) is None else
+            f"{_get(lat, 'nonstream', p, 'errors')}/{_get(lat, 'stream', p, 'errors')}"
+            for p in PATHS], "", ""])
+    tp = r.get("throughput") or {}
+    if tp:
+        rows.append(_path_row(f"{tp.get('clients')} clients requests/s",
+                              per_path(lambda p: _get(tp, p, "rps")), "ratio", "{:.0f}"))
+        rows.append(_path_row(f"{tp.get('clients')} clients latency p50 (ms)",
+                              per_path(lambda p: _get(tp, p, "latency", "p50")), "delta"))
+        rows.append(_path_row(f"{tp.get('clients')} clients proxy CPU ms/request",
+                              per_path(lambda p: _get(tp, p, "proxy_cpu_ms_per_request")),
+                              "none", "{:.3f}"))
+        rows.append(_path_row(f"{tp.get('clients')} clients proxy CPU (cores)",
+                              per_path(lambda p: _get(tp, p, "proxy_cores")), "none"))
+        rows.append(_path_row(f"{tp.get('clients')} clients client CPU (cores)",
+                              per_path(lambda p: _get(tp, p, "client_cpu")), "none"))
+        rows.append([f"{tp.get('clients')} clients errors",
+                     *[_f(_get(tp, p, "errors"), "{:d}") for p in PATHS], "", ""])
+    st = r.get("stream") or {}
+    if st:
+        n = f"{st.get('streams')}x{st.get('max_tokens')} tok"
+        rows.append(_path_row(f"stream {n}: SSE chunks/s",
+                              per_path(lambda p: _get(st, p, "chunks_per_s")), "ratio", "{:.0f}"))
+        rows.append(_path_row(f"stream {n}: TTFB p50 (ms)",
+                              per_path(lambda p: _get(st, p, "ttfb", "p50")), "delta"))
+        rows.append(_path_row(f"stream {n}: proxy CPU us/chunk",
+                              per_path(lambda p: _get(st, p, "proxy_cpu_us_per_chunk")), "none",
+                              "{:.1f}"))
+        rows.append(_path_row(f"stream {n}: proxy CPU (cores)",
+                              per_path(lambda p: _get(st, p, "proxy_cores")), "none"))
+        rows.append(_path_row(f"stream {n}: client CPU (cores)",
+                              per_path(lambda p: _get(st, p, "client_cpu")), "none"))
+        pc = st.get("paced") or {}
+        if pc:
+            one = f"paced 1 stream x{pc.get('max_tokens')} tok"
+            rows.append(_path_row(f"{one}: tokens/s", per_path(
+                lambda p: _get(pc, p, "tokens_per_s")), "ratio", "{:.0f}"))
+            rows.append(_path_row(f"{one}: TTFB p50 (ms)", per_path(
+                lambda p: _get(pc, p, "ttfb", "p50")), "delta"))
+            for q in ("p50", "p90", "p99", "max"):
+                values = {p: _get(pc, p, "lag_ms", q) for p in PATHS}
+                rows.append(_path_row(f"{one}: chunk lag {q} (ms)", values, "delta"))
+            rows.append(_path_row(f"{one}: inter-chunk gap p50 (ms)", per_path(
+                lambda p: _get(pc, p, "gap_ms", "p50")), "delta"))
+    rows = [row for row in rows if any(c != NA for c in row[1:4])]
+    if not rows:
+        return ""
+    return table(["metric", *PATHS, "llmctld vs direct", "nginx vs direct"], rows,
+                 "== proxy path (same llama-server; ratios/differences against direct) ==")
+
+
+def control_tables(r: dict[str, Any]) -> str:
+    parts = []
+    sw = r.get("switch")
+    if sw:
+        rows = [
+            ["llama-server spawn -> /health 200 (direct, 5 ms poll)",
+             _f(_get(sw, "direct_ready", "p50"), "{:.1f}"), ""],
+            ["llama-server SIGTERM -> exit (direct)", _f(_get(sw, "direct_stop", "p50"), "{:.1f}"),
+             ""],
+            ["POST /switch from nothing loaded", _f(_get(sw, "api_cold", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "api_cold"), "{:+.1f}")],
+            ["POST /switch?stream=1 (NDJSON) from nothing loaded",
+             _f(_get(sw, "api_stream_cold", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "api_stream_cold"), "{:+.1f}")],
+            ["llmctl switch from nothing loaded", _f(_get(sw, "cli_cold", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "cli_cold"), "{:+.1f}")],
+            ["POST /switch A -> B (stop + start)", _f(_get(sw, "api_hot", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "api_hot"), "{:+.1f}")],
+            ["llmctl switch A -> B (stop + start)", _f(_get(sw, "cli_hot", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "cli_hot"), "{:+.1f}")],
+            ["direct: spawn + first request", _f(_get(sw, "default_direct", "p50"), "{:.1f}"),
+             ""],
+            ["default model loaded by the first /v1 request",
+             _f(_get(sw, "default_llmctld", "p50"), "{:.1f}"),
+             _f(_get(sw, "overhead_ms", "default"), "{:+.1f}")],
+        ]
+        status_ms = _get(r, "cli", "llmctl_status", "median_ms")
+        cli_over = _get(sw, "overhead_ms", "cli_cold")
+        if status_ms is not None and cli_over is not None:
+            rows.insert(5, ["  of which beyond `llmctl status` (CLI start + a request)", "",
+                            f"{cli_over - status_ms:+.1f}"])
+        parts.append(table(["switch (medians)", "ms", "overhead ms"], rows,
+                           "== switch (overhead = llmctl minus llama-server's own time) =="))
+    rs = r.get("restart")
+    if rs:
+        rows = [[e["kind"], _f(e["new_worker_ms"], "{:.0f}"), _f(e["gap_ms"], "{:.0f}"),
+                 _f(e.get("gap_at_s"), "{:.2f}"),
+                 _f(e["baseline_gap_ms"], "{:.0f}"), str(e["requests"]), str(e["refused"]),
+                 str(e["failed"]), str(e["resets"]),
+                 " ".join(f"{p['at_s']:.2f}s:{p['kind']}" for p in e["problems"][:4])]
+                for e in rs["events"]]
+        parts.append(table(["restart", "new pid ms", "gap ms", "gap at s", "normal gap", "requests",
+                            "refused", "failed", "resets", "first problems (s after)"], rows,
+                           "== proxy worker restart under a steady request loop =="))
+    cl = r.get("cli")
+    if cl:
+        rows = [[k, _f(_get(cl, k, "median_ms"), "{:.1f}"), _f(_get(cl, k, "min_ms"), "{:.1f}"),
+                 cl["commands"][k]] for k in cl["commands"]]
+        rows.append(["llmctl status / import requests", f"{cl['ratio']:.2f}x", "", ""])
+        parts.append(table(["command", "median ms", "min ms", "argv"], rows,
+                           f"== CLI wall time ({cl['tool']}, {cl['runs']} runs) =="))
+    mem = r.get("memory")
+    if mem:
+        rows = []
+        for key, label in (("idle", "llmctld idle"), ("load_throughput", "llmctld 16 clients"),
+                           ("load_stream", "llmctld 4 streams"),
+                           ("after", "llmctld idle, after all loads"),
+                           ("nginx_idle", "nginx idle"),
+                           ("nginx_load_throughput", "nginx 16 clients")):
+            m = mem.get(key)
+            if not m:
+                continue
+            procs = " ".join(f"{k}={v['pss_mb']:.1f}/{v['rss_mb']:.1f}"
+                             for k, v in m["processes"].items())
+            rows.append([label, f"{m['pss_mb']:.1f}", f"{m['rss_mb']:.1f}", procs])
+        parts.append(table(["memory", "PSS MB", "RSS MB", "per process PSS/RSS MB"], rows,
+                           "== memory (supervisor + proxy + lifecycle; llama-server excluded) =="))
+    cs = r.get("cold_start")
+    if cs:
+        parts.append(table(["cold start", "p50 ms", "min ms", "max ms"], [[
+            "llmctld spawn -> first /health 200", _f(cs["ms"]["p50"], "{:.0f}"),
+            _f(min(cs["runs"]), "{:.0f}"), _f(cs["ms"]["max"], "{:.0f}")]], "== cold start =="))
+    return "\n\n".join(parts)
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: the measured value, the bound, PASS/MISS (n/a when not measured)."""
+    out = []
+
+    def add(name: str, value: Any, op: str, bound: float, unit: str, note: str = "") -> None:
+        if value is None or (isinstance(value, float) and value != value):
+            value, verdict = None, NA
+        else:
+            verdict = "PASS" if (value <= bound if op == "<=" else value >= bound) else "MISS"
+        out.append({"metric": name, "value": value, "op": op, "target": bound, "unit": unit,
+                    "verdict": verdict, "note": note})
+
+    def added(kind: str, q: str) -> float | None:
+        a = _get(r, "latency", kind, "llmctld", "total", q)
+        b = _get(r, "latency", kind, "direct", "total", q)
+        return None if a is None or b is None else a - b
+
+    add("added latency p50, non-streaming", added("nonstream", "p50"), "<=", 0.5, "ms")
+    tp_l, tp_d = _get(r, "throughput", "llmctld", "rps"), _get(r, "throughput", "direct", "rps")
+    add("16-client throughput ratio", tp_l / tp_d if tp_l and tp_d else None, ">=", 0.75, "x")
+    st_l = _get(r, "stream", "llmctld", "chunks_per_s")
+    st_d = _get(r, "stream", "direct", "chunks_per_s")
+    add("streaming chunk-rate ratio", st_l / st_d if st_l and st_d else None, ">=", 0.90, "x")
+    add("switch overhead (API)", _get(r, "switch", "overhead_ms", "api_cold"), "<=", 50, "ms")
+    add("switch overhead (llmctl switch)", _get(r, "switch", "overhead_ms", "cli_cold"), "<=", 50,
+        "ms", "includes the CLI's own start-up")
+    add("default model on first request overhead", _get(r, "switch", "overhead_ms", "default"),
+        "<=", 50, "ms")
+    events = _get(r, "restart", "events") or []
+    for kind in ("graceful", "kill"):
+        ev = [e for e in events if e["kind"] == kind]
+        label = "POST /restart-proxy" if kind == "graceful" else "kill -9 proxy"
+        add(f"proxy restart ({label}) refused", sum(e["refused"] for e in ev) if ev else None,
+            "<=", 0, "")
+        add(f"proxy restart ({label}) gap", max(e["gap_ms"] for e in ev) if ev else None, "<=",
+            300, "ms", f"failed {sum(e['failed'] for e in ev)}, "
+            f"keep-alive resets {sum(e['resets'] for e in ev)}" if ev else "")
+    add("llmctl status vs import requests", _get(r, "cli", "ratio"), "<=", 1.3, "x")
+    mem = r.get("memory") or {}
+    add("daemon memory PSS, idle", _get(mem, "idle", "pss_mb"), "<=", 60, "MB")
+    loaded = [m["pss_mb"] for k, m in mem.items() if k.startswith("load_") or k == "after"]
+    add("daemon memory PSS, under load / after", max(loaded) if loaded else None, "<=", 60, "MB")
+    add("cold start to /health 200", _get(r, "cold_start", "ms", "p50"), "<=", 500, "ms")
+    return out
+
+
+def targets_table(ts: list[dict[str, Any]]) -> str:
+    rows = [[t["metric"], _f(t["value"], "{:.3g}") + (f" {t['unit']}" if t["unit"] else ""),
+             f"{t['op']} {t['target']:g} {t['unit']}".strip(), t["verdict"], t["note"]]
+            for t in ts]
+    return table(["target", "measured", "target", "verdict", "note"], rows, "== targets ==")
+
+
+def profile_text(r: dict[str, Any]) -> str:
+    p = r.get("profile")
+    if not p:
+        return ""
+    parts = []
+    if p.get("skipped"):
+        parts.append(f"profile: {p['skipped']}")
+    for label, run in (p.get("runs") or {}).items():
+        if "error" in run:
+            parts.append(f"profile ({label}): {run['error']}")
+            continue
+        head = (f"== proxy worker profile, {label} (py-spy {run['seconds']} s, "
+                f"{run['load_rps']:.0f} req/s, {run['load_chunks_per_s']:.0f} chunks/s, "
+                f"{run['samples']} samples, proxy busy ~{run['cpu_busy']:.0%}) ==")
+        rows = [[f"{t['pct']:.1f}%", t["where"]] for t in run["self_by_line"][:12]]
+        parts.append(table(["self", "where (file:line function)"], rows, head))
+        rows = [[f"{t['pct']:.1f}%", t["where"]] for t in run["inclusive_by_function"][:16]]
+        parts.append(table(["incl", "function (file)"], rows))
+        rows = [[f"{t['pct']:.1f}%", t["where"]] for t in run["self_by_file"][:8]]
+        parts.append(table(["self", "file"], rows))
+    if p.get("cli_imports"):
+        rows = [[f"{i['cumulative_us'] / 1000:.1f}", i["module"]] for i in p["cli_imports"]]
+        parts.append(table(["ms", "top-level import"], rows,
+                           "== `llmctl status` imports (python -X importtime) =="))
+    return "\n\n".join(parts)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
