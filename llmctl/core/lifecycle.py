@@ -30,7 +30,7 @@ from llmctl.core.backend_process import (
     health,
     port_in_use,
 )
-from llmctl.core.config import ConfigError, load_global
+from llmctl.core.config import ConfigError, GlobalConfig, load_global
 from llmctl.core.discovery import discover
 from llmctl.core.paths import Paths
 from llmctl.core.state import empty_backend, read_state, write_state
@@ -103,6 +103,7 @@ class Lifecycle:
         self.log_path: Path | None = None
         self.log_max = 20 * 1024 * 1024
         self.stop_grace = 10.0
+        self.ready_timeout = 600.0
         self.finished = False
         self._last_watch = 0.0
         self._last_log_check = 0.0
@@ -159,18 +160,17 @@ class Lifecycle:
 
     def _read_limits(self) -> None:
         try:
-            cfg = load_global(self.paths.config_file)
+            self._apply_limits(load_global(self.paths.config_file))
         except ConfigError:
-            return
+            pass  # keep the last good limits; a switch reports the error
+
+    def _apply_limits(self, cfg: GlobalConfig) -> None:
         self.log_max = cfg.data["daemon"]["log_max_bytes"]
         self.stop_grace = cfg.data["server"]["stopTimeoutMs"] / 1000
+        self.ready_timeout = cfg.data["server"]["readyTimeoutMs"] / 1000
 
     def _resume_load(self, proc: BackendProcess, record: dict[str, Any]) -> None:
-        timeout = 600.0
-        try:
-            timeout = load_global(self.paths.config_file).data["server"]["readyTimeoutMs"] / 1000
-        except ConfigError:
-            pass
+        timeout = self.ready_timeout
         elapsed = max(0.0, time.time() - (record["started_at"] or time.time()))
         path = Path(record["model_path"] or "")
         self.proc = proc
@@ -263,8 +263,7 @@ class Lifecycle:
 
     def _model(self, model_id: str) -> tuple[dict[str, Any], Any]:
         global_cfg = load_global(self.paths.config_file)
-        self.log_max = global_cfg.data["daemon"]["log_max_bytes"]
-        self.stop_grace = global_cfg.data["server"]["stopTimeoutMs"] / 1000
+        self._apply_limits(global_cfg)
         catalog = discover(self.paths.models_dir, global_cfg)
         entry = catalog.by_id(model_id)
         if entry is None:

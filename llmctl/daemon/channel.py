@@ -12,6 +12,10 @@ Message kinds (field "type"):
   state  lifecycle -> proxy broadcast: {"backend": {...}} after every backend change
   workers  supervisor -> proxy: worker pids and restart counts
   control  supervisor -> worker: {"action": "reload" | "shutdown"}
+  ready    proxy -> supervisor: serving (a graceful restart then retires the old worker)
+
+Command ids from a proxy worker are `p<pid>-<n>`, so replies reach the worker that asked even
+while an old one is being retired.
 """
 
 from __future__ import annotations
