@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 FAKE = HERE / "fake_llama_server.py"
 sys.path.insert(0, str(HERE))
 from fake_llama_server import write_fake_model  # noqa: E402
-from harness import Ports  # noqa: E402
+from harness import Ports, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux only (signals, /proc)")
 
@@ -80,7 +80,7 @@ class Fake:
             assert self.proc.poll() is None, self.stderr
             if self.health() == 200:
                 return time.monotonic() - self.t0
-            time.sleep(0.02)
+            time.sleep(0.02)  # ok: poll interval of a bounded wait
         raise AssertionError("not ready")
 
     def close(self):
@@ -176,8 +176,7 @@ def test_gguf_magic_default_behaviour(fake, tmp_path):
 
 def test_loading_then_ready(fake):
     f = fake({"load_seconds": 0.6})
-    while f.health() is None:
-        time.sleep(0.01)
+    wait_for(lambda: f.health() is not None, 10, "the fake to bind its port")
     st, hdrs, body = f.get("/v1/models")
     assert st == 503
     assert json.loads(body) == {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
@@ -187,7 +186,7 @@ def test_loading_then_ready(fake):
 
 def test_bind_delay(fake):
     f = fake({"bind_delay": 0.6, "load_seconds": 0})
-    time.sleep(0.3)
+    time.sleep(0.3)  # ok: checks that nothing listens yet, halfway through the delay
     assert f.health() is None  # connection refused
     assert f.wait_ready() >= 0.6
 
@@ -199,7 +198,7 @@ def test_read_bytes_during_load(fake):
     while f.health() != 200:
         with open(f"/proc/{f.proc.pid}/io") as io:
             seen.append(int(io.readline().split()[1]))
-        time.sleep(0.05)
+        time.sleep(0.05)  # ok: sampling interval while the load runs
     with open(f"/proc/{f.proc.pid}/io") as io:
         final = int(io.readline().split()[1])
     assert final >= size
@@ -208,7 +207,7 @@ def test_read_bytes_during_load(fake):
 
 def test_never_ready(fake):
     f = fake({"never_ready": True, "load_seconds": 0})
-    time.sleep(1.0)
+    time.sleep(1.0)  # ok: checks that readiness never comes
     assert f.health() == 503
 
 
@@ -231,8 +230,7 @@ def test_port_in_use(fake):
 
 def test_sigterm_during_load_kills(fake):
     f = fake({"load_seconds": 5})
-    while f.health() is None:
-        time.sleep(0.01)
+    wait_for(lambda: f.health() is not None, 10, "the fake to bind its port")
     f.proc.send_signal(signal.SIGTERM)
     assert f.proc.wait(2) == -signal.SIGTERM
 
@@ -248,7 +246,7 @@ def test_ignore_sigterm(fake):
     f = fake({"load_seconds": 0, "ignore_sigterm": True})
     f.wait_ready()
     f.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(0.5)  # ok: checks that SIGTERM changes nothing
     assert f.proc.poll() is None and f.health() == 200
     f.proc.kill()
     assert f.proc.wait(2) == -signal.SIGKILL
@@ -266,9 +264,10 @@ def test_hang_nonstream_on_sigterm(fake):
     f = fake({"load_seconds": 0, "hang_nonstream_on_sigterm": True, "slow_response_seconds": 30})
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 4})
-    time.sleep(0.2)
+    wait_for(lambda: b"llamacpp:requests_processing 1" in f.get("/metrics")[2], 10,
+             "the request to be in flight")
     f.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
+    time.sleep(1.0)  # ok: checks that SIGTERM does not end it while the client waits
     assert f.proc.poll() is None  # hangs while the client is connected
     s.close()
     assert f.proc.wait(3) == 0
@@ -278,9 +277,10 @@ def test_second_sigterm_exits_at_once(fake):
     f = fake({"load_seconds": 0, "hang_nonstream_on_sigterm": True, "slow_response_seconds": 30})
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 4})
-    time.sleep(0.2)
+    wait_for(lambda: b"llamacpp:requests_processing 1" in f.get("/metrics")[2], 10,
+             "the request to be in flight")
     f.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    time.sleep(0.3)  # ok: two separate signals, not one coalesced
     f.proc.send_signal(signal.SIGTERM)
     assert f.proc.wait(2) == 1
     assert "Received second interrupt" in f.stderr
@@ -292,7 +292,8 @@ def test_hang_stream_on_sigterm(fake):
               "chunk_interval": 0.05})
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 1000, "stream": True})
-    time.sleep(0.3)
+    s.settimeout(5)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")  # streaming has begun
     f.proc.send_signal(signal.SIGTERM)
     s.settimeout(5)
     data = b""
@@ -311,7 +312,8 @@ def test_stream_cut_on_sigterm(fake):
     f = fake({"load_seconds": 0, "chunk_interval": 0.05})
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 1000, "stream": True})
-    time.sleep(0.3)
+    s.settimeout(5)
+    assert s.recv(65536).startswith(b"HTTP/1.1 200")  # streaming has begun
     f.proc.send_signal(signal.SIGTERM)
     s.settimeout(5)
     data = b""
@@ -478,7 +480,8 @@ def test_requests_beyond_np_are_deferred(fake):
     f.wait_ready()
     s1 = _raw_request(f.port, {**CHAT, "max_tokens": 1})
     s2 = _raw_request(f.port, {**CHAT, "max_tokens": 1})
-    time.sleep(0.3)
+    wait_for(lambda: b"llamacpp:requests_deferred 1" in f.get("/metrics")[2], 10,
+             "the second request to be deferred")
     body = f.get("/metrics")[2]
     assert b"llamacpp:requests_processing 1" in body and b"llamacpp:requests_deferred 1" in body
     assert json.loads(f.get("/slots")[2])[0]["is_processing"] is True
