@@ -13,7 +13,6 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,9 +27,8 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 from harness import Daemon, Home, owned_backends, wait_for  # noqa: E402
+from harness import Ports as Ports  # noqa: E402  (the tests' picker, for run.py and plan.py)
 
-PORT_BASE = 52000  # other test runs use 16384-17999 and 21000-51000
-PORT_SPAN = 3000
 MODELS = ("tiny-a", "tiny-b")
 DEFAULT_MODEL = "tiny-a"
 # A model big enough to generate at a human-visible pace on one thread (~150 tokens/s, ~70
@@ -40,25 +38,6 @@ PACED_MODEL = "paced"
 PACED_PARAMS = dict(n_embd=1024, n_layer=4, n_head=16, n_ff=2816)
 PACED_CONFIG = {"llama": {"extra_args": ["--threads", "1"]}}
 SLOT_CTX = 512  # per llama-server slot: the long streams need prompt (56) + 384 tokens
-
-
-class Ports:
-    """Free loopback ports from 52000 up, each handed out once per run."""
-
-    def __init__(self) -> None:
-        self.next = PORT_BASE + (os.getpid() % 100) * 20
-
-    def take(self) -> int:
-        for _ in range(PORT_SPAN):
-            port = self.next
-            self.next = PORT_BASE + (self.next + 1 - PORT_BASE) % PORT_SPAN
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-        raise RuntimeError(f"no free port in {PORT_BASE}-{PORT_BASE + PORT_SPAN}")
 
 
 class Reaper:

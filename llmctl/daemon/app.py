@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -359,9 +361,6 @@ def _follow(path: Any, first: str, sock: Any) -> Iterator[bytes]:
 
 
 def _client_gone(sock: Any) -> bool:
-    import select
-    import socket
-
     try:
         readable, _, _ = select.select([sock], [], [], 0)
         return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
