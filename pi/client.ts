@@ -44,6 +44,9 @@ export interface ActiveInfo {
 	model: string | null;
 	name: string | null;
 	state: string;
+	/** the model `state` is about, also when it is not active (failed, stopping) */
+	backend_model?: string | null;
+	error?: string | null;
 	default_model: string | null;
 	generation: number;
 	pi?: { model?: PiModelMeta; provider_compat?: Record<string, unknown> };

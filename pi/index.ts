@@ -334,7 +334,7 @@ class LlmctlExtension {
 	}
 
 	private footerFor(active: ActiveInfo): string {
-		const model = active.model;
+		const model = active.model ?? active.backend_model;
 		switch (active.state) {
 			case "ready":
 				return `llmctl: ${model}`;

@@ -185,6 +185,9 @@ class App:
         return json_response({
             "model": active, "name": entry.name if active and entry else None,
             "state": backend["state"], "default_model": hub.default_model,
+            # the model `state` is about, also when it is not active (failed, stopping)
+            "backend_model": backend["model"],
+            "error": backend["error"] if backend["state"] == "failed" else None,
             "generation": backend["generation"],
             "pi": {"model": pi_model, "provider_compat": config["pi"]["provider_compat"]},
         })

@@ -75,6 +75,10 @@ def test_exit_during_load_reports_code_and_log_tail(fake_home: Home, make_daemon
     assert any("error loading model" in line for line in last["log_tail"])
     status = daemon.backend()
     assert status["state"] == "failed" and status["exit_code"] == 3
+    # /active (what the Pi footer reads) names the model that failed, and why
+    active = daemon.get("/active").json()
+    assert active["model"] is None and active["backend_model"] == "doomed"
+    assert "exited with code 3" in active["error"]
 
 
 def test_crash_mid_stream_ends_stream_and_next_switch_recovers(fake_home: Home,

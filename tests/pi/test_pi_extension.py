@@ -588,6 +588,10 @@ def test_rpc_failed_load_shows_reason_and_log_tail(daemon, pi):
         # llama-server really tried: the reason and the log tail are shown.
         assert "failed" in text.lower(), text
         assert "Last log lines:" in text, text
+        # The footer names the model that failed (from /active's backend_model).
+        rpc.wait_for(lambda m: m.get("method") == "setStatus"
+                     and m.get("statusText") == f"llmctl: {BROKEN} failed to load", 10,
+                     "the footer to name the model that failed")
         # The widget does not linger.
         widgets = ui(msgs, "setWidget")
         assert not widgets or not widgets[-1].get("widgetLines")
