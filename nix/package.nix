@@ -9,7 +9,6 @@ let
   pyproject = lib.importTOML ../pyproject.toml;
   dependencies = with python3Packages; [
     gevent
-    multiprocess
     psutil
     pyyaml
     rapidfuzz

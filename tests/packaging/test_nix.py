@@ -201,6 +201,17 @@ def test_flake_packages_for_every_system(flake_eval) -> None:
     assert wrapped["same"] is True
 
 
+def test_package_dependencies_match_pyproject(flake_eval) -> None:
+    """nix/package.nix lists the runtime dependencies itself: it must not drift from pyproject."""
+    import re
+    import tomllib
+
+    wanted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted_names = sorted(re.split(r"[<>=!~; \[]", d, maxsplit=1)[0].lower() for d in wanted)
+    got = flake_eval("packages", "ps: map (d: d.name) ps.x86_64-linux.llmctl-unwrapped.runtimeDependencies")
+    assert sorted(got) == wanted_names
+
+
 def test_flake_apps_run_the_wrapped_programs(flake_eval) -> None:
     apps = flake_eval("apps", "builtins.mapAttrs (_: builtins.mapAttrs (_: a: a.program))")
     for system in SYSTEMS:

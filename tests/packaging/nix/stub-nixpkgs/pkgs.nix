@@ -22,7 +22,6 @@ let
     fakes [
       "gevent"
       "gguf"
-      "multiprocess"
       "numpy"
       "openai"
       "psutil"
