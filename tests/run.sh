@@ -9,10 +9,11 @@ cd "$(dirname "$0")/.."
 log() { printf '\n=== %s\n' "$*"; }
 
 # System tools the packaging tests drive (runit, s6, OpenRC, systemd-analyze, shellcheck,
-# nix-instantiate, git) and node for the Pi extension.
+# nix-instantiate, git), node for the Pi extension, and the shells completion is tested in.
 need=()
 for tool in shellcheck:shellcheck runsv:runit s6-supervise:s6 openrc:openrc \
-            systemd-analyze:systemd nix-instantiate:nix-bin git:git node:nodejs npm:npm; do
+            systemd-analyze:systemd nix-instantiate:nix-bin git:git node:nodejs npm:npm \
+            zsh:zsh fish:fish; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

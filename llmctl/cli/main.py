@@ -34,6 +34,14 @@ EPILOG = """exit codes:
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""
 
 
+COMPLETION_HELP = """print a shell completion script for llmctl; model ids complete from the
+running daemon.
+
+  bash:  echo 'eval "$(llmctl completion bash)"' >> ~/.bashrc
+  zsh:   echo 'eval "$(llmctl completion zsh)"' >> ~/.zshrc    (after compinit)
+  fish:  llmctl completion fish > ~/.config/fish/completions/llmctl.fish"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmctl", description="Control llmctld: one local GGUF model at a time behind "
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--force", action="store_true", help="stop even while requests are in flight")
     add("status", "daemon and backend status", json_flag=True)
     add("active", "print the active model id (exit 1 if none)", json_flag=True)
-    add("models", "list discovered models", json_flag=True)
+    cmd = add("models", "list discovered models", json_flag=True)
+    cmd.add_argument("--ids", action="store_true", help="print only the model ids, one per line")
     cmd = add("inspect", "a model's merged configuration and GGUF facts", json_flag=True)
     cmd.add_argument("model", help="model id or part of it")
     cmd = add("logs", "show the log of the active (or named) model")
@@ -68,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
     add("reload", "re-discover models and re-read the configuration", json_flag=True)
+    cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
+    cmd.description = COMPLETION_HELP
+    cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
     return p
 
 
@@ -80,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     from llmctl.client.api import ApiError, Client, ClientError
 
     command = {"serve": "switch"}.get(args.command, args.command)
+    if command == "completion":
+        from llmctl.cli.completion import script
+
+        sys.stdout.write(script(args.shell, parser))
+        return EXIT_OK
     try:
         client = Client()
         return COMMANDS[command](client, args)
@@ -167,6 +184,9 @@ def cmd_active(client: Any, args: argparse.Namespace) -> int:
 
 def cmd_models(client: Any, args: argparse.Namespace) -> int:
     data = client.models()
+    if args.ids:
+        print("\n".join(m["id"] for m in data["models"]))
+        return EXIT_OK
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
