@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int,
                    help="port to listen on (default: daemon.port, 16384; 0 picks a free one)")
     p.add_argument("--log-level", default=os.environ.get("LLMCTL_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "warning", "error"],
+                   help="what the daemon logs to stderr (default: $LLMCTL_LOG_LEVEL, else info)")
     p.add_argument("--version", action="version", version=f"llmctld {__version__}")
     return p.parse_args(argv)
 
