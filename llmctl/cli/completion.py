@@ -151,7 +151,8 @@ _llmctl() {{
 {case_text}
     esac
 }}
-if [[ $zsh_eval_context[-1] == loadautoload ]]; then
+# Autoloaded from $fpath this file is the body of _llmctl: run it. Sourced or eval'd: register.
+if [[ $funcstack[1] == _llmctl ]]; then
     _llmctl "$@"
 else
     compdef _llmctl llmctl

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -51,13 +52,16 @@ def complete_fish(env: dict[str, str], line: str) -> list[str]:
     return [w.split("\t")[0] for w in r.stdout.splitlines() if w]
 
 
-def complete_zsh(env: dict[str, str], line: str, tmp: os.PathLike[str]) -> list[str]:
-    """Drive an interactive zsh through zpty: TAB after `line`, collect the candidates."""
-    script = os.path.join(tmp, "_llmctl.zsh")
-    with open(script, "w") as f:
-        f.write(subprocess.run([str(BIN / "llmctl"), "completion", "zsh"], env=env,
-                               capture_output=True, text=True, check=True, timeout=30).stdout)
-    r = subprocess.run([shell("zsh"), "-f", str(ZSH_DRIVER), script, line],
+def complete_zsh(env: dict[str, str], line: str, tmp: Path, *, fpath: bool = False) -> list[str]:
+    """Drive an interactive zsh through zpty: TAB after `line`, collect the candidates. The
+    script is sourced (the README's `eval` install) or autoloaded from $fpath (packages)."""
+    script = tmp / "site-functions" / "_llmctl"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(subprocess.run([str(BIN / "llmctl"), "completion", "zsh"], env=env,
+                                     capture_output=True, text=True, check=True,
+                                     timeout=30).stdout)
+    where = script.parent if fpath else script
+    r = subprocess.run([shell("zsh"), "-f", str(ZSH_DRIVER), str(where), line],
                        env={**env, "HOME": str(tmp)}, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "__DONE__" in r.stdout, r.stdout + r.stderr
     out = r.stdout.replace("\r", "")
@@ -98,12 +102,14 @@ def test_fish(daemon: Daemon) -> None:
     assert "--force" in complete_fish(env, "llmctl stop --")
 
 
-def test_zsh(daemon: Daemon, tmp_path) -> None:
+@pytest.mark.parametrize("fpath", [False, True], ids=["sourced", "fpath"])
+def test_zsh(daemon: Daemon, tmp_path: Path, fpath: bool) -> None:
     env = env_for(daemon.env)
-    assert complete_zsh(env, "llmctl sw", tmp_path) == ["switch"]
-    assert sorted(complete_zsh(env, "llmctl switch tiny-", tmp_path)) == ["tiny-alpha",
-                                                                           "tiny-beta"]
-    assert set(complete_zsh(env, "llmctl logs -", tmp_path)) >= {"--follow", "--lines"}
+    assert complete_zsh(env, "llmctl sw", tmp_path, fpath=fpath) == ["switch"]
+    assert sorted(complete_zsh(env, "llmctl switch tiny-", tmp_path, fpath=fpath)) == [
+        "tiny-alpha", "tiny-beta"]
+    assert set(complete_zsh(env, "llmctl logs -", tmp_path, fpath=fpath)) >= {"--follow",
+                                                                             "--lines"}
 
 
 def test_daemon_down_still_completes_commands(home: Home, ports) -> None:

@@ -15,6 +15,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 
 import pytest
 from servicekit import REPO, require_tool, run
@@ -212,6 +213,55 @@ def test_package_dependencies_match_pyproject(flake_eval) -> None:
     wanted_names = sorted(re.split(r"[<>=!~; \[]", d, maxsplit=1)[0].lower() for d in wanted)
     got = flake_eval("packages", "ps: map (d: d.name) ps.x86_64-linux.llmctl-unwrapped.runtimeDependencies")
     assert sorted(got) == wanted_names
+
+
+# What nixpkgs' installShellFiles does with `--cmd llmctl --bash F --zsh F --fish F`.
+INSTALL_SHELL_COMPLETION = r"""
+installShellCompletion() {
+  local cmd="" dest
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --cmd) cmd=$2;;
+      --bash) dest=$out/share/bash-completion/completions/$cmd.bash;;
+      --zsh) dest=$out/share/zsh/site-functions/_$cmd;;
+      --fish) dest=$out/share/fish/vendor_completions.d/$cmd.fish;;
+      *) echo "installShellCompletion: unexpected $1" >&2; return 1;;
+    esac
+    if [ "$1" != --cmd ]; then mkdir -p "${dest%/*}"; cat "$2" > "$dest"; fi
+    shift 2
+  done
+}
+"""
+
+
+def test_package_installs_shell_completion(flake_eval, tmp_path: pathlib.Path) -> None:
+    """Run the package's postInstall as its build would: $out holds the installed package and
+    an unwrapped console script, PYTHONPATH does not know llmctl. The completion files it
+    installs must be the CLI's own scripts."""
+    post_install = flake_eval("packages", "ps: ps.x86_64-linux.llmctl-unwrapped.postInstall")
+    out = tmp_path / "out"
+    site = out / "lib/python3.13/site-packages"
+    site.mkdir(parents=True)
+    (site / "llmctl").symlink_to(REPO / "llmctl")
+    (out / "bin").mkdir()
+    python = pathlib.Path(sys.base_prefix) / "bin" / "python3"  # not the venv: no llmctl there
+    console_script = out / "bin" / "llmctl"
+    console_script.write_text(f"#!{python}\nimport sys\nfrom llmctl.cli.main import main\n"
+                              "sys.exit(main())\n")
+    console_script.chmod(0o755)
+    result = run("bash", "-euo", "pipefail", "-c", INSTALL_SHELL_COMPLETION + post_install,
+                 env={"PATH": os.environ["PATH"], "out": str(out), "HOME": str(tmp_path)},
+                 timeout=60)
+    assert result.returncode == 0, result.stderr
+    installed = {
+        "bash": out / "share/bash-completion/completions/llmctl.bash",
+        "zsh": out / "share/zsh/site-functions/_llmctl",
+        "fish": out / "share/fish/vendor_completions.d/llmctl.fish",
+    }
+    for shell, path in installed.items():
+        expected = run(str(REPO / "bin" / "llmctl"), "completion", shell, timeout=60)
+        assert expected.returncode == 0 and expected.stdout
+        assert path.read_text() == expected.stdout, shell
 
 
 def test_flake_apps_run_the_wrapped_programs(flake_eval) -> None:

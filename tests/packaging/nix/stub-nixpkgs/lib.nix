@@ -277,6 +277,7 @@ let
       ;
     concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
     optionals = cond: list: if cond then list else [ ];
+    optionalString = cond: string: if cond then string else "";
     mkAfter = x: x;
     importTOML = file: builtins.fromTOML (builtins.readFile file);
     callPackageWith =

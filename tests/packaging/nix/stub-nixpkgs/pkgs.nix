@@ -36,11 +36,13 @@ let
       "wheel"
     ]
     // {
+      python.sitePackages = "lib/python3.13/site-packages";
       buildPythonApplication =
         args:
-        forced (args.dependencies ++ args.build-system) (
+        forced (args.dependencies ++ args.build-system ++ args.nativeBuildInputs or [ ]) (
           fake "${args.pname}-${args.version}" {
             inherit (args) version meta;
+            postInstall = args.postInstall or "";
             passthru = args.passthru or { };
           }
           // args.passthru or { }
@@ -50,6 +52,7 @@ let
   pkgs =
     fakes [
       "coreutils"
+      "installShellFiles"
       "llama-cpp"
       "makeBinaryWrapper"
       "nodejs"
@@ -67,6 +70,7 @@ let
         inherit system;
         isLinux = builtins.match ".*-linux" system != null;
       };
+      stdenv.buildPlatform.canExecute = _: true;
       python3 = fake "python3" {
         withPackages = f: forced (f python3Packages) (fake "python3-env" { });
       };
