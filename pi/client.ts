@@ -93,6 +93,8 @@ export interface SwitchEvent {
 	percent?: number | null;
 	load_seconds?: number;
 	already_active?: boolean;
+	/** on `stopping`: why a running model is restarted (e.g. its configuration changed) */
+	reason?: string;
 	code?: string;
 	message?: string;
 	log_tail?: string[];

@@ -179,7 +179,7 @@ class ProgressView {
 				break;
 			case "stopping":
 				this.from = ev.model;
-				this.step = `stopping ${ev.model ?? "the active model"}`;
+				this.step = `stopping ${ev.model ?? "the active model"}${ev.reason ? ` (${ev.reason})` : ""}`;
 				this.percent = undefined;
 				this.status = `stopping ${ev.model ?? "model"} → ${this.target}…`;
 				break;

@@ -31,7 +31,8 @@ class Progress:
             if query and query != self.model:
                 self._line(f"{query!r} → {self.model}")
         elif name == "stopping":
-            self._status(f"stopping {event.get('model')}")
+            reason = f" ({event['reason']})" if event.get("reason") else ""
+            self._status(f"stopping {event.get('model')}{reason}")
         elif name == "starting":
             self._status(f"starting {self.model}")
         elif name == "progress":

@@ -234,11 +234,6 @@ class Lifecycle:
             return
         if self.load is not None:
             self._fail_load("cancelled", f"superseded by a switch to {model_id}", kill=True)
-        if self.backend["state"] == "ready" and self.backend["model"] == model_id and \
-                self.proc is not None and self.proc.exit_status() is None:
-            self.reply(rid, True, event="ready", model=model_id,
-                       load_seconds=self.backend["load_seconds"], already_active=True)
-            return
         try:
             binary = llama_server.find_binary(cfg["server"]["binary"])
             caps = llama_server.detect(binary)
@@ -249,7 +244,17 @@ class Lifecycle:
             self.reply(rid, False, event="error", model=model_id,
                        error=_err("backend_setup", str(e)))
             return
-        self._stop_backend([rid])
+        reason = None
+        if self.backend["state"] == "ready" and self.backend["model"] == model_id and \
+                self.proc is not None and self.proc.exit_status() is None:
+            if argv == self.backend["cmdline"]:
+                self.reply(rid, True, event="ready", model=model_id,
+                           load_seconds=self.backend["load_seconds"], already_active=True)
+                return
+            # Asked for the model that runs, whose config has changed since: apply it.
+            reason = "its configuration changed"
+            log.info("restarting %s: %s", model_id, reason)
+        self._stop_backend([rid], reason)
         host, port = cfg["server"]["host"], cfg["server"]["port"]
         if port_in_use(host, port):
             message = (f"port {port} on {host} is already in use by another program, so "
@@ -426,12 +431,15 @@ class Lifecycle:
         self._record_failure(model, f"llama-server for {model} {describe_exit(code)}", code,
                              tail)
 
-    def _stop_backend(self, rids: list[str]) -> None:
+    def _stop_backend(self, rids: list[str], reason: str | None = None) -> None:
         if self.proc is None:
             return
         model = self.backend["model"]
         log.info("stopping %s (llama-server pid %d)", model, self.proc.pid)
-        self.event(rids, "stopping", model=model)
+        if reason:
+            self.event(rids, "stopping", model=model, reason=reason)
+        else:
+            self.event(rids, "stopping", model=model)
         self.backend["state"] = "stopping"
         self._changed(write=False)
         self.proc.terminate(self.stop_grace)

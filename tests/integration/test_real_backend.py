@@ -7,6 +7,7 @@ import signal
 
 import openai
 import pytest
+import requests
 
 from harness import Daemon, Home, owned_backends, wait_for
 
@@ -62,6 +63,30 @@ def test_switch_chat_and_switch_again(real_home: Home, make_daemon) -> None:
 
     again = daemon.switch("tiny-beta").json()
     assert again["already_active"] is True
+
+
+def test_switch_to_the_active_model_applies_its_changed_config(real_home: Home,
+                                                               make_daemon) -> None:
+    """Switching to the model that runs is a no-op, unless its config changed since it started:
+    then it is restarted with the new arguments (the only way a config edit reaches it)."""
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    first = daemon.backend()
+    assert daemon.switch("tiny-alpha").json()["already_active"] is True
+    assert daemon.backend()["pid"] == first["pid"]
+
+    real_home.add_model("tiny-alpha", real_home.models_dir / "tiny-alpha" / "model.gguf",
+                        llama={"ctx_size": 768}, pi={"model": {"contextWindow": 768}})
+    events = daemon.switch_events("tiny-alpha")
+    stopping = [e for e in events if e["event"] == "stopping"]
+    assert stopping == [{"event": "stopping", "model": "tiny-alpha",
+                         "reason": "its configuration changed"}]
+    assert events[-1]["event"] == "ready" and not events[-1].get("already_active")
+    backend = daemon.backend()
+    assert backend["pid"] != first["pid"]
+    props = requests.get(f"http://127.0.0.1:{backend['port']}/props", timeout=10).json()
+    assert props["default_generation_settings"]["n_ctx"] == 768
+    assert daemon.switch("tiny-alpha").json()["already_active"] is True
 
 
 def test_completions_and_other_routes_are_forwarded(real_home: Home, make_daemon) -> None:
