@@ -7,15 +7,14 @@ $LLMCTL_RUNTIME_HOME  state.json, llmctld.pid, logs/<model>.log      (defaults t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 DEFAULT_DAEMON_HOST = "127.0.0.1"
 DEFAULT_DAEMON_PORT = 16384
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):  # not a dataclass: importing dataclasses costs the CLI ~4 ms
     home: Path
     runtime: Path
 
