@@ -10,6 +10,7 @@ Identity is pid + create time + cmdline: a pid alone could have been reused by n
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,9 @@ from typing import Any
 import psutil
 
 OWNER_ENV = "LLMCTL_BACKEND_OF"  # marks our children: value is the runtime dir
+SECOND_SIGNAL_AFTER = 1.0  # seconds after the first SIGTERM (see BackendProcess.terminate)
+
+log = logging.getLogger("llmctld.lifecycle")
 
 
 class BackendProcess:
@@ -100,13 +104,26 @@ class BackendProcess:
     # --- stopping ---------------------------------------------------------------------------
 
     def terminate(self, grace: float, kill_wait: float = 5.0) -> int | None:
-        """SIGTERM to the process group, wait `grace`, then SIGKILL and wait. Returns the exit
-        status (None only if even SIGKILL did not end it within kill_wait)."""
+        """SIGTERM to the process group; if it is still there after SECOND_SIGNAL_AFTER, a
+        second SIGTERM; SIGKILL once `grace` is over. Returns the exit status (None only if
+        even SIGKILL did not end it within kill_wait).
+
+        The second signal is for llama-server, which exits in milliseconds on SIGTERM but
+        now and then hangs instead (seen when a stream's client disconnects just before the
+        signal: the slot is never released) and exits at once on a second signal."""
         if self.exit_status() is not None:
             return self._exit_code
         self._signal(signal.SIGTERM)
-        if self._wait(grace) is not None:
+        first_wait = min(grace, SECOND_SIGNAL_AFTER)
+        if self._wait(first_wait) is not None:
             return self._exit_code
+        if grace > first_wait:
+            log.warning("llama-server (pid %d) still running %.1fs after SIGTERM: sending a "
+                        "second one", self.pid, first_wait)
+            self._signal(signal.SIGTERM)
+            if self._wait(grace - first_wait) is not None:
+                return self._exit_code
+        log.warning("llama-server (pid %d) did not stop within %.1fs: SIGKILL", self.pid, grace)
         self._signal(signal.SIGKILL)
         return self._wait(kill_wait)
 

@@ -124,6 +124,23 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(fake_home: Home,
     assert pid not in [p.pid for p in owned_backends(fake_home.runtime)]
 
 
+def test_stop_sends_a_second_sigterm_to_a_hung_llama_server(fake_home: Home,
+                                                             make_daemon) -> None:
+    """llama-server now and then hangs on SIGTERM (a stream's client disconnected just before)
+    and exits at once on a second one: a stop takes about a second, not stopTimeoutMs."""
+    fake_home.write_config(server={"stopTimeoutMs": 30_000})
+    fake_home.add_model("sleepy", script={"hang_on_sigterm": True})
+    daemon = make_daemon()
+    assert daemon.switch("sleepy").status_code == 200
+    started = time.monotonic()
+    assert daemon.post("/stop").json() == {"stopped": "sleepy"}
+    assert time.monotonic() - started < 10
+    assert not owned_backends(fake_home.runtime)
+    log = (fake_home.runtime / "logs" / "sleepy.log").read_text()
+    assert "the first signal changes nothing" in log
+    assert "Received second interrupt" in log
+
+
 def test_busy_rules(fake_home: Home, make_daemon) -> None:
     fake_home.add_model("talker", script={"chunk_interval": 0.05, "stream_chunks": 60})
     fake_home.add_model("other")
@@ -151,7 +168,8 @@ def test_force_stop_is_prompt_with_real_llama_server(real_home: Home, make_daemo
     next(stream.iter_lines())
     started = time.monotonic()
     assert daemon.post("/stop", params={"force": 1}).json() == {"stopped": "tiny-alpha"}
-    assert time.monotonic() - started < 10
+    # (now and then it hangs on the SIGTERM anyway: a second one ends it about 1 s later)
+    assert time.monotonic() - started < 5
     assert not owned_backends(real_home.runtime)
 
 

@@ -40,6 +40,9 @@ Script keys (all optional):
 ``never_ready``               stay in the loading state (503) forever.
 ``exit_during_load``          ``{"after": s, "code": 1}``: load-error lines, exit(code).
 ``ignore_sigterm``            SIGTERM is SIG_IGN for the whole life (SIGKILL still works).
+``hang_on_sigterm``           when ready, the first SIGTERM/SIGINT is logged and changes
+                              nothing (the real one now and then hangs like this when a
+                              stream's client has just disconnected); the second exits 1.
 ``stream_chunks`` (8)         content chunks of a streamed completion (``max_tokens`` wins).
 ``chunk_interval`` (0.01)     seconds between streamed chunks.
 ``crash_after_chunks``        SIGKILL itself after N streamed content chunks.
@@ -1023,6 +1026,9 @@ def main(argv=None) -> int:
         if signals["n"] >= 2:
             sys.stderr.write("Received second interrupt, terminating immediately.\n")
             die(1)
+        if sc.get("hang_on_sigterm"):
+            log("fake: hang_on_sigterm -> the first signal changes nothing", "W")
+            return
         STATE.stopping = True
         _notify()
 
