@@ -260,6 +260,19 @@ def _raw_request(port, body: dict, path="/v1/chat/completions"):
     return s
 
 
+def _read_to_end(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or resets it)."""
+    data = b""
+    while True:
+        try:
+            d = s.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not d:
+            return data
+        data += d
+
+
 def test_hang_nonstream_on_sigterm(fake):
     f = fake({"load_seconds": 0, "hang_nonstream_on_sigterm": True, "slow_response_seconds": 30})
     f.wait_ready()
@@ -296,13 +309,8 @@ def test_hang_stream_on_sigterm(fake):
     assert s.recv(65536).startswith(b"HTTP/1.1 200")  # streaming has begun
     f.proc.send_signal(signal.SIGTERM)
     s.settimeout(5)
-    data = b""
     t = time.monotonic()
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
+    data = _read_to_end(s)
     assert 0.8 < time.monotonic() - t < 3
     assert data.endswith(b"3\r\n:\n\n\r\n") and b"[DONE]" not in data
     assert f.proc.wait(3) == 0
@@ -322,11 +330,7 @@ def test_stream_cut_on_sigterm(fake):
         data += d
     assert data.startswith(b"HTTP/1.1 200")
     f.proc.send_signal(signal.SIGTERM)
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
+    data += _read_to_end(s)
     # cut: no [DONE] and no terminating zero-length chunk, like llama-server
     assert b"[DONE]" not in data and not data.endswith(b"0\r\n\r\n")
     assert f.proc.wait(3) == 0
@@ -370,15 +374,7 @@ def test_crash_after_chunks(fake):
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 10, "stream": True})
     s.settimeout(5)
-    data = b""
-    while True:
-        try:
-            d = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not d:
-            break
-        data += d
+    data = _read_to_end(s)
     assert data.count(b'"content":"') == 2 and b"[DONE]" not in data
     assert f.proc.wait(3) == -signal.SIGKILL
 
@@ -426,12 +422,7 @@ def test_keep_alive_and_close_after_response(fake):
     s = socket.create_connection(("127.0.0.1", g.port))
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     s.settimeout(3)
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
+    data = _read_to_end(s)
     assert data.startswith(b"HTTP/1.1 200") and b"connection: close" not in data.lower()
 
 
