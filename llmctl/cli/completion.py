@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-SHELLS = ("bash", "zsh", "fish")
-
 MODEL_LIST = "command llmctl models --ids 2>/dev/null"
 
 

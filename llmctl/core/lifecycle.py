@@ -436,10 +436,7 @@ class Lifecycle:
             return
         model = self.backend["model"]
         log.info("stopping %s (llama-server pid %d)", model, self.proc.pid)
-        if reason:
-            self.event(rids, "stopping", model=model, reason=reason)
-        else:
-            self.event(rids, "stopping", model=model)
+        self.event(rids, "stopping", model=model, **({"reason": reason} if reason else {}))
         self.backend["state"] = "stopping"
         self._changed(write=False)
         self.proc.terminate(self.stop_grace)
