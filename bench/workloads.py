@@ -157,20 +157,29 @@ def latency(ctx: Ctx) -> None:
 # --- 2. throughput ----------------------------------------------------------------------------
 
 
-def throughput(ctx: Ctx) -> None:
-    plan = ctx.plan
+def interleaved_load(ctx: Ctx, body: bytes, clients: int, warmup_s: float, rounds: int,
+                     seconds: float, label: str,
+                     ) -> tuple[dict[str, list[loadgen.LoadResult]], dict[str, float]]:
+    """`clients` concurrent keep-alive clients against every target, warmed up once, then for
+    `rounds` rounds in rotated order (so no path always runs first). Returns the runs and the
+    proxy CPU seconds per target."""
     names = list(ctx.targets)
-    body = chat_body(SEQ_TOKENS, False)
     runs: dict[str, list[loadgen.LoadResult]] = {n: [] for n in names}
-    for name in names:  # warm-up
-        loadgen.concurrent(ctx.targets[name], body, CLIENTS, 0.5)
+    for name in names:
+        loadgen.concurrent(ctx.targets[name], body, clients, warmup_s)
     cpu: dict[str, float] = {n: 0.0 for n in names}
-    for r in range(plan.tput_rounds):
+    for r in range(rounds):
         for name in rotated(names, r):
-            with observe(ctx, name, "load_throughput") as stats:
-                runs[name].append(loadgen.concurrent(ctx.targets[name], body, CLIENTS,
-                                                     plan.tput_s))
+            with observe(ctx, name, label) as stats:
+                runs[name].append(loadgen.concurrent(ctx.targets[name], body, clients, seconds))
             cpu[name] += stats.get("cpu_s", 0.0)
+    return runs, cpu
+
+
+def throughput(ctx: Ctx) -> None:
+    names = list(ctx.targets)
+    runs, cpu = interleaved_load(ctx, chat_body(SEQ_TOKENS, False), CLIENTS, 0.5,
+                                 ctx.plan.tput_rounds, ctx.plan.tput_s, "load_throughput")
     out: dict[str, Any] = {"clients": CLIENTS, "max_tokens": SEQ_TOKENS,
                            "parallel": ctx.parallel}
     for name, rs in runs.items():
@@ -223,19 +232,9 @@ def streaming(ctx: Ctx) -> None:
     """SSE chunk rate with 4 concurrent long generations of the tiny model (a flood: ~10k
     chunks/s, what costs the proxy most); then, on the paced model, single generations one at a
     time for the per-chunk lag and gaps at a realistic token rate."""
-    plan = ctx.plan
     names = list(ctx.targets)
-    body = chat_body(STREAM_TOKENS, True)
-    runs: dict[str, list[loadgen.LoadResult]] = {n: [] for n in names}
-    for name in names:
-        loadgen.concurrent(ctx.targets[name], body, STREAMS, 0.3)
-    cpu: dict[str, float] = {n: 0.0 for n in names}
-    for r in range(plan.stream_rounds):
-        for name in rotated(names, r):
-            with observe(ctx, name, "load_stream") as stats:
-                runs[name].append(loadgen.concurrent(ctx.targets[name], body, STREAMS,
-                                                     plan.stream_s))
-            cpu[name] += stats.get("cpu_s", 0.0)
+    runs, cpu = interleaved_load(ctx, chat_body(STREAM_TOKENS, True), STREAMS, 0.3,
+                                 ctx.plan.stream_rounds, ctx.plan.stream_s, "load_stream")
     out: dict[str, Any] = {"streams": STREAMS, "max_tokens": STREAM_TOKENS}
     for name, rs in runs.items():
         replies = [rep for x in rs for rep in x.replies]

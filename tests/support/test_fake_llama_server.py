@@ -273,13 +273,20 @@ def _read_to_end(s: socket.socket) -> bytes:
         data += d
 
 
-def test_hang_nonstream_on_sigterm(fake):
+def _sigterm_with_request_in_flight(fake):
+    """A fake with hang_nonstream_on_sigterm, a non-streaming request in flight, and one
+    SIGTERM sent: the state in which the real llama-server hangs."""
     f = fake({"load_seconds": 0, "hang_nonstream_on_sigterm": True, "slow_response_seconds": 30})
     f.wait_ready()
     s = _raw_request(f.port, {**CHAT, "max_tokens": 4})
     wait_for(lambda: b"llamacpp:requests_processing 1" in f.get("/metrics")[2], 10,
              "the request to be in flight")
     f.proc.send_signal(signal.SIGTERM)
+    return f, s
+
+
+def test_hang_nonstream_on_sigterm(fake):
+    f, s = _sigterm_with_request_in_flight(fake)
     time.sleep(1.0)  # ok: checks that SIGTERM does not end it while the client waits
     assert f.proc.poll() is None  # hangs while the client is connected
     s.close()
@@ -287,12 +294,7 @@ def test_hang_nonstream_on_sigterm(fake):
 
 
 def test_second_sigterm_exits_at_once(fake):
-    f = fake({"load_seconds": 0, "hang_nonstream_on_sigterm": True, "slow_response_seconds": 30})
-    f.wait_ready()
-    s = _raw_request(f.port, {**CHAT, "max_tokens": 4})
-    wait_for(lambda: b"llamacpp:requests_processing 1" in f.get("/metrics")[2], 10,
-             "the request to be in flight")
-    f.proc.send_signal(signal.SIGTERM)
+    f, s = _sigterm_with_request_in_flight(fake)
     time.sleep(0.3)  # ok: two separate signals, not one coalesced
     f.proc.send_signal(signal.SIGTERM)
     assert f.proc.wait(2) == 1
