@@ -42,25 +42,27 @@ def params(n: int | None) -> str:
 
 
 def render_status(status: dict[str, Any], url: str) -> str:
-    d, b = status["daemon"], status["backend"]
+    from llmctl.core.state import Backend  # here: the other commands need not import it
+
+    d, b = status["daemon"], Backend.from_dict(status["backend"])
     workers = d.get("workers") or {}
     restarts = sum(int(w.get("restarts") or 0) for w in workers.values())
     lines = [f"llmctld {d['version']}  pid {d['pid']}  up {duration(d['uptime_s'])}  {url}"
              + (f"  ({restarts} worker restarts)" if restarts else "")]
-    state = b["state"]
+    state = b.state
     if state == "ready":
-        lines.append(f"model    {b['model']}  ready  (llama-server pid {b['pid']}, port "
-                     f"{b['port']}, loaded in {duration(b['load_seconds'])}, up "
-                     f"{duration(b.get('uptime_s'))})")
+        lines.append(f"model    {b.model}  ready  (llama-server pid {b.pid}, port "
+                     f"{b.port}, loaded in {duration(b.load_seconds)}, up "
+                     f"{duration(status['backend'].get('uptime_s'))})")
     elif state == "starting":
-        progress = b.get("progress") or {}
+        progress = b.progress or {}
         pct = progress.get("percent")
-        since = time.time() - b["started_at"] if b.get("started_at") else None
-        lines.append(f"model    {b['model']}  loading  ({progress.get('phase', 'loading')}"
+        since = time.time() - b.started_at if b.started_at else None
+        lines.append(f"model    {b.model}  loading  ({progress.get('phase', 'loading')}"
                      f"{'' if pct is None else f' {pct:.0f}%'}, {duration(since)} so far)")
     elif state == "failed":
-        lines.append(f"model    {b['model'] or '-'}  FAILED: {b['error']}")
-        for line in b.get("log_tail") or []:
+        lines.append(f"model    {b.model or '-'}  FAILED: {b.error}")
+        for line in b.log_tail:
             lines.append(f"  | {line}")
     else:
         lines.append(f"model    none ({state}) — load one with `llmctl switch <model>`")

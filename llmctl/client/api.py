@@ -8,14 +8,19 @@ recorded in state.json (so a port set in config/default.yaml is found too), else
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
-from llmctl.core.paths import DEFAULT_DAEMON_HOST, DEFAULT_DAEMON_PORT, Paths, base_url
+from llmctl.core.paths import (
+    DEFAULT_DAEMON_HOST,
+    DEFAULT_DAEMON_PORT,
+    Paths,
+    base_url,
+    env_address,
+)
 
 CONNECT_TIMEOUT = 2.0
 READ_TIMEOUT = 30.0
@@ -46,13 +51,12 @@ class ApiError(ClientError):
 
 
 def daemon_url() -> str:
-    env = os.environ
-    if env.get("LLMCTL_HOST") or env.get("LLMCTL_PORT"):
-        host = env.get("LLMCTL_HOST") or DEFAULT_DAEMON_HOST
-        port_text = env.get("LLMCTL_PORT") or str(DEFAULT_DAEMON_PORT)
-        if not port_text.isdigit():
-            raise ClientError(f"LLMCTL_PORT must be a port number, not {port_text!r}")
-        return base_url(host, int(port_text))
+    try:
+        host, port = env_address()
+    except ValueError as e:
+        raise ClientError(str(e)) from None
+    if host is not None or port is not None:
+        return base_url(host or DEFAULT_DAEMON_HOST, DEFAULT_DAEMON_PORT if port is None else port)
     try:
         with open(Paths.from_env().state_file, "rb") as f:
             daemon = json.load(f).get("daemon") or {}

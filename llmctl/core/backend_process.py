@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 OWNER_ENV = "LLMCTL_BACKEND_OF"  # marks our children: value is the runtime dir
-SECOND_SIGNAL_AFTER = 1.0  # seconds after the first SIGTERM (see BackendProcess.terminate)
+SECOND_SIGNAL_AFTER = 1.0  # seconds after the first SIGTERM (see Termination)
 
 log = logging.getLogger("llmctld.lifecycle")
 
@@ -104,28 +104,15 @@ class BackendProcess:
     # --- stopping ---------------------------------------------------------------------------
 
     def terminate(self, grace: float, kill_wait: float = 5.0) -> int | None:
-        """SIGTERM to the process group; if it is still there after SECOND_SIGNAL_AFTER, a
-        second SIGTERM; SIGKILL once `grace` is over. Returns the exit status (None only if
-        even SIGKILL did not end it within kill_wait).
-
-        The second signal is for llama-server, which exits in milliseconds on SIGTERM but
-        now and then hangs instead (seen when a stream's client disconnects just before the
-        signal: the slot is never released) and exits at once on a second signal."""
-        if self.exit_status() is not None:
-            return self._exit_code
-        self._signal(signal.SIGTERM)
-        first_wait = min(grace, SECOND_SIGNAL_AFTER)
-        if self._wait(first_wait) is not None:
-            return self._exit_code
-        if grace > first_wait:
-            log.warning("llama-server (pid %d) still running %.1fs after SIGTERM: sending a "
-                        "second one", self.pid, first_wait)
-            self._signal(signal.SIGTERM)
-            if self._wait(grace - first_wait) is not None:
-                return self._exit_code
-        log.warning("llama-server (pid %d) did not stop within %.1fs: SIGKILL", self.pid, grace)
-        self._signal(signal.SIGKILL)
-        return self._wait(kill_wait)
+        """Stop the process and wait for it (see Termination for the signals). Returns the
+        exit status (None only if even SIGKILL did not end it within kill_wait). Blocking:
+        for boot-time clean-up; the lifecycle loop steps a Termination instead."""
+        stopping = Termination(self, grace, kill_wait)
+        delay = 0.005
+        while not stopping.step():
+            time.sleep(delay)  # polling a process we do not own has no blocking alternative
+            delay = min(delay * 2, 0.05)
+        return stopping.exit_code
 
     def _signal(self, sig: int) -> None:
         try:
@@ -136,15 +123,50 @@ class BackendProcess:
         except ProcessLookupError:
             pass
 
-    def _wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while time.monotonic() < deadline:
-            if self.exit_status() is not None:
-                return self._exit_code
-            time.sleep(delay)  # polling a process we do not own has no blocking alternative
-            delay = min(delay * 2, 0.05)
-        return self.exit_status()
+class Termination:
+    """Stopping one process without blocking: `step()` sends the signals as their time
+    comes and says when it is over. SIGTERM to the process group at once; if it is still
+    there after SECOND_SIGNAL_AFTER, a second SIGTERM; SIGKILL once `grace` is over; given up
+    `kill_wait` after that (exit_code stays None).
+
+    The second signal is for llama-server, which exits in milliseconds on SIGTERM but now
+    and then hangs instead (seen when a stream's client disconnects just before the signal:
+    the slot is never released) and exits at once on a second signal."""
+
+    def __init__(self, proc: BackendProcess, grace: float, kill_wait: float = 5.0):
+        self.proc, self.grace = proc, grace
+        now = time.monotonic()
+        self.second_at = now + SECOND_SIGNAL_AFTER if grace > SECOND_SIGNAL_AFTER else None
+        self.kill_at = now + grace
+        self.give_up_at = self.kill_at + kill_wait
+        self.killed = False
+        self.exit_code: int | None = proc.exit_status()
+        self.done = self.exit_code is not None
+        if not self.done:
+            proc._signal(signal.SIGTERM)
+
+    def step(self) -> bool:
+        """True once the process is gone or given up on."""
+        if self.done:
+            return True
+        code = self.proc.exit_status()
+        if code is not None:
+            self.exit_code, self.done = code, True
+            return True
+        now = time.monotonic()
+        if self.second_at is not None and now >= self.second_at:
+            self.second_at = None
+            log.warning("llama-server (pid %d) still running %.1fs after SIGTERM: sending a "
+                        "second one", self.proc.pid, SECOND_SIGNAL_AFTER)
+            self.proc._signal(signal.SIGTERM)
+        if not self.killed and now >= self.kill_at:
+            self.killed = True
+            log.warning("llama-server (pid %d) did not stop within %.1fs: SIGKILL",
+                        self.proc.pid, self.grace)
+            self.proc._signal(signal.SIGKILL)
+        if now >= self.give_up_at:
+            self.done = True
+        return self.done
 
 
 def _same_command(actual: list[str], recorded: list[str]) -> bool:

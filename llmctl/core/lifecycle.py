@@ -1,13 +1,24 @@
-"""The single-active-model lifecycle: switch, load, readiness, progress, stop, adopt.
+"""The single-active-model lifecycle: switch, load, readiness, progress, stop, adopt, and the
+one place that decides to load the default model.
 
 Lifecycle is a single-threaded state machine driven by the lifecycle worker's loop: `handle()`
-for each command, `tick()` whenever nothing arrived within `next_timeout()`. It owns the
-backend facts and is the only writer of state.json. Every message out goes through `emit`.
+for each message, `tick()` whenever nothing arrived within `next_timeout()`. Neither ever
+waits for a process: a load and a stop are phases the loop ticks through, so status, a stop
+during a stop and a switch that supersedes a pending one are answered while a backend shuts
+down. It owns the backend record (core.state.Backend; every state change goes through its
+`transition()`) and is the only writer of state.json. Every message out goes through `emit`.
 
-States: stopped -> starting -> ready -> stopping -> stopped, and failed (a load or the running
-backend died); any command moves on from failed. A switch during a load supersedes it; a stop
-during a load cancels it. Every wait is bounded: the load by server.readyTimeoutMs, a stop by
-server.stopTimeoutMs plus a SIGKILL wait.
+- A switch while a backend runs: stop it (phase `stopping`), then start the new one (the
+  `Plan`). Another switch meanwhile replaces the plan (the first gets `cancelled`); a stop
+  drops it.
+- A switch during a load supersedes it; a stop during a load cancels it.
+- Ensure (a proxied request found nothing loaded): load daemon.default_model. When that load
+  fails, further Ensures are refused with the same error, without a new attempt, until the
+  configuration or model files change, an explicit switch happens, or DEFAULT_RETRY_AFTER
+  passed.
+
+Every wait is bounded: the load by server.readyTimeoutMs, a stop by server.stopTimeoutMs plus a
+SIGKILL wait (core.backend_process.Termination).
 """
 
 from __future__ import annotations
@@ -23,56 +34,32 @@ from typing import Any
 import psutil
 
 from llmctl.core import llama_server
+from llmctl.core.backend_log import bound_log, file_size, open_for_start, read_log_tail
 from llmctl.core.backend_process import (
     OWNER_ENV,
     BackendProcess,
+    Termination,
     find_owned_orphans,
     health,
     port_in_use,
 )
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
-from llmctl.core.discovery import discover
+from llmctl.core.discovery import ModelEntry, discover
+from llmctl.core.exits import describe_exit
 from llmctl.core.paths import Paths
-from llmctl.core.state import empty_backend, read_state, write_state
+from llmctl.core.state import Backend, read_state, write_state
+from llmctl.daemon import protocol as p
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[p.Message], None]
 log = logging.getLogger("llmctld.lifecycle")
 
 LOAD_POLL = 0.02  # seconds between readiness checks while loading
 EARLY_POLL = 0.005  # ...during the first second: small models are ready within it
+STOP_POLL = 0.01  # ...while a backend stops
 WATCH_POLL = 0.5  # seconds between liveness checks of a ready backend
 PROGRESS_EVERY = 0.1  # at most this often a progress event
-LOG_TAIL_LINES = 30
 LOG_CHECK_EVERY = 5.0
-LOG_KEEP = 1024 * 1024  # what a cut log keeps of its newest part
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "did not exit"
-    if code == -255:
-        return "exited (status unknown: it was adopted from an earlier worker)"
-    if code < 0:
-        import signal
-
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
-
-
-def read_log_tail(path: Path, start: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            begin = max(start if start <= size else 0, size - 64 * 1024)
-            f.seek(begin)
-            data = f.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", "replace").splitlines()
-    return [ln for ln in text if ln.strip()][-lines:]
+DEFAULT_RETRY_AFTER = 60.0  # a failed default load is retried on demand after this long
 
 
 @dataclass
@@ -90,6 +77,49 @@ class Load:
     last_progress: float = 0.0
     phase: str = "spawning"
     percent: float | None = None
+    default: bool = False  # started by an Ensure
+
+
+@dataclass
+class Plan:
+    """A switch ready to start once the running backend has stopped."""
+
+    model: str
+    cfg: dict[str, Any]
+    model_path: Path
+    argv: list[str]
+    waiters: list[str]
+    default: bool = False
+
+
+@dataclass
+class Failure:
+    """What a stop that ends a failed load records and answers."""
+
+    code: str
+    message: str
+    model: str
+    waiters: list[str]
+    tail: list[str] | None
+    default: bool
+
+
+@dataclass
+class Stopping:
+    termination: Termination
+    model: str | None
+    waiters: list[str] = field(default_factory=list)  # Stop commands, answered when done
+    cancelled: list[tuple[list[str], str]] = field(default_factory=list)  # (rids, why)
+    failure: Failure | None = None
+    then: Plan | None = None
+
+
+@dataclass
+class DefaultFailure:
+    model: str
+    signature: tuple[Any, ...]
+    retry_at: float  # monotonic
+    message: str
 
 
 class Lifecycle:
@@ -97,45 +127,54 @@ class Lifecycle:
         self.paths = paths
         self.emit = emit
         self.daemon_info = daemon_info
-        self.backend = empty_backend()
+        self.backend = Backend()
         self.proc: BackendProcess | None = None
         self.load: Load | None = None
+        self.stopping: Stopping | None = None
+        self.default_failure: DefaultFailure | None = None
         self.log_path: Path | None = None
         self.log_max = 20 * 1024 * 1024
         self.stop_grace = 10.0
         self.ready_timeout = 600.0
+        self.shutting_down = False
         self.finished = False
         self._last_watch = 0.0
         self._last_log_check = 0.0
+        self._table: dict[type[p.Message], Callable[[Any], None]] = {
+            p.Switch: lambda m: self.switch(m.id, m.model),
+            p.Stop: lambda m: self.stop(m.id),
+            p.Status: lambda m: self.reply(m.id, True, backend=self.backend.to_dict()),
+            p.Ensure: lambda m: self.ensure(m.id),
+            p.ReloadConfig: lambda m: self.reload(),
+            p.Shutdown: lambda m: self.shutdown(),
+        }
 
     # --- boot: adopt or clean up --------------------------------------------------------------
 
     def boot(self) -> list[str]:
-        """Take over what state.json describes. Returns notes for the daemon log."""
+        """Take over what state.json describes (blocking: before the worker reports Ready).
+        Returns notes for the daemon log."""
         notes: list[str] = []
         self._read_limits()
         data, problem = read_state(self.paths.state_file)
         if problem:
             notes.append(problem)
-        record = data["backend"] if data else None
-        if record:
-            self.backend["generation"] = int(record.get("generation") or 0)
-        if record and record["pid"] and record["state"] in ("starting", "ready", "stopping"):
-            proc = BackendProcess.adopt(record)
+        record = Backend.from_dict(data["backend"]) if data else None
+        if record is not None:
+            self.backend.generation = record.generation
+        if record and record.pid and record.state in ("starting", "ready", "stopping"):
+            proc = BackendProcess.adopt(record.to_dict())
             if proc is None:
-                notes.append(f"llama-server pid {record['pid']} from state.json is gone")
-            elif record["state"] == "ready" and record["port"] and \
-                    health(record["host"], record["port"]) == 200:
+                notes.append(f"llama-server pid {record.pid} from state.json is gone")
+            elif record.state == "ready" and record.port and record.host and \
+                    health(record.host, record.port) == 200:
                 self.proc = proc
-                self.backend.update({k: record[k] for k in (
-                    "model", "pid", "create_time", "cmdline", "host", "port", "model_path",
-                    "started_at", "ready_at", "load_seconds")})
-                self.backend.update(state="ready", error=None, progress=None)
-                self.log_path = self.paths.log_file(record["model"])
-                notes.append(f"adopted running llama-server for {record['model']} "
+                self._restore(record, state="ready")
+                self.log_path = self.paths.log_file(record.model or "")
+                notes.append(f"adopted running llama-server for {record.model} "
                              f"(pid {proc.pid})")
-            elif record["state"] == "starting" and record["model"]:
-                notes.append(f"resuming the interrupted load of {record['model']} "
+            elif record.state == "starting" and record.model:
+                notes.append(f"resuming the interrupted load of {record.model} "
                              f"(pid {proc.pid})")
                 self._resume_load(proc, record)
             else:
@@ -149,14 +188,26 @@ class Lifecycle:
             except psutil.Error:
                 continue  # gone meanwhile
             stale.terminate(self.stop_grace)
-        if self.proc is None and self.load is None:
-            self.backend.update(empty_backend(), generation=self.backend["generation"])
-            if record is not None and record["state"] == "failed":  # keep it visible
-                self.backend.update(state="failed", model=record["model"],
-                                    error=record["error"], exit_code=record["exit_code"],
-                                    log_tail=record["log_tail"])
+        if self.proc is None and record is not None and record.state == "failed":
+            self.backend.transition("failed", model=record.model, error=record.error,
+                                    exit_code=record.exit_code, log_tail=record.log_tail)
         self._changed()
         return notes
+
+    def first_boot_of_daemon(self) -> bool:
+        """True unless state.json was written by this very daemon (a restarted worker)."""
+        data, _ = read_state(self.paths.state_file)
+        daemon = data.get("daemon") if data else None
+        return not (isinstance(daemon, dict) and daemon.get("pid") == self.daemon_info.get("pid")
+                    and daemon.get("started_at") == self.daemon_info.get("started_at"))
+
+    def _restore(self, record: Backend, state: str) -> None:
+        """Adoption: the record of a process an earlier worker started (not a transition:
+        the process is already in that state)."""
+        restored = Backend.from_dict(record.to_dict())
+        restored.state, restored.error, restored.progress = state, None, None
+        restored.generation = self.backend.generation
+        self.backend = restored
 
     def _read_limits(self) -> None:
         try:
@@ -169,104 +220,112 @@ class Lifecycle:
         self.stop_grace = cfg.data["server"]["stopTimeoutMs"] / 1000
         self.ready_timeout = cfg.data["server"]["readyTimeoutMs"] / 1000
 
-    def _resume_load(self, proc: BackendProcess, record: dict[str, Any]) -> None:
+    def _resume_load(self, proc: BackendProcess, record: Backend) -> None:
         timeout = self.ready_timeout
-        elapsed = max(0.0, time.time() - (record["started_at"] or time.time()))
-        path = Path(record["model_path"] or "")
+        elapsed = max(0.0, time.time() - (record.started_at or time.time()))
+        path = Path(record.model_path or "")
+        model = record.model or ""
         self.proc = proc
-        self.log_path = self.paths.log_file(record["model"])
-        self.load = Load(model=record["model"], model_path=path, proc=proc,
+        self.log_path = self.paths.log_file(model)
+        self.load = Load(model=model, model_path=path, proc=proc,
                          log_path=self.log_path, log_offset=0,
                          started=time.monotonic() - elapsed,
                          deadline=time.monotonic() + max(1.0, timeout - elapsed),
-                         model_size=_size(path))
-        self.backend.update({k: record[k] for k in (
-            "model", "pid", "create_time", "cmdline", "host", "port", "model_path",
-            "started_at")})
-        self.backend.update(state="starting", progress={"phase": "loading", "percent": None})
+                         model_size=file_size(path))
+        self._restore(record, state="starting")
+        self.backend.progress = {"phase": "loading", "percent": None}
 
-    # --- commands -----------------------------------------------------------------------------
+    # --- messages -----------------------------------------------------------------------------
 
-    def handle(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind == "control":
-            action = msg.get("action")
-            if action == "shutdown":
-                self.shutdown()
-            elif action == "reload":
-                self._read_limits()
-            return
-        if kind != "cmd":
-            return
-        rid, cmd = str(msg.get("id")), msg.get("cmd")
-        if cmd == "switch":
-            self.switch(rid, str(msg.get("model")))
-        elif cmd == "stop":
-            self.stop(rid)
-        elif cmd == "sync":
-            self.reply(rid, True, backend=self.backend)
-        else:
-            self.reply(rid, False, error=_err("bad_command", f"unknown command {cmd!r}"))
+    def handle(self, message: p.Message) -> None:
+        p.dispatch(self._table, message, "lifecycle worker", answer=self.emit)
 
-    def reply(self, rid: str, ok: bool, **fields: Any) -> None:
-        self.emit({"type": "reply", "id": rid, "ok": ok, **fields})
+    def reply(self, rid: str, ok: bool, error: dict[str, Any] | None = None,
+              **data: Any) -> None:
+        self.emit(p.Reply(rid, ok, data, error))
 
-    def event(self, rids: list[str], name: str, **fields: Any) -> None:
+    def event(self, rids: list[str], name: str, **data: Any) -> None:
         for rid in rids:
-            self.emit({"type": "event", "id": rid, "event": name, **fields})
+            self.emit(p.Event(rid, name, data))
 
-    def switch(self, rid: str, model_id: str) -> None:
+    def _refuse(self, rids: list[str], code: str, message: str, *, model: str | None = None,
+                default: bool = False, **extra: Any) -> None:
+        """Answer commands with an error; remember it when it ends a default load."""
+        if default and model:
+            self.default_failure = DefaultFailure(model, self._signature(model),
+                                                  time.monotonic() + DEFAULT_RETRY_AFTER,
+                                                  message)
+        fields = {"event": "error", "model": model} if model else {}
+        for rid in rids:
+            self.reply(rid, False, error=_err(code, message, **extra), **fields)
+
+    def reload(self) -> None:
+        self._read_limits()
+        self.default_failure = None  # the user asked for a fresh look
+
+    # --- switch --------------------------------------------------------------------------------
+
+    def switch(self, rid: str, model_id: str, default: bool = False) -> None:
+        if not default:
+            self.default_failure = None  # an explicit switch: the user is on it
         try:
             cfg, entry = self._model(model_id)
         except LookupError as e:
-            self.reply(rid, False, error=_err("not_found", str(e)))
+            self._refuse([rid], "not_found", str(e), default=default)
             return
         except ConfigError as e:
-            self.reply(rid, False, error=_err("config_error", str(e)))
+            self._refuse([rid], "config_error", str(e), default=default)
             return
         if entry.error:
-            self.reply(rid, False, error=_err("unavailable",
-                                              f"{model_id} is unavailable: {entry.error}"))
+            self._refuse([rid], "unavailable", f"{model_id} is unavailable: {entry.error}",
+                         default=default)
             return
         if self.load is not None and self.load.model == model_id:
             self.load.waiters.append(rid)
             self.event([rid], "starting", model=model_id)
             return
-        if self.load is not None:
-            self._fail_load("cancelled", f"superseded by a switch to {model_id}", kill=True)
+        pending = self.stopping.then if self.stopping is not None else None
+        if pending is not None and pending.model == model_id:
+            pending.waiters.append(rid)
+            return
+        assert entry.model_path is not None
         try:
             binary = llama_server.find_binary(cfg["server"]["binary"])
-            caps = llama_server.detect(binary)
+            caps = llama_server.detect(binary)  # cached per binary (path, size, mtime)
             argv = llama_server.build_argv(binary, caps, cfg, entry.model_path)
         except llama_server.BackendSetupError as e:
-            if self.proc is None:  # never drop a serving model for a switch that cannot start
+            if self.proc is None and self.stopping is None:
+                # never drop a serving model for a switch that cannot start
                 self._record_failure(model_id, str(e), None, [])
-            self.reply(rid, False, event="error", model=model_id,
-                       error=_err("backend_setup", str(e)))
+            self._refuse([rid], "backend_setup", str(e), model=model_id, default=default)
             return
         reason = None
-        if self.backend["state"] == "ready" and self.backend["model"] == model_id and \
+        if self.backend.state == "ready" and self.backend.model == model_id and \
                 self.proc is not None and self.proc.exit_status() is None:
-            if argv == self.backend["cmdline"]:
+            if argv == self.backend.cmdline:
                 self.reply(rid, True, event="ready", model=model_id,
-                           load_seconds=self.backend["load_seconds"], already_active=True)
+                           load_seconds=self.backend.load_seconds, already_active=True)
                 return
             # Asked for the model that runs, whose config has changed since: apply it.
             reason = "its configuration changed"
             log.info("restarting %s: %s", model_id, reason)
-        self._stop_backend([rid], reason)
-        host, port = cfg["server"]["host"], cfg["server"]["port"]
-        if port_in_use(host, port):
-            message = (f"port {port} on {host} is already in use by another program, so "
-                       "llama-server could not listen there; stop that program or set "
-                       "server.port in config/default.yaml")
-            self._record_failure(model_id, message, None, [])
-            self.reply(rid, False, event="error", model=model_id,
-                       error=_err("port_in_use", message))
+        plan = Plan(model_id, cfg, entry.model_path, argv, [rid], default)
+        if self.load is not None:
+            self._end_load("cancelled", f"superseded by a switch to {model_id}")
+        if self.stopping is not None:
+            if self.stopping.then is not None:
+                old = self.stopping.then
+                self._refuse(old.waiters, "cancelled", f"superseded by a switch to {model_id}",
+                             model=old.model)
+            self.stopping.then = plan
+            self.event([rid], "stopping", model=self.stopping.model)
             return
-        self._start(rid, cfg, entry.model_path, argv, host, port)
+        if self.proc is not None:
+            self._begin_stop([rid], reason).then = plan
+            return
+        self._launch(plan)
 
-    def _model(self, model_id: str) -> tuple[dict[str, Any], Any]:
+    def _model(self, model_id: str) -> tuple[dict[str, Any], ModelEntry]:
         global_cfg = load_global(self.paths.config_file)
         self._apply_limits(global_cfg)
         catalog = discover(self.paths.models_dir, global_cfg)
@@ -275,67 +334,198 @@ class Lifecycle:
             raise LookupError(f"no model with id {model_id!r}; run `llmctl models` to list them")
         return entry.config or {}, entry
 
-    def _start(self, rid: str, cfg: dict[str, Any], model_path: Path, argv: list[str],
-               host: str, port: int) -> None:
-        model_id = cfg["id"]
+    def _launch(self, plan: Plan) -> None:
+        host, port = plan.cfg["server"]["host"], plan.cfg["server"]["port"]
+        if port_in_use(host, port):
+            message = (f"port {port} on {host} is already in use by another program, so "
+                       "llama-server could not listen there; stop that program or set "
+                       "server.port in config/default.yaml")
+            self._record_failure(plan.model, message, None, [])
+            self._refuse(plan.waiters, "port_in_use", message, model=plan.model,
+                         default=plan.default)
+            return
+        model_id, argv = plan.model, plan.argv
         log_path = self.paths.log_file(model_id)
-        self._rotate_log(log_path)
-        offset = _size(log_path)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(f"--- llmctl {stamp}: starting {model_id}: {' '.join(argv)}\n")
+        offset = open_for_start(log_path, self.log_max,
+                                f"starting {model_id}: {' '.join(argv)}")
         env = llama_server.clean_env(os.environ)
         env[OWNER_ENV] = str(self.paths.runtime)
-        self.event([rid], "starting", model=model_id)
+        self.event(plan.waiters, "starting", model=model_id)
         try:
             proc = BackendProcess.spawn(argv, log_path, env)
         except OSError as e:
             message = f"could not start {argv[0]}: {e.strerror}"
             self._record_failure(model_id, message, None, [])
-            self.reply(rid, False, event="error", model=model_id,
-                       error=_err("backend_setup", message))
+            self._refuse(plan.waiters, "backend_setup", message, model=model_id,
+                         default=plan.default)
             return
         now = time.monotonic()
         log.info("starting %s (llama-server pid %d, log %s)", model_id, proc.pid, log_path)
         self.proc, self.log_path = proc, log_path
-        self.load = Load(model=model_id, model_path=model_path, proc=proc, log_path=log_path,
-                         log_offset=offset, started=now,
-                         deadline=now + cfg["server"]["readyTimeoutMs"] / 1000,
-                         waiters=[rid], model_size=_size(model_path),
-                         reads_file=not cfg["llama"]["mmap"])
-        self.backend.update(empty_backend(), generation=self.backend["generation"])
-        self.backend.update(state="starting", model=model_id, host=host, port=port,
-                            model_path=str(model_path), started_at=time.time(),
-                            progress={"phase": "spawning", "percent": 0.0 if
-                                      self.load.reads_file else None}, **proc.record())
+        self.load = Load(model=model_id, model_path=plan.model_path, proc=proc,
+                         log_path=log_path, log_offset=offset, started=now,
+                         deadline=now + plan.cfg["server"]["readyTimeoutMs"] / 1000,
+                         waiters=list(plan.waiters), model_size=file_size(plan.model_path),
+                         reads_file=not plan.cfg["llama"]["mmap"], default=plan.default)
+        self.backend.transition(
+            "starting", model=model_id, host=host, port=port, model_path=str(plan.model_path),
+            started_at=time.time(), progress={"phase": "spawning", "percent": 0.0 if
+                                              self.load.reads_file else None},
+            pid=proc.pid, create_time=proc.create_time, cmdline=proc.cmdline)
         self._changed()
 
-    def stop(self, rid: str) -> None:
-        model = self.backend["model"] if self.backend["state"] in ("starting", "ready") else None
+    # --- ensure: the default model, on demand -----------------------------------------------
+
+    def ensure(self, rid: str) -> None:
+        if self.backend.state == "ready" and self.load is None and self.stopping is None:
+            self.reply(rid, True, model=self.backend.model, already_active=True)
+            return
         if self.load is not None:
-            self._fail_load("cancelled", "cancelled by a stop request", kill=True)
-            self.backend.update(state="stopped", error=None, progress=None)
-            self._changed()
-        else:
-            self._stop_backend([rid])
-        self.reply(rid, True, stopped=model)
+            self.load.waiters.append(rid)
+            return
+        if self.stopping is not None and self.stopping.then is not None:
+            self.stopping.then.waiters.append(rid)
+            return
+        try:
+            model = load_global(self.paths.config_file).data["daemon"]["default_model"]
+        except ConfigError as e:
+            self._refuse([rid], "config_error", str(e))
+            return
+        if not model:
+            self._refuse([rid], "no_model", self._idle_message())
+            return
+        failed = self.default_failure
+        if failed is not None and failed.model == model and \
+                failed.signature == self._signature(model) and time.monotonic() < failed.retry_at:
+            self._refuse([rid], "default_model_failed", failed.message, model=model,
+                         retry_in=round(failed.retry_at - time.monotonic()))
+            return
+        log.info("loading the default model %s for a waiting request", model)
+        self.switch(rid, model, default=True)
+
+    def load_default_on_startup(self) -> None:
+        """daemon.load_default_on_startup: the same path as a request's Ensure."""
+        try:
+            daemon_cfg = load_global(self.paths.config_file).data["daemon"]
+        except ConfigError:
+            return
+        if daemon_cfg["load_default_on_startup"] and daemon_cfg["default_model"] and \
+                self.proc is None:
+            log.info("loading the default model %s (daemon.load_default_on_startup)",
+                     daemon_cfg["default_model"])
+            self.ensure("startup")
+
+    def _signature(self, model: str) -> tuple[Any, ...]:
+        """What must change for a failed default load to be worth another try."""
+        files = [self.paths.config_file]
+        try:
+            entry = discover(self.paths.models_dir, load_global(self.paths.config_file)).by_id(
+                model)
+        except ConfigError:
+            entry = None
+        if entry is not None:
+            files += [entry.config_file] + ([entry.model_path] if entry.model_path else [])
+        out: list[Any] = []
+        for path in files:
+            try:
+                st = path.stat()
+                out.append((str(path), st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((str(path), None))
+        return tuple(out)
+
+    def _idle_message(self) -> str:
+        if self.backend.state == "failed" and self.backend.error:
+            return (f"no model is loaded: the last one failed ({self.backend.error}). "
+                    "Run `llmctl switch <model>`, or set daemon.default_model to load one "
+                    "on demand")
+        return ("no model is loaded. Run `llmctl switch <model>` (see `llmctl models`), or set "
+                "daemon.default_model in config/default.yaml to load one on the first request")
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def stop(self, rid: str) -> None:
+        if self.stopping is not None:
+            self._drop_plan("cancelled by a stop request")
+            self.stopping.waiters.append(rid)
+            return
+        if self.load is not None:
+            self._end_load("cancelled", "cancelled by a stop request")
+            assert self.stopping is not None
+            self.stopping.waiters.append(rid)
+            return
+        if self.proc is not None:
+            self._begin_stop([]).waiters.append(rid)
+            return
+        self.reply(rid, True, stopped=None)
 
     def shutdown(self) -> None:
-        if self.load is not None:
-            self._fail_load("cancelled", "llmctld is shutting down", kill=True)
-        self._stop_backend([])
-        self.finished = True
+        self.shutting_down = True
+        if self.stopping is not None:
+            self._drop_plan("llmctld is shutting down")
+        elif self.load is not None:
+            self._end_load("cancelled", "llmctld is shutting down")
+        elif self.proc is not None:
+            self._begin_stop([])
+        self.finished = self.stopping is None
+
+    def _drop_plan(self, why: str) -> None:
+        assert self.stopping is not None
+        plan, self.stopping.then = self.stopping.then, None
+        if plan is not None:
+            self._refuse(plan.waiters, "cancelled", why, model=plan.model)
+
+    def _begin_stop(self, rids: list[str], reason: str | None = None) -> Stopping:
+        assert self.proc is not None
+        model = self.backend.model
+        log.info("stopping %s (llama-server pid %d)", model, self.proc.pid)
+        self.event(rids, "stopping", model=model, **({"reason": reason} if reason else {}))
+        self.backend.transition("stopping")
+        self.stopping = Stopping(Termination(self.proc, self.stop_grace), model)
+        self._changed(write=False)
+        return self.stopping
+
+    def _step_stopping(self) -> None:
+        stopping = self.stopping
+        assert stopping is not None
+        if not stopping.termination.step():
+            return
+        self.stopping, self.proc = None, None
+        failure = stopping.failure
+        exit_code = stopping.termination.exit_code
+        if failure is not None:
+            tail = failure.tail if failure.tail is not None else []
+            self._record_failure(failure.model, failure.message, exit_code, tail,
+                                 changed=False)
+        else:
+            self.backend.transition("stopped")
+        self._changed()
+        if failure is not None:
+            self._refuse(failure.waiters, failure.code, failure.message, model=failure.model,
+                         default=failure.default, exit_code=exit_code, log_tail=failure.tail)
+        for rids, why in stopping.cancelled:
+            self._refuse(rids, "cancelled", why, model=stopping.model)
+        for rid in stopping.waiters:
+            self.reply(rid, True, stopped=stopping.model)
+        if self.shutting_down:
+            self.finished = True
+        elif stopping.then is not None:
+            self._launch(stopping.then)
 
     # --- the loop's periodic work -------------------------------------------------------------
 
     def next_timeout(self) -> float:
+        if self.stopping is not None:
+            return STOP_POLL
         if self.load is None:
             return WATCH_POLL
         return EARLY_POLL if time.monotonic() - self.load.started < 1.0 else LOAD_POLL
 
     def tick(self) -> None:
         now = time.monotonic()
-        if self.load is not None:
+        if self.stopping is not None:
+            self._step_stopping()
+        elif self.load is not None:
             self._check_load(now)
         elif self.proc is not None and now - self._last_watch >= WATCH_POLL:
             self._last_watch = now
@@ -344,7 +534,7 @@ class Lifecycle:
                 self._backend_died(code)
         if self.log_path is not None and now - self._last_log_check >= LOG_CHECK_EVERY:
             self._last_log_check = now
-            self._bound_log(self.log_path)
+            bound_log(self.log_path, self.log_max)
 
     def _check_load(self, now: float) -> None:
         load = self.load
@@ -353,20 +543,20 @@ class Lifecycle:
         if code is not None:
             tail = read_log_tail(load.log_path, load.log_offset)
             hint = llama_server.diagnose(tail)
-            self._fail_load("load_failed", f"llama-server {describe_exit(code)} while loading "
-                            f"{load.model}" + (f": {hint}" if hint else ""), kill=False,
-                            exit_code=code, tail=tail)
+            self._end_load("load_failed", f"llama-server {describe_exit(code)} while loading "
+                           f"{load.model}" + (f": {hint}" if hint else ""), exit_code=code,
+                           tail=tail)
             return
-        status = health(self.backend["host"], self.backend["port"], timeout=0.5)
+        host, port = self.backend.host or "", self.backend.port or 0
+        status = health(host, port, timeout=0.5)
         if status == 200:
             self._load_ready(load, now)
             return
         if now > load.deadline:
             tail = read_log_tail(load.log_path, load.log_offset)
             seconds = now - load.started
-            self._fail_load("load_timeout", f"{load.model} was not ready after {seconds:.0f}s "
-                            "(server.readyTimeoutMs); llama-server was stopped", kill=True,
-                            tail=tail)
+            self._end_load("load_timeout", f"{load.model} was not ready after {seconds:.0f}s "
+                           "(server.readyTimeoutMs); llama-server was stopped", tail=tail)
             return
         phase, percent = ("spawning" if status is None else "loading"), None
         if load.reads_file and load.model_size and status is not None:
@@ -378,7 +568,7 @@ class Lifecycle:
         if (phase, percent) != (load.phase, load.percent) and \
                 now - load.last_progress >= PROGRESS_EVERY:
             load.phase, load.percent, load.last_progress = phase, percent, now
-            self.backend["progress"] = {"phase": phase, "percent": percent}
+            self.backend.progress = {"phase": phase, "percent": percent}
             self.event(load.waiters, "progress", model=load.model, phase=phase, percent=percent)
             self._changed(write=False)
 
@@ -386,107 +576,69 @@ class Lifecycle:
         seconds = round(now - load.started, 3)
         log.info("%s is ready (loaded in %.2fs)", load.model, seconds)
         self.load = None
-        self.backend.update(state="ready", ready_at=time.time(), load_seconds=seconds,
-                            progress=None, error=None)
+        if load.default:
+            self.default_failure = None
+        self.backend.transition("ready", ready_at=time.time(), load_seconds=seconds,
+                                progress=None, error=None)
         self._changed()
         for rid in load.waiters:
             self.reply(rid, True, event="ready", model=load.model, load_seconds=seconds,
                        already_active=False)
 
-    def _fail_load(self, code: str, message: str, *, kill: bool, exit_code: int | None = None,
-                   tail: list[str] | None = None) -> None:
+    def _end_load(self, code: str, message: str, *, exit_code: int | None = None,
+                  tail: list[str] | None = None) -> None:
+        """A load ends without a ready backend. If the process still runs it is stopped
+        first (a stopping phase) and its waiters are answered once it is gone."""
         load = self.load
         assert load is not None
         log.warning("loading %s failed: %s", load.model, message)
         self.load = None
-        if kill:
-            self.backend["state"] = "stopping"
-            self._changed(write=False)
-            status = load.proc.terminate(self.stop_grace)
-            exit_code = exit_code if exit_code is not None else status
+        if load.proc.exit_status() is None:
+            stopping = self._begin_stop([])
+            if code == "cancelled":
+                stopping.cancelled.append((load.waiters, message))
+            else:
+                stopping.failure = Failure(code, message, load.model, load.waiters, tail,
+                                           load.default)
+            return
         self.proc = None
         tail = tail if tail is not None else read_log_tail(load.log_path, load.log_offset)
         if code == "cancelled":
-            self.backend.update(empty_backend(), generation=self.backend["generation"])
+            self.backend.transition("stopped")
         else:
             self._record_failure(load.model, message, exit_code, tail, changed=False)
         self._changed()
-        for rid in load.waiters:
-            self.reply(rid, False, event="error", model=load.model,
-                       error=_err(code, message, exit_code=exit_code, log_tail=tail))
+        self._refuse(load.waiters, code, message, model=load.model, default=load.default,
+                     exit_code=exit_code, log_tail=tail)
 
     def _record_failure(self, model: str, message: str, exit_code: int | None,
                         tail: list[str], changed: bool = True) -> None:
-        self.backend.update(empty_backend(), generation=self.backend["generation"])
-        self.backend.update(state="failed", model=model, error=message, exit_code=exit_code,
-                            log_tail=tail)
+        self.backend.transition("failed", model=model, error=message, exit_code=exit_code,
+                                log_tail=tail)
         if changed:
             self._changed()
 
     def _backend_died(self, code: int) -> None:
-        model = self.backend["model"]
+        model = self.backend.model or "?"
         log.warning("llama-server for %s %s", model, describe_exit(code))
         tail = read_log_tail(self.log_path) if self.log_path else []
         self.proc = None
         self._record_failure(model, f"llama-server for {model} {describe_exit(code)}", code,
                              tail)
 
-    def _stop_backend(self, rids: list[str], reason: str | None = None) -> None:
-        if self.proc is None:
-            return
-        model = self.backend["model"]
-        log.info("stopping %s (llama-server pid %d)", model, self.proc.pid)
-        self.event(rids, "stopping", model=model, **({"reason": reason} if reason else {}))
-        self.backend["state"] = "stopping"
-        self._changed(write=False)
-        self.proc.terminate(self.stop_grace)
-        self.proc = None
-        self.backend.update(empty_backend(), generation=self.backend["generation"])
-        self._changed()
-
-    # --- state and logs -----------------------------------------------------------------------
+    # --- state --------------------------------------------------------------------------------
 
     def _changed(self, write: bool = True) -> None:
-        self.backend["generation"] += 1
+        self.backend.generation += 1
+        record = self.backend.to_dict()
         if write:
             try:
-                write_state(self.paths.state_file, self.backend, self.daemon_info)
+                write_state(self.paths.state_file, record, self.daemon_info)
             except OSError as e:
-                self.emit({"type": "log", "level": "error",
-                           "message": f"cannot write {self.paths.state_file}: {e}"})
-        self.emit({"type": "state", "backend": self.backend})
-
-    def _rotate_log(self, path: Path) -> None:
-        if _size(path) > self.log_max:
-            try:
-                os.replace(path, path.with_suffix(".log.1"))
-            except OSError:
-                pass
-
-    def _bound_log(self, path: Path) -> None:
-        """Keep a running backend's log under the limit. llama-server writes with O_APPEND, so
-        after we cut the file its next line lands at the new end."""
-        if _size(path) <= self.log_max:
-            return
-        keep = min(self.log_max // 2, LOG_KEEP)  # held in memory for a moment: keep it small
-        try:
-            with open(path, "r+b") as f:
-                f.seek(-keep, os.SEEK_END)
-                tail = f.read()
-                f.seek(0)
-                f.truncate()
-                f.write(b"--- llmctl: log truncated to its last part ---\n" + tail)
-        except OSError:
-            pass
+                log.error("cannot write %s: %s", self.paths.state_file, e)
+        self.emit(p.State(record))
 
 
 def _err(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "message": message, **{k: v for k, v in extra.items()
                                                  if v is not None}}
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0

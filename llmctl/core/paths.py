@@ -54,17 +54,15 @@ class Paths(NamedTuple):  # not a dataclass: importing dataclasses costs the CLI
         return path
 
 
-def daemon_address(environ: dict[str, str] | None = None) -> tuple[str, int]:
-    """The daemon's host and port as the CLI and clients see them (env overrides only: the
-    CLI must not parse YAML on its hot path)."""
+def env_address(environ: os._Environ[str] | dict[str, str] | None = None,
+                ) -> tuple[str | None, int | None]:
+    """LLMCTL_HOST and LLMCTL_PORT as set (None where unset): the one parser of them, for the
+    daemon and every client. Raises ValueError for a port that is not a number."""
     env = os.environ if environ is None else environ
-    host = env.get("LLMCTL_HOST") or DEFAULT_DAEMON_HOST
-    port_text = env.get("LLMCTL_PORT") or str(DEFAULT_DAEMON_PORT)
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"LLMCTL_PORT must be a port number, not {port_text!r}") from None
-    return host, port
+    port_text = env.get("LLMCTL_PORT")
+    if port_text and not port_text.isdigit():
+        raise ValueError(f"LLMCTL_PORT must be a port number, not {port_text!r}")
+    return env.get("LLMCTL_HOST") or None, int(port_text) if port_text else None
 
 
 def base_url(host: str, port: int) -> str:

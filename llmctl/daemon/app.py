@@ -22,13 +22,16 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from llmctl import __version__
+from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.gguf import GGUFError, read_facts
-from llmctl.core.lifecycle import read_log_tail
 from llmctl.core.resolve import resolve
-from llmctl.daemon.hub import Busy, Hub
+from llmctl.daemon import protocol as p
+from llmctl.daemon.commands import Pending
+from llmctl.daemon.errors import error_body
+from llmctl.daemon.gate import Busy
+from llmctl.daemon.hub import Hub
 from llmctl.daemon.openai_proxy import OpenAIProxy
-from llmctl.daemon.security import Guard
 
 MAX_CONTROL_BODY = 64 * 1024
 LOG_LINES_MAX = 10_000
@@ -55,30 +58,24 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> Response:
-    return json_response({"error": {"code": code, "message": message,
-                                    "type": _ERROR_TYPES.get(status, "error"), **extra}}, status)
-
-
-_ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_found_error",
-                405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
-                422: "invalid_request_error", 502: "upstream_error", 503: "unavailable_error",
-                504: "timeout_error"}
+    return Response(error_body(status, code, message, **extra) + b"\n", status=status,
+                    mimetype="application/json")
 
 
 class App:
-    def __init__(self, hub: Hub, guard: Guard):
+    def __init__(self, hub: Hub):
         self.hub = hub
-        self.guard = guard
         self.proxy = OpenAIProxy(hub)
         self.started = time.time()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        refusal = self.guard.check(environ)
+        guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
+        refusal = guard.check(environ)
         if refusal is not None:
             return error(403, "forbidden", refusal)(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
-            allowed = self.guard.origin_allowed(origin)
+            allowed = guard.origin_allowed(origin)
             if environ["REQUEST_METHOD"] == "OPTIONS":
                 if not allowed:
                     return error(403, "forbidden", f"origin {origin!r} is not allowed; add it "
@@ -118,39 +115,39 @@ class App:
 
     def on_status(self, request: Request) -> Response:
         hub = self.hub
-        backend = dict(hub.backend)
-        backend.pop("cmdline", None)
+        record = hub.backend.backend
+        backend = record.public()
         now = time.time()
-        if backend["state"] == "ready" and backend.get("ready_at"):
-            backend["uptime_s"] = round(now - backend["ready_at"], 1)
+        if record.state == "ready" and record.ready_at:
+            backend["uptime_s"] = round(now - record.ready_at, 1)
         info = hub.daemon_info
         return json_response({
-            "daemon": {"pid": info.get("supervisor_pid") or info["pid"], "version": __version__,
+            "daemon": {"pid": info["pid"], "version": __version__,
                        "host": info["host"], "port": info["port"],
                        "started_at": info["started_at"],
                        "uptime_s": round(now - info["started_at"], 1),
                        "proxy_pid": os.getpid(), "workers": hub.workers,
                        "home": str(hub.paths.home), "runtime": str(hub.paths.runtime)},
             "backend": backend,
-            "in_flight": hub.in_flight,
-            "requests_total": hub.requests_total,
-            "default_model": hub.default_model,
-            "config_error": hub.config_error,
+            "in_flight": hub.gate.in_flight,
+            "requests_total": hub.gate.requests_total,
+            "default_model": hub.config.default_model,
+            "config_error": hub.config.config_error,
         })
 
     def on_models(self, request: Request) -> Response:
-        self.hub.refresh()
+        self.hub.config.refresh()
         return json_response({"models": [self._model_summary(e) for e in
-                                         self.hub.catalog.entries],
-                              "config_error": self.hub.config_error,
+                                         self.hub.config.catalog.entries],
+                              "config_error": self.hub.config.config_error,
                               "models_dir": str(self.hub.paths.models_dir)})
 
     def _model_summary(self, entry: Any) -> dict[str, Any]:
         summary = entry.summary()
-        backend = self.hub.backend
-        summary["active"] = entry.id is not None and entry.id == backend["model"] and \
-            backend["state"] in ("starting", "ready")
-        summary["default"] = entry.id is not None and entry.id == self.hub.default_model
+        backend = self.hub.backend.backend
+        summary["active"] = entry.id is not None and entry.id == backend.model and \
+            backend.active
+        summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
         summary["gguf"] = None
         if entry.model_path is not None and entry.available:
             try:
@@ -164,8 +161,8 @@ class App:
         return summary
 
     def on_model(self, request: Request, model: str) -> Response:
-        self.hub.refresh()
-        entry = self.hub.entry(model)
+        self.hub.config.refresh()
+        entry = self.hub.config.entry(model)
         if entry is None:
             match = resolve(model, self._choices())
             return error(404, "not_found", f"no model with id {model!r}",
@@ -175,25 +172,25 @@ class App:
         return json_response(summary)
 
     def on_active(self, request: Request) -> Response:
-        hub = self.hub
-        backend = hub.backend
-        active = backend["model"] if backend["state"] in ("starting", "ready") else None
-        entry = hub.entry(active or hub.default_model)
-        config = entry.config if entry is not None and entry.config else hub.config.data
+        view = self.hub.config
+        backend = self.hub.backend.backend
+        active = backend.model if backend.active else None
+        entry = view.entry(active or view.default_model)
+        config = entry.config if entry is not None and entry.config else view.config.data
         pi_model = dict(config["pi"]["model"])
         pi_model.setdefault("name", entry.name if entry is not None and entry.name else "local")
         return json_response({
             "model": active, "name": entry.name if active and entry else None,
-            "state": backend["state"], "default_model": hub.default_model,
+            "state": backend.state, "default_model": view.default_model,
             # the model `state` is about, also when it is not active (failed, stopping)
-            "backend_model": backend["model"],
-            "error": backend["error"] if backend["state"] == "failed" else None,
-            "generation": backend["generation"],
+            "backend_model": backend.model,
+            "error": backend.error if backend.state == "failed" else None,
+            "generation": backend.generation,
             "pi": {"model": pi_model, "provider_compat": config["pi"]["provider_compat"]},
         })
 
     def on_logs(self, request: Request, model: str | None = None) -> Response:
-        model = model or self.hub.backend["model"]
+        model = model or self.hub.backend.backend.model
         if not model:
             return error(404, "no_model", "no model is active; name the model whose log you "
                          "want (`llmctl logs <model>`, GET /logs/<model>)")
@@ -213,21 +210,21 @@ class App:
         return Response(_follow(path, tail, sock), mimetype="text/plain")
 
     def on_v1_models(self, request: Request) -> Response:
-        backend = self.hub.backend
+        backend = self.hub.backend.backend
         return json_response({"object": "list", "data": [{
             "id": "local", "object": "model", "created": int(self.started), "owned_by": "llmctl",
-            "meta": {"active_model": backend["model"], "state": backend["state"],
-                     "default_model": self.hub.default_model},
+            "meta": {"active_model": backend.model, "state": backend.state,
+                     "default_model": self.hub.config.default_model},
         }]})
 
     # --- commands --------------------------------------------------------------------------------
 
     def _choices(self) -> dict[str, str]:
-        return {e.id: e.name or e.id for e in self.hub.catalog.entries if e.id}
+        return {e.id: e.name or e.id for e in self.hub.config.catalog.entries if e.id}
 
     def on_switch(self, request: Request, model: str) -> Response:
         hub = self.hub
-        hub.refresh()
+        hub.config.refresh()
         query = unquote(model)
         match = resolve(query, self._choices())
         if match.kind == "not_found":
@@ -239,49 +236,44 @@ class App:
             return error(409, "ambiguous", f"{query!r} matches several models: "
                          f"{', '.join(match.candidates)}; be more specific",
                          candidates=match.candidates)
-        entry = hub.entry(match.model)
+        entry = hub.config.entry(match.model)
         assert entry is not None and match.model is not None
         if not entry.available:
             return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")
         try:
-            command = hub.begin("switch", _flag(request, "force"), model=match.model)
+            command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model)
         except Busy as e:
             return error(409, "busy", str(e), in_flight=e.in_flight)
         resolved = {"event": "resolved", "model": match.model, "query": query}
         if _flag(request, "stream"):
-            return Response(_ndjson(hub, command, resolved), mimetype="application/x-ndjson")
-        while True:
-            message = hub.next_message(command)
-            if message["type"] == "reply":
-                return _reply_response(message)
+            return Response(_ndjson(command, resolved), mimetype="application/x-ndjson")
+        return _reply_response(command.reply())
 
     def on_stop(self, request: Request) -> Response:
         try:
-            command = self.hub.begin("stop", _flag(request, "force"))
+            command = self.hub.gate.begin(p.Stop, _flag(request, "force"))
         except Busy as e:
             return error(409, "busy", str(e), in_flight=e.in_flight)
-        while True:
-            message = self.hub.next_message(command)
-            if message["type"] == "reply":
-                if message["ok"]:
-                    return json_response({"stopped": message.get("stopped")})
-                return _reply_response(message)
+        reply = command.reply()
+        if reply.ok:
+            return json_response({"stopped": reply.data.get("stopped")})
+        return _reply_response(reply)
 
     def on_reload(self, request: Request) -> Response:
-        hub = self.hub
+        view = self.hub.config
         before = set(self._choices())
-        hub.refresh()
+        view.refresh()
         after = set(self._choices())
-        hub.command("reload", to="supervisor")
+        self.hub.commands.send(p.Reload)
         return json_response({
-            "models": len(hub.catalog.entries), "added": sorted(after - before),
-            "removed": sorted(before - after), "config_error": hub.config_error,
-            "unavailable": [{"id": e.key, "error": e.error} for e in hub.catalog.entries
+            "models": len(view.catalog.entries), "added": sorted(after - before),
+            "removed": sorted(before - after), "config_error": view.config_error,
+            "unavailable": [{"id": e.key, "error": e.error} for e in view.catalog.entries
                             if not e.available],
         })
 
     def on_restart_proxy(self, request: Request) -> Response:
-        self.hub.command("restart_proxy", to="supervisor")
+        self.hub.commands.send(p.RestartProxy)
         return json_response({"restarting": True, "pid": os.getpid()}, 202)
 
 
@@ -313,31 +305,27 @@ _FAILURE_STATUS = {"not_found": 404, "unavailable": 503, "config_error": 422,
                    "load_timeout": 504, "load_failed": 502, "timeout": 504}
 
 
-def _reply_response(reply: dict[str, Any]) -> Response:
-    if reply.get("ok"):
-        return json_response({k: v for k, v in reply.items()
-                              if k not in ("type", "id", "ok", "event")} | {"state": "ready"})
-    err = dict(reply.get("error") or {})
+def _reply_response(reply: p.Reply) -> Response:
+    if reply.ok:
+        return json_response({k: v for k, v in reply.data.items() if k != "event"}
+                             | {"state": "ready"})
+    err = dict(reply.error or {})
     code = err.pop("code", "error")
     message = err.pop("message", "the command failed")
     return error(_FAILURE_STATUS.get(code, 500), code, message, **err)
 
 
-def _ndjson(hub: Hub, command: Any, first: dict[str, Any]) -> Iterator[bytes]:
+def _ndjson(command: Pending, first: dict[str, Any]) -> Iterator[bytes]:
     yield (json.dumps(first) + "\n").encode()
-    while True:
-        message = hub.next_message(command)
-        if message["type"] == "event":
-            yield (json.dumps({k: v for k, v in message.items() if k not in ("type", "id")})
-                   + "\n").encode()
-            continue
-        if message["ok"]:
-            out = {k: v for k, v in message.items() if k not in ("type", "id", "ok")}
-            out.setdefault("event", "ready")
+    for message in command:
+        if isinstance(message, p.Event):
+            out = {"event": message.event, **message.data}
+        elif message.ok:
+            out = {"event": "ready", **message.data}
         else:
-            out = {"event": "error", "model": message.get("model"), **(message.get("error") or {})}
+            out = {"event": "error", "model": message.data.get("model"),
+                   **(message.error or {})}
         yield (json.dumps(out) + "\n").encode()
-        return
 
 
 def _follow(path: Any, first: str, sock: Any) -> Iterator[bytes]:

@@ -1,71 +1,80 @@
 """The lifecycle worker process: a plain (non-gevent) loop that feeds channel messages to
-core.lifecycle.Lifecycle and gives it time to poll the backend in between."""
+core.lifecycle.Lifecycle and gives it time to tick in between. It reports Ready to the
+supervisor once boot (adoption and clean-up) is done: dying before that is a boot failure.
+
+Fault injection for tests only (documented in docs/architecture.md): LLMCTL_TEST_FAULT names
+one fault for this worker — `lifecycle-boot` raises during boot, `lifecycle-garbage` writes an
+undecodable frame after Ready, `lifecycle-deaf` stops reading its channel after Ready. With
+LLMCTL_TEST_FAULT_ONCE=<path> a fault fires only while that file does not exist yet (the
+worker creates it), so the restarted worker is healthy.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import socket
+import time
+from pathlib import Path
 from typing import Any
 
 from llmctl.core.lifecycle import Lifecycle
 from llmctl.core.paths import Paths
+from llmctl.daemon import protocol as p
 from llmctl.daemon.channel import Channel, ChannelClosed
 
 log = logging.getLogger("llmctld.lifecycle")
 
 
-def run(sock: socket.socket, paths: Paths, daemon_info: dict[str, Any],
-        load_default: bool = False) -> int:
+def run(sock: socket.socket, paths: Paths, daemon_info: dict[str, Any]) -> int:
     channel = Channel(sock)
     terminate = []
     # Ctrl-C reaches the whole foreground group: the supervisor decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: terminate.append(True))
 
-    def emit(message: dict[str, Any]) -> None:
-        if message.get("type") == "log":
-            getattr(log, message.get("level", "info"))(message["message"])
-            return
-        channel.send(message)
-
-    lifecycle = Lifecycle(paths, emit, daemon_info)
+    lifecycle = Lifecycle(paths, channel.post, daemon_info)
+    first_boot = lifecycle.first_boot_of_daemon()  # before boot() writes state.json
+    if injected_fault("lifecycle-boot"):
+        raise RuntimeError("injected boot failure (LLMCTL_TEST_FAULT)")
     for note in lifecycle.boot():
         log.info(note)
-    if load_default:
-        _load_default_on_startup(lifecycle, paths)
+    channel.post(p.Ready(os.getpid()))
+    if first_boot:
+        lifecycle.load_default_on_startup()
+    if injected_fault("lifecycle-garbage"):
+        channel.sock.sendall(b"\x00\x00\x00\x05{oops")
+    if injected_fault("lifecycle-deaf"):
+        while True:  # never read again: the supervisor's sends time out
+            time.sleep(1)
     selector = selectors.DefaultSelector()
     selector.register(channel.fileno(), selectors.EVENT_READ)
     try:
         while not lifecycle.finished:
-            if terminate:
+            if terminate and not lifecycle.shutting_down:
                 lifecycle.shutdown()
-                break
+                continue
             if selector.select(lifecycle.next_timeout()):
-                try:
-                    messages = channel.receive()
-                except ChannelClosed:
-                    # The supervisor is gone (killed?). Leave the backend running: the next
-                    # llmctld adopts it through state.json.
-                    log.warning("supervisor went away; leaving llama-server for adoption")
-                    return 0
-                for message in messages:
+                for message in channel.messages():
                     lifecycle.handle(message)
             lifecycle.tick()
     except ChannelClosed:
+        # The supervisor is gone (killed?). Leave the backend running: the next llmctld
+        # adopts it through state.json.
         log.warning("supervisor went away; leaving llama-server for adoption")
     return 0
 
 
-def _load_default_on_startup(lifecycle: Lifecycle, paths: Paths) -> None:
-    from llmctl.core.config import ConfigError, load_global
-
-    try:
-        daemon_cfg = load_global(paths.config_file).data["daemon"]
-    except ConfigError:
-        return
-    model = daemon_cfg["default_model"]
-    if daemon_cfg["load_default_on_startup"] and model and lifecycle.proc is None:
-        log.info("loading the default model %s (daemon.load_default_on_startup)", model)
-        lifecycle.switch("startup", model)
+def injected_fault(name: str) -> bool:
+    """Whether the test asked for this fault (see the module docstring)."""
+    if os.environ.get("LLMCTL_TEST_FAULT") != name:
+        return False
+    once = os.environ.get("LLMCTL_TEST_FAULT_ONCE")
+    if once:
+        marker = Path(once)
+        if marker.exists():
+            return False
+        marker.touch()
+    return True

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmctl import __version__
 from llmctl.core.config import ConfigError, is_loopback, load_global
-from llmctl.core.paths import Paths
+from llmctl.core.paths import Paths, env_address
 
 log = logging.getLogger("llmctld")
 
@@ -62,8 +62,12 @@ def serve(args: argparse.Namespace) -> int:
         cfg = load_global(paths.config_file)
     except ConfigError as e:
         raise StartupError(f"cannot start: {e}") from None
-    host = args.host or os.environ.get("LLMCTL_HOST") or cfg.data["daemon"]["host"]
-    port = next(p for p in (args.port, _env_port(), cfg.data["daemon"]["port"]) if p is not None)
+    try:
+        env_host, env_port = env_address()
+    except ValueError as e:
+        raise StartupError(str(e)) from None
+    host = args.host or env_host or cfg.data["daemon"]["host"]
+    port = next(p for p in (args.port, env_port, cfg.data["daemon"]["port"]) if p is not None)
     if not is_loopback(host):
         if not cfg.data["daemon"]["allow_remote"]:
             raise StartupError(
@@ -84,15 +88,15 @@ def serve(args: argparse.Namespace) -> int:
     log.info("llmctld %s listening on http://%s:%d (home %s, runtime %s)", __version__,
              host if ":" not in host else f"[{host}]", port, paths.home, paths.runtime)
 
-    def proxy_main(sock: socket.socket, first: bool) -> int:
+    def proxy_main(sock: socket.socket) -> int:
         from llmctl.daemon import proxy_worker  # imports gevent: only ever in the child
 
         return proxy_worker.run(listener, sock, paths, daemon_info, cfg)
 
-    def lifecycle_main(sock: socket.socket, first: bool) -> int:
+    def lifecycle_main(sock: socket.socket) -> int:
         from llmctl.daemon import lifecycle_worker
 
-        return lifecycle_worker.run(sock, paths, daemon_info, load_default=first)
+        return lifecycle_worker.run(sock, paths, daemon_info)
 
     from llmctl.daemon.supervisor import Supervisor
 
@@ -104,16 +108,6 @@ def serve(args: argparse.Namespace) -> int:
         _release_pidfile(paths.pid_file, lock_fd)
     log.info("llmctld stopped")
     return code
-
-
-def _env_port() -> int | None:
-    text = os.environ.get("LLMCTL_PORT")
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise StartupError(f"LLMCTL_PORT must be a port number, not {text!r}") from None
 
 
 def _prepare_dirs(paths: Paths) -> None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import logging
 import select
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from llmctl.daemon.hub import Hub, Unavailable
+from llmctl.daemon.errors import wsgi_error
+from llmctl.daemon.gate import Lease, Unavailable
+from llmctl.daemon.hub import Hub
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -34,14 +35,6 @@ BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 READ_SIZE = 65536
-
-
-def openai_error(status: int, message: str, type_: str, code: str | int | None = None,
-                 ) -> tuple[str, list[tuple[str, str]], bytes]:
-    body = json.dumps({"error": {"message": message, "type": type_,
-                                 "code": code if code is not None else status}}).encode()
-    return (f"{status} {http.client.responses.get(status, 'Error')}",
-            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))], body)
 
 
 class UpstreamConnection(http.client.HTTPConnection):
@@ -121,14 +114,19 @@ class OpenAIProxy:
         try:
             body = self._read_body(environ)
         except ValueError as e:  # too big: answer at once and close instead of draining it
-            status, error_headers, payload = openai_error(413, str(e),
-                                                          "invalid_request_error")
+            status, error_headers, payload = wsgi_error(413, 413, str(e))
             start_response(status, [*error_headers, ("Connection", "close")])
             return [payload]
         try:
-            addr = self.hub.acquire()
+            lease = self.hub.gate.acquire()
         except Unavailable as e:
             return self._error(start_response, e.status, e.message, "unavailable_error", e.code)
+        with lease:  # released on every way out, unless a Relay takes it over
+            return self._forward(environ, start_response, body, lease)
+
+    def _forward(self, environ: dict[str, Any], start_response: Any, body: bytes | _Body | None,
+                 lease: Lease) -> Iterable[bytes]:
+        addr = lease.address
         headers: dict[str, str] = {}
         for name, value in environ.items():
             if name.startswith("HTTP_"):
@@ -140,12 +138,9 @@ class OpenAIProxy:
         path = environ.get("RAW_URI") or environ["PATH_INFO"]
         if "?" not in path and environ.get("QUERY_STRING"):
             path += "?" + environ["QUERY_STRING"]
-        self.hub.in_flight += 1
-        self.hub.requests_total += 1
         try:
             conn, response = self._send(addr, environ["REQUEST_METHOD"], path, headers, body)
         except (OSError, http.client.HTTPException) as e:
-            self.hub.in_flight -= 1
             return self._error(start_response, 502,
                                f"llama-server did not answer ({e.__class__.__name__}: {e}); "
                                "see `llmctl status` and `llmctl logs`", "upstream_error")
@@ -154,7 +149,7 @@ class OpenAIProxy:
         if length is not None:
             out_headers.append(("Content-Length", length))
         start_response(f"{response.status} {response.reason}", out_headers)
-        return Relay(self, addr, conn, response)
+        return Relay(self, lease, conn, response)
 
     def _read_body(self, environ: dict[str, Any]) -> bytes | _Body | None:
         length_text = environ.get("CONTENT_LENGTH") or ""
@@ -199,7 +194,8 @@ class OpenAIProxy:
 
     def _error(self, start_response: Any, status: int, message: str, type_: str,
                code: str | None = None) -> list[bytes]:
-        status_line, headers, body = openai_error(status, message, type_, code)
+        status_line, headers, body = wsgi_error(status, code if code is not None else status,
+                                                message, type_)
         start_response(status_line, headers)
         return [body]
 
@@ -216,17 +212,19 @@ class _Body:
 
 class Relay:
     """The WSGI response iterable: relays upstream bytes, and on close() (end of response,
-    client disconnect, or error) releases the in-flight count and the upstream connection.
+    client disconnect, or error) releases its lease (the in-flight count) and the upstream
+    connection.
     Closing an unfinished upstream response disconnects from llama-server, which aborts the
     generation."""
 
-    def __init__(self, proxy: OpenAIProxy, addr: tuple[str, int],
+    def __init__(self, proxy: OpenAIProxy, lease: Lease,
                  conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
-        self.proxy, self.addr, self.conn, self.response = proxy, addr, conn, response
+        self.proxy, self.addr, self.conn, self.response = proxy, lease.address, conn, response
+        self.lease = lease
         self.sse = (response.getheader("Content-Type") or "").startswith("text/event-stream")
         self.done = False
         self.released = False
-        proxy.hub.relays.add(self)
+        lease.hand_to(self)
 
     def __iter__(self) -> Iterator[bytes]:
         read = self.response.read1
@@ -258,9 +256,7 @@ class Relay:
         if self.released:
             return
         self.released = True
-        self.proxy.hub.relays.discard(self)
-        self.proxy.hub.in_flight -= 1
-        self.proxy.hub.notify()
+        self.lease.release()
         if self.done and not self.response.will_close:
             self.response.close()
             self.proxy.pool.put(self.addr, self.conn)

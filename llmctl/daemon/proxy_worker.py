@@ -38,18 +38,16 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     import gevent.event
     import gevent.pool
 
+    from llmctl.daemon import protocol as p
     from llmctl.daemon.app import App
     from llmctl.daemon.channel import Channel, ChannelClosed
     from llmctl.daemon.hub import Hub
-    from llmctl.daemon.security import Guard
 
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
     hub = Hub(channel, paths, daemon_info, config)
-    daemon_cfg = hub.config.data["daemon"]
-    guard = Guard(daemon_info["host"], daemon_cfg["allowed_origins"], daemon_cfg["allow_remote"])
     # a Pool, unbounded: without one, server.stop() does not wait for requests in progress
-    server = _server_class()(server_sock, App(hub, guard), handler_class=_handler_class(),
+    server = _server_class()(server_sock, App(hub), handler_class=_handler_class(),
                              spawn=gevent.pool.Pool(), log=None, error_log=_ErrorLog())
     hub.start()
     stopped = gevent.event.Event()
@@ -78,7 +76,7 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     gevent.spawn(stop_when_orphaned)
     server.start()
     try:
-        channel.send({"type": "ready", "pid": os.getpid()})
+        channel.post(p.Ready(os.getpid()))
     except ChannelClosed:
         stop()
     stopped.wait()

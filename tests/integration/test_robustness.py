@@ -168,13 +168,13 @@ def test_worker_that_cannot_boot_stops_the_supervisor(tmp_path) -> None:
     """Restart loops are bounded: a worker failing at boot ends llmctld with the reason."""
     script = textwrap.dedent("""
         import socket, sys
-        from llmctl.daemon.supervisor import BOOT_ERROR, Supervisor
+        from llmctl.daemon.supervisor import Supervisor
 
-        def broken(sock, first):
+        def broken(sock):
             print("boot failure on purpose", file=sys.stderr)
-            return BOOT_ERROR
+            return 3
 
-        def idle(sock, first):
+        def idle(sock):
             sock.recv(1)
             return 0
 

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmctl.core.lifecycle import Lifecycle, read_log_tail
-from llmctl.core.paths import Paths
-
-
-def lifecycle(tmp_path: Path, limit: int) -> Lifecycle:
-    lc = Lifecycle(Paths(home=tmp_path, runtime=tmp_path), lambda message: None, {})
-    lc.log_max = limit
-    return lc
+from llmctl.core.backend_log import bound_log, read_log_tail, rotate_log
 
 
 def test_running_log_is_cut_to_its_newest_part(tmp_path: Path) -> None:
     log = tmp_path / "m.log"
     log.write_text("".join(f"line {i}\n" for i in range(20_000)))
-    lc = lifecycle(tmp_path, 64 * 1024)
-    lc._bound_log(log)
+    bound_log(log, 64 * 1024)
     text = log.read_text()
     assert len(text) <= 64 * 1024
     assert text.startswith("--- llmctl: log truncated")
@@ -28,14 +20,14 @@ def test_running_log_is_cut_to_its_newest_part(tmp_path: Path) -> None:
 def test_small_log_is_left_alone(tmp_path: Path) -> None:
     log = tmp_path / "m.log"
     log.write_text("short\n")
-    lifecycle(tmp_path, 64 * 1024)._bound_log(log)
+    bound_log(log, 64 * 1024)
     assert log.read_text() == "short\n"
 
 
 def test_big_log_is_rotated_before_a_start(tmp_path: Path) -> None:
     log = tmp_path / "m.log"
     log.write_bytes(b"x" * 100_000)
-    lifecycle(tmp_path, 64 * 1024)._rotate_log(log)
+    rotate_log(log, 64 * 1024)
     assert not log.exists() and (tmp_path / "m.log.1").stat().st_size == 100_000
 
 

@@ -1,0 +1,57 @@
+"""The proxy worker's view of the configuration: the global config, the model catalog, and the
+Host/Origin guard built from them. `refresh()` re-reads all three (POST /reload, SIGHUP, and
+the control routes that list models), so an edit of daemon.allowed_origins applies without a
+proxy restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmctl.core.config import ConfigError, GlobalConfig, load_global
+from llmctl.core.discovery import Catalog, ModelEntry, discover
+from llmctl.core.paths import Paths
+from llmctl.daemon.security import Guard
+
+
+class ConfigView:
+    def __init__(self, paths: Paths, daemon_info: dict[str, Any], config: GlobalConfig):
+        self.paths = paths
+        self.bound_host: str = daemon_info["host"]
+        # The configuration llmctld validated at start-up: a worker restarted after the file
+        # was broken by an edit still boots, and reports the error.
+        self.config = config
+        self.config_error: str | None = None
+        self.catalog = Catalog()
+        self.guard = self._guard()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the global config (keeping the last good one if it is now broken), rebuild
+        the guard and re-discover models. Cheap (a few small YAML files), so control routes
+        call it freely."""
+        try:
+            self.config = load_global(self.paths.config_file)
+            self.config_error = None
+            self.guard = self._guard()
+        except ConfigError as e:
+            self.config_error = f"{e} (still using the previous configuration)"
+        try:
+            self.catalog = discover(self.paths.models_dir, self.config)
+        except ConfigError as e:
+            self.config_error = str(e)
+
+    def _guard(self) -> Guard:
+        daemon = self.config.data["daemon"]
+        return Guard(self.bound_host, daemon["allowed_origins"], daemon["allow_remote"])
+
+    @property
+    def default_model(self) -> str | None:
+        return self.config.data["daemon"]["default_model"]
+
+    @property
+    def ready_timeout(self) -> float:
+        return self.config.data["server"]["readyTimeoutMs"] / 1000
+
+    def entry(self, model_id: str | None) -> ModelEntry | None:
+        return self.catalog.by_id(model_id) if model_id else None
