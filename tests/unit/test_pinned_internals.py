@@ -1,0 +1,39 @@
+"""The proxy overrides a few private internals of gevent's pywsgi (proxy_worker.py) and of
+http.client (openai_proxy.py UpstreamConnection). gevent is pinned in pyproject.toml to the
+versions this was written against; these checks fail the moment an upgrade (gevent or
+Python) changes what the overrides rely on, instead of the proxy misbehaving quietly."""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+
+from gevent import pywsgi
+
+
+def test_pywsgi_writes_the_head_through_write_with_headers() -> None:
+    handler = pywsgi.WSGIHandler
+    assert list(inspect.signature(handler._write_with_headers).parameters) == ["self", "data"]
+    assert "self._write_with_headers(" in inspect.getsource(handler.write)
+    source = inspect.getsource(handler._write_with_headers)
+    for used in ("headers_sent", "finalize_headers", "response_use_chunked", "_sendall"):
+        assert used in source or hasattr(handler, used), used
+    for attribute in ("_sendall", "finalize_headers", "response_use_chunked", "headers_sent",
+                      "status", "response_headers", "wsgi_input", "close_connection"):
+        assert hasattr(handler, attribute), attribute
+
+
+def test_pywsgi_input_has_the_chunked_input_error_flag() -> None:
+    assert "self._chunked_input_error = False" in inspect.getsource(pywsgi.Input.__init__)
+    # the flag must still be what decides "do not drain the body, the socket will close"
+    assert "if self._chunked_input_error:" in inspect.getsource(pywsgi.Input._discard)
+
+
+def test_http_client_sends_head_and_body_through_send_output() -> None:
+    conn = http.client.HTTPConnection
+    assert list(inspect.signature(conn._send_output).parameters) == [
+        "self", "message_body", "encode_chunked"]
+    assert "self._send_output(message_body" in inspect.getsource(conn.endheaders)
+    assert isinstance(conn("localhost")._buffer, list)
+    assert "self._output(" in inspect.getsource(conn.putheader)
+    assert "self._buffer.append(" in inspect.getsource(conn._output)
