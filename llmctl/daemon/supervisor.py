@@ -22,6 +22,10 @@ Defences:
 Signal handlers only queue the signal and wake the loop (via set_wakeup_fd); the loop does
 the work. It must never import gevent: the proxy worker patches itself after the fork.
 
+Test seam: LLMCTL_TEST_CHANNEL_SNDBUF=<bytes> shrinks the send buffer of the supervisor's
+channel ends, so a worker that stops reading (lifecycle_worker's injected faults) blocks a
+send after a few messages (docs/architecture.md, "Fault injection").
+
 Everything that touches processes goes through one seam, `ProcessOps` (fork a worker, signal,
 reap), so unit tests drive the supervisor with a fake one and never fork.
 
@@ -304,6 +308,9 @@ class Supervisor:
         worker.pid, worker.started, worker.ready = pid, time.monotonic(), False
         worker.channel = Channel(parent_end)
         parent_end.settimeout(SEND_TIMEOUT)  # a hung worker must not hang the supervisor
+        if os.environ.get("LLMCTL_TEST_CHANNEL_SNDBUF"):  # tests only: fill up in a few sends
+            parent_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                  int(os.environ["LLMCTL_TEST_CHANNEL_SNDBUF"]))
         self.selector.register(worker.channel.fileno(), selectors.EVENT_READ, worker)
         log.info("started %s worker (pid %d)", worker.role, pid)
         self.send_workers()

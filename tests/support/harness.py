@@ -78,6 +78,7 @@ class Home:
         self.models_dir = root / "gguf"
         self.models_dir.mkdir(parents=True)
         self.config: dict[str, Any] = {"server": {"port": server_port}}
+        self.extra_env: dict[str, str] = {}  # e.g. LLMCTL_TEST_FAULT for fault injection
         self.write_config()
 
     def write_config(self, **sections: Any) -> None:
@@ -116,6 +117,7 @@ class Home:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTL_")}
         env.update(LLMCTL_HOME=str(self.root), LLMCTL_RUNTIME_HOME=str(self.runtime))
+        env.update(self.extra_env)
         return env
 
 
