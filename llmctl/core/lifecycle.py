@@ -60,6 +60,7 @@ WATCH_POLL = 0.5  # seconds between liveness checks of a ready backend
 PROGRESS_EVERY = 0.1  # at most this often a progress event
 LOG_CHECK_EVERY = 5.0
 DEFAULT_RETRY_AFTER = 60.0  # a failed default load is retried on demand after this long
+STARTUP_ID = "startup"  # the command id of the start-up load: nobody waits for its reply
 
 
 @dataclass
@@ -251,6 +252,8 @@ class Lifecycle:
     def _refuse(self, rids: list[str], code: str, message: str, *, model: str | None = None,
                 default: bool = False, **extra: Any) -> None:
         """Answer commands with an error; remember it when it ends a default load."""
+        if code != "cancelled":
+            log.info("refused (%s): %s", code, message)
         if default and model:
             self.default_failure = DefaultFailure(model, self._signature(model),
                                                   time.monotonic() + DEFAULT_RETRY_AFTER,
@@ -318,6 +321,7 @@ class Lifecycle:
                 self._refuse(old.waiters, "cancelled", f"superseded by a switch to {model_id}",
                              model=old.model)
             self.stopping.then = plan
+            log.info("the switch to %s waits for %s to stop", model_id, self.stopping.model)
             self.event([rid], "stopping", model=self.stopping.model)
             return
         if self.proc is not None:
@@ -400,7 +404,8 @@ class Lifecycle:
             self._refuse([rid], "default_model_failed", failed.message, model=model,
                          retry_in=round(failed.retry_at - time.monotonic()))
             return
-        log.info("loading the default model %s for a waiting request", model)
+        log.info("loading the default model %s (asked by %s)", model,
+                 "start-up" if rid == STARTUP_ID else "a waiting request")
         self.switch(rid, model, default=True)
 
     def load_default_on_startup(self) -> None:
@@ -411,9 +416,8 @@ class Lifecycle:
             return
         if daemon_cfg["load_default_on_startup"] and daemon_cfg["default_model"] and \
                 self.proc is None:
-            log.info("loading the default model %s (daemon.load_default_on_startup)",
-                     daemon_cfg["default_model"])
-            self.ensure("startup")
+            log.info("daemon.load_default_on_startup is set")
+            self.ensure(STARTUP_ID)
 
     def _signature(self, model: str) -> tuple[Any, ...]:
         """What must change for a failed default load to be worth another try."""
