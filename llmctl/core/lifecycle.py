@@ -250,12 +250,13 @@ class Lifecycle:
             self.emit(p.Event(rid, name, data))
 
     def _refuse(self, rids: list[str], code: str, message: str, *, model: str | None = None,
-                default: bool = False, **extra: Any) -> None:
-        """Answer commands with an error; remember it when it ends a default load."""
+                default: str | None = None, **extra: Any) -> None:
+        """Answer commands with an error. `default` names the default model when this ends
+        an attempt to load it: the failure is remembered (see ensure)."""
         if code != "cancelled":
             log.info("refused (%s): %s", code, message)
-        if default and model:
-            self.default_failure = DefaultFailure(model, self._signature(model),
+        if default:
+            self.default_failure = DefaultFailure(default, self._signature(default),
                                                   time.monotonic() + DEFAULT_RETRY_AFTER,
                                                   message)
         fields = {"event": "error", "model": model} if model else {}
@@ -271,17 +272,18 @@ class Lifecycle:
     def switch(self, rid: str, model_id: str, default: bool = False) -> None:
         if not default:
             self.default_failure = None  # an explicit switch: the user is on it
+        as_default = model_id if default else None
         try:
             cfg, entry = self._model(model_id)
         except LookupError as e:
-            self._refuse([rid], "not_found", str(e), default=default)
+            self._refuse([rid], "not_found", str(e), default=as_default)
             return
         except ConfigError as e:
-            self._refuse([rid], "config_error", str(e), default=default)
+            self._refuse([rid], "config_error", str(e), default=as_default)
             return
         if entry.error:
             self._refuse([rid], "unavailable", f"{model_id} is unavailable: {entry.error}",
-                         default=default)
+                         default=as_default)
             return
         if self.load is not None and self.load.model == model_id:
             self.load.waiters.append(rid)
@@ -300,7 +302,7 @@ class Lifecycle:
             if self.proc is None and self.stopping is None:
                 # never drop a serving model for a switch that cannot start
                 self._record_failure(model_id, str(e), None, [])
-            self._refuse([rid], "backend_setup", str(e), model=model_id, default=default)
+            self._refuse([rid], "backend_setup", str(e), model=model_id, default=as_default)
             return
         reason = None
         if self.backend.state == "ready" and self.backend.model == model_id and \
@@ -346,7 +348,7 @@ class Lifecycle:
                        "server.port in config/default.yaml")
             self._record_failure(plan.model, message, None, [])
             self._refuse(plan.waiters, "port_in_use", message, model=plan.model,
-                         default=plan.default)
+                         default=plan.model if plan.default else None)
             return
         model_id, argv = plan.model, plan.argv
         log_path = self.paths.log_file(model_id)
@@ -361,7 +363,7 @@ class Lifecycle:
             message = f"could not start {argv[0]}: {e.strerror}"
             self._record_failure(model_id, message, None, [])
             self._refuse(plan.waiters, "backend_setup", message, model=model_id,
-                         default=plan.default)
+                         default=plan.model if plan.default else None)
             return
         now = time.monotonic()
         log.info("starting %s (llama-server pid %d, log %s)", model_id, proc.pid, log_path)
@@ -506,7 +508,8 @@ class Lifecycle:
         self._changed()
         if failure is not None:
             self._refuse(failure.waiters, failure.code, failure.message, model=failure.model,
-                         default=failure.default, exit_code=exit_code, log_tail=failure.tail)
+                         default=failure.model if failure.default else None,
+                         exit_code=exit_code, log_tail=failure.tail)
         for rids, why in stopping.cancelled:
             self._refuse(rids, "cancelled", why, model=stopping.model)
         for rid in stopping.waiters:
@@ -612,7 +615,8 @@ class Lifecycle:
         else:
             self._record_failure(load.model, message, exit_code, tail, changed=False)
         self._changed()
-        self._refuse(load.waiters, code, message, model=load.model, default=load.default,
+        self._refuse(load.waiters, code, message, model=load.model,
+                     default=load.model if load.default else None,
                      exit_code=exit_code, log_tail=tail)
 
     def _record_failure(self, model: str, message: str, exit_code: int | None,

@@ -1,0 +1,103 @@
+"""core.lifecycle.Lifecycle's command handling without a llama-server: the dispatch table,
+protocol errors answered, and the Ensure rules (who loads the default model, and when a failed
+one is tried again)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmctl.core import lifecycle as lifecycle_module
+from llmctl.core.lifecycle import DefaultFailure, Lifecycle
+from llmctl.core.paths import Paths
+from llmctl.core.state import IllegalTransition
+from llmctl.daemon import protocol as p
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    return Paths(home=tmp_path, runtime=tmp_path)
+
+
+def lifecycle(paths: Paths, **daemon: object) -> tuple[Lifecycle, list[p.Message]]:
+    (paths.home / "config").mkdir(exist_ok=True)
+    paths.config_file.write_text(yaml.safe_dump({"daemon": daemon}))
+    sent: list[p.Message] = []
+    return Lifecycle(paths, sent.append, {"pid": 1}), sent
+
+
+def replies(sent: list[p.Message]) -> list[p.Reply]:
+    return [m for m in sent if isinstance(m, p.Reply)]
+
+
+def test_status_replies_with_the_record(paths: Paths) -> None:
+    lc, sent = lifecycle(paths)
+    lc.handle(p.Status("s"))
+    [reply] = replies(sent)
+    assert reply.ok and reply.data["backend"]["state"] == "stopped"
+
+
+def test_protocol_errors_are_answered_not_raised(paths: Paths) -> None:
+    lc, sent = lifecycle(paths)
+    lc.handle(p.decode({"type": "switch", "id": "x"}))  # no model
+    lc.handle(p.Reload("r"))  # a supervisor command, sent to the wrong process
+    assert [(r.id, (r.error or {})["code"]) for r in replies(sent)] == [
+        ("x", "bad_message"), ("r", "bad_message")]
+
+
+def test_stop_with_nothing_running(paths: Paths) -> None:
+    lc, sent = lifecycle(paths)
+    lc.handle(p.Stop("s"))
+    assert replies(sent) == [p.Reply("s", True, {"stopped": None})]
+
+
+def test_ensure_without_a_default_model_says_what_to_do(paths: Paths) -> None:
+    lc, sent = lifecycle(paths)
+    lc.handle(p.Ensure("e"))
+    [reply] = replies(sent)
+    assert reply.error and reply.error["code"] == "no_model"
+    assert "llmctl switch" in reply.error["message"]
+
+
+def test_ensure_of_an_unknown_default_is_remembered(paths: Paths) -> None:
+    lc, sent = lifecycle(paths, default_model="ghost")
+    lc.handle(p.Ensure("e1"))
+    assert replies(sent)[0].error["code"] == "not_found"  # type: ignore[index]
+    assert lc.default_failure is not None and lc.default_failure.model == "ghost"
+    lc.handle(p.Ensure("e2"))  # refused at once, from memory
+    second = replies(sent)[1]
+    assert second.error and second.error["code"] == "default_model_failed"
+    assert "ghost" in second.error["message"]
+
+
+def test_a_failed_default_is_retried_after_an_edit_or_the_backoff(
+        paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    lc, sent = lifecycle(paths, default_model="ghost")
+    lc.default_failure = DefaultFailure("ghost", lc._signature("ghost"), retry_at=1e18,
+                                        message="it broke")
+    lc.handle(p.Ensure("e1"))
+    assert replies(sent)[-1].error["code"] == "default_model_failed"  # type: ignore[index]
+    paths.config_file.write_text(paths.config_file.read_text() + "\n# edited\n")
+    lc.handle(p.Ensure("e2"))  # the config changed: a new attempt (which fails: no model)
+    assert replies(sent)[-1].error["code"] == "not_found"  # type: ignore[index]
+    monkeypatch.setattr(lifecycle_module.time, "monotonic", lambda: 2e18)
+    lc.handle(p.Ensure("e3"))  # the backoff passed: another attempt
+    assert replies(sent)[-1].error["code"] == "not_found"  # type: ignore[index]
+
+
+def test_explicit_switch_and_reload_forget_the_failure(paths: Paths) -> None:
+    lc, _ = lifecycle(paths, default_model="ghost")
+    lc.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
+    lc.handle(p.Switch("s", "other"))
+    assert lc.default_failure is None
+    lc.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
+    lc.handle(p.ReloadConfig())
+    assert lc.default_failure is None
+
+
+def test_the_record_refuses_an_illegal_move_made_by_mistake(paths: Paths) -> None:
+    lc, _ = lifecycle(paths)
+    with pytest.raises(IllegalTransition):
+        lc.backend.transition("ready")  # stopped -> ready skips the load
