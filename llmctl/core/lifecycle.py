@@ -456,9 +456,12 @@ class Lifecycle:
             self.stopping.waiters.append(rid)
             return
         if self.load is not None:
+            model = self.load.model
             self._end_load("cancelled", "cancelled by a stop request")
-            assert self.stopping is not None
-            self.stopping.waiters.append(rid)
+            if self.stopping is not None:
+                self.stopping.waiters.append(rid)
+            else:  # the process had already exited
+                self.reply(rid, True, stopped=model)
             return
         if self.proc is not None:
             self._begin_stop([]).waiters.append(rid)

@@ -46,9 +46,6 @@ class Message:
 
     KIND: ClassVar[str] = ""
 
-    def encode(self) -> dict[str, Any]:
-        return encode(self)
-
 
 class Command(Message):
     """A request that gets exactly one Reply with the same id. TO names the receiver."""

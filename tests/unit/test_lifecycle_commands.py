@@ -101,3 +101,22 @@ def test_the_record_refuses_an_illegal_move_made_by_mistake(paths: Paths) -> Non
     lc, _ = lifecycle(paths)
     with pytest.raises(IllegalTransition):
         lc.backend.transition("ready")  # stopped -> ready skips the load
+
+
+def test_stop_of_a_load_whose_process_already_exited(paths: Paths) -> None:
+    from llmctl.core.backend_process import BackendProcess
+    from llmctl.core.lifecycle import Load
+
+    lc, sent = lifecycle(paths)
+    proc = BackendProcess(999_999, 0.0, ["llama-server"])
+    proc._gone, proc._exit_code = True, 1  # exited; the loop has not noticed yet
+    lc.proc = proc
+    lc.load = Load(model="m", model_path=paths.home / "m.gguf", proc=proc,
+                   log_path=paths.home / "m.log", log_offset=0, started=0.0, deadline=1e18,
+                   waiters=["switch"])
+    lc.backend.transition("starting", model="m", pid=proc.pid)
+    lc.handle(p.Stop("s"))
+    assert lc.backend.state == "stopped" and lc.load is None and lc.stopping is None
+    answers = {r.id: r for r in replies(sent)}
+    assert answers["s"] == p.Reply("s", True, {"stopped": "m"})
+    assert answers["switch"].error and answers["switch"].error["code"] == "cancelled"
