@@ -34,7 +34,8 @@ class Pending:
         self.deadline = deadline
         self.queue: Queue = Queue()
         self._on_done = on_done
-        self.done = False
+        self.answered = False  # the Reply has arrived (it may not be read yet)
+        self.done = False  # the Reply has been read
 
     def next(self) -> p.Event | p.Reply:
         """The next Event, or the Reply (then the command is over)."""
@@ -83,10 +84,11 @@ class CommandClient:
     def deliver(self, message: p.Event | p.Reply) -> None:
         """An Event or Reply from the channel, to the command it answers."""
         pending = self._pending.get(message.id)
+        if pending is not None:
+            pending.answered = pending.answered or isinstance(message, p.Reply)
+            pending.queue.put(message)
         if isinstance(message, p.Reply):
             self._done(message.id)
-        if pending is not None:
-            pending.queue.put(message)
 
     def _done(self, rid: str) -> None:
         self._pending.pop(rid, None)

@@ -124,7 +124,7 @@ class Gate:
             if lease.relay is not None:
                 lease.relay.abort()
         pending = self.commands.send(kind, **fields)
-        if not pending.done:
+        if not pending.answered:  # e.g. refused at once: the channel is closed
             self.gating.add(pending.id)
         return pending
 

@@ -146,3 +146,12 @@ def test_no_default_model_is_a_503_no_model(hub) -> None:
     waiter.join(2)
     assert isinstance(waiter.exception, gate_module.Unavailable)
     assert (waiter.exception.status, waiter.exception.code) == (503, "no_model")
+
+
+def test_a_command_refused_at_once_does_not_gate(hub) -> None:
+    h, lifecycle = hub
+    lifecycle.close()
+    h.channel.close()  # sending fails: the reply is synthetic and immediate
+    pending = h.gate.begin(p.Stop, force=False)
+    assert pending.reply().error["code"] == "unavailable"  # type: ignore[index]
+    assert h.gate.gating == set()
