@@ -219,23 +219,27 @@ class Soak:
         return self.stop(force=True)
 
     def kill_during_switch(self) -> str:
-        """A switch in a thread, and a kill as soon as the load is under way."""
+        """A switch in a thread, and a kill right away (while the old model stops, or before
+        the switch arrives) or once the load is under way."""
         current = self.status()["backend"]["model"]
         model = next((m for m in MODELS if m != current), "slow")
         force = self.rng.random() < 0.5
+        at_once = self.rng.random() < 0.3
         answer: list[Any] = []
         thread = threading.Thread(target=lambda: answer.append(self._try(
             "POST", f"{self.daemon.url}/switch/{model}", {"force": 1} if force else {})),
             daemon=True)
         thread.start()
-        wait_for(lambda: not thread.is_alive() or
-                 (s := self.answers()) is not None and s["backend"]["state"] == "starting",
-                 SETTLE, f"the load of {model} to begin", self.daemon.log)
+        if not at_once:
+            wait_for(lambda: not thread.is_alive() or
+                     (s := self.answers()) is not None and s["backend"]["state"] == "starting",
+                     SETTLE, f"the load of {model} to begin", self.daemon.log)
         victim = self.rng.choice(VICTIMS)
         detail = self.kill(victim, settled=False)
         thread.join(COMMAND_BOUND + 5)
         assert not thread.is_alive(), f"the switch to {model} hung after {detail}"
-        return f"{model} (force={force}) answered {answer[0]}; {detail}"
+        when = "at once" if at_once else "during the load"
+        return f"{model} (force={force}) answered {answer[0]}; {when}: {detail}"
 
     def kill_during_stop(self) -> str:
         """A stop in a thread, and a kill right away (it lands before, during or after it)."""
