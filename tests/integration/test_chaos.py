@@ -36,6 +36,7 @@ STEPS = int(os.environ.get("LLMCTL_CHAOS_STEPS", "60"))
 SECONDS = float(os.environ.get("LLMCTL_CHAOS_SECONDS", "100"))  # wall-clock cap on the steps
 REQUEST_BOUND = 45.0  # a client request may fail, but must end within this (connect 5 + read 30)
 SETTLE = 15.0  # bound on every wait for the daemon to settle after a step
+QUICK_DEATH = 30.0  # a worker dying this soon after its start counts toward llmctld giving up
 COMMAND_BOUND = 90.0  # a switch or stop answers within this (a load is bounded at 60 s)
 MODELS = ("tiny", "slow")
 WEIGHTS = {  # action -> relative frequency
@@ -129,6 +130,7 @@ class Soak:
         self.history: list[str] = []
         self.known: dict[int, float] = {}  # every llmctld process seen: pid -> create time
         self.logs: list[Path] = []  # of every llmctld started
+        self.quick_kills: Counter[str] = Counter()  # consecutive kills of young workers, by role
         self.daemon = self._start_daemon()
 
     # --- the daemon as a user sees it -----------------------------------------------------------
@@ -144,7 +146,10 @@ class Soak:
             self.known[pid] = psutil.Process(pid).create_time()
 
     def workers(self) -> dict[str, int]:
-        workers = self.daemon.workers()
+        try:
+            workers = self.daemon.workers()
+        except psutil.NoSuchProcess:  # the supervisor has exited
+            return {}
         for pid in workers.values():
             self._remember(pid)
         return workers
@@ -298,16 +303,38 @@ class Soak:
             return self._kill_supervisor(backend if was_serving else None)
         pid = wait_for(lambda: self.workers().get(victim), SETTLE, f"a {victim} worker",
                        self.daemon.log)
+        young = time.time() - self.known.get(pid, 0) < QUICK_DEATH
+        self.quick_kills[victim] = self.quick_kills[victim] + 1 if young else 0
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: self.workers().get(victim) not in (None, pid), SETTLE,
+        assert self.daemon.proc is not None
+        wait_for(lambda: self.daemon.proc.poll() is not None or
+                 self.workers().get(victim) not in (None, pid), SETTLE,
                  f"a new {victim} worker after killing {pid}", self.daemon.log)
+        if self.daemon.proc.poll() is not None:
+            return self._after_halt(victim, pid)
         if victim == "lifecycle" and was_serving:  # its successor adopts the llama-server
             self.wait_status(lambda s: s["backend"]["state"] == "ready", "adoption")
             now = self.status()["backend"]
             assert now["pid"] == backend["pid"], \
                 f"the new lifecycle worker did not adopt llama-server {backend['pid']}: {now}"
         return f"killed {victim} worker {pid}"
+
+    def _after_halt(self, victim: str, pid: int) -> str:
+        """A worker that keeps dying soon after its start makes llmctld give up, non-zero
+        (docs/reliability.md: after 3 boot failures or 8 quick deaths); a new llmctld then
+        takes over what is left."""
+        old = self.daemon
+        assert old.proc is not None
+        code = old.proc.returncode
+        kills = self.quick_kills[victim]
+        assert code != 0, f"llmctld exited with {code} after its {victim} worker was killed"
+        assert kills >= 3, f"llmctld gave up after only {kills} quick deaths of its {victim} worker"
+        self.quick_kills.clear()
+        self._wait_gone([p for p in self.known if p != old.pid], "the halted llmctld's workers")
+        self.daemon = self._start_daemon()
+        return (f"killed {victim} worker {pid}: llmctld {old.pid} gave up after {kills} quick "
+                f"deaths (exit {code}); started {self.daemon.pid}")
 
     def _kill_supervisor(self, serving: dict[str, Any] | None) -> str:
         """The workers notice the closed channel and exit, leaving llama-server running; a new
@@ -321,6 +348,7 @@ class Soak:
         if waited:
             self._wait_gone(workers.values(), "the dead supervisor's workers to exit")
         self.daemon = self._start_daemon()
+        self.quick_kills.clear()  # a new supervisor counts afresh
         self._wait_gone(workers.values(), "the dead supervisor's workers to exit")
         if serving is not None:
             self.wait_status(lambda s: s["backend"]["state"] != "starting", "adoption")
