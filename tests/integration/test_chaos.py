@@ -121,6 +121,9 @@ class BackendCensus:
 
 
 class Soak:
+    """One soak: the daemon in use (replaced when a supervisor is killed), the seeded choice
+    of steps, and the record of every llmctld process and log it has seen."""
+
     def __init__(self, home: Home, make_daemon: Callable[..., Daemon], seed: int) -> None:
         self.home = home
         self.make_daemon = make_daemon
@@ -165,7 +168,8 @@ class Soak:
         except (requests.RequestException, ValueError):
             return None
 
-    def wait_status(self, condition: Callable[[dict[str, Any]], bool], what: str) -> dict:
+    def wait_status(self, condition: Callable[[dict[str, Any]], bool],
+                    what: str) -> dict[str, Any]:
         return wait_for(lambda: (s := self.answers()) is not None and condition(s) and s,
                         SETTLE, what, self.daemon.log)
 
@@ -376,6 +380,7 @@ class Soak:
 
     def check(self) -> None:
         """What must hold after every step, once its traffic has ended."""
+        self.census.step += ", then its checks"
         self.traffic.join()
         assert not self.census.overlaps, self.census.overlaps
         backends = owned_backends(self.home.runtime)
