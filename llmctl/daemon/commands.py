@@ -70,16 +70,33 @@ class CommandClient:
         self._on_reply = on_reply  # told of every finished command id
         self._pending: dict[str, Pending] = {}
         self._ids = itertools.count(1)
+        self.closed: str | None = None  # why no answer can come any more
+
 
     def send(self, kind: type[p.Command], **fields: Any) -> Pending:
         rid = f"{os.getpid()}.{next(self._ids)}"
         pending = Pending(rid, time.monotonic() + self._timeout() + COMMAND_SLACK, self._done)
         self._pending[rid] = pending
+        if self.closed is not None:
+            self.deliver(self._cut(rid))
+            return pending
         try:
             self.channel.post(kind(id=rid, **fields))  # type: ignore[call-arg]
         except ChannelClosed:
             self.deliver(p.error_reply(rid, "unavailable", "llmctld is shutting down"))
         return pending
+
+    def close(self, reason: str) -> None:
+        """The channel ended (the supervisor died or is gone): no answer can come, so every
+        command still waiting gets a retryable error now instead of waiting out its deadline
+        (or the worker's drain)."""
+        self.closed = reason
+        for rid in list(self._pending):
+            self.deliver(self._cut(rid))
+
+    def _cut(self, rid: str) -> p.Reply:
+        return p.error_reply(rid, "unavailable", "llmctld lost its supervisor "
+                             f"({self.closed}); retry in a moment", retryable=True)
 
     def deliver(self, message: p.Event | p.Reply) -> None:
         """An Event or Reply from the channel, to the command it answers."""

@@ -140,6 +140,9 @@ class Gate:
                 self._leases.add(lease)
                 self.requests_total += 1
                 return lease
+            if self.commands.closed is not None:  # no load can finish for us any more
+                raise Unavailable(503, "unavailable", "llmctld lost its supervisor while "
+                                  "this request waited for a model; retry in a moment")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Unavailable(504, "load_timeout",

@@ -69,4 +69,6 @@ class Hub:
                     p.dispatch(self._table, message, "proxy worker")
         except ChannelClosed as e:
             log.warning("the channel to the supervisor ended (%s); the proxy worker stops", e)
+            self.commands.close(str(e))
+            self.backend.notify()  # requests waiting for a load hear it at once
             self.closed.set()

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 import requests
 
 from harness import Daemon, Home, owned_backends, wait_for
@@ -445,8 +444,6 @@ def test_chaos_soak(home: Home, make_daemon, llama_server_binary: Path, tiny_ggu
           f"{time.monotonic() - started:.0f}s; traffic {dict(soak.traffic.outcomes)}")
 
 
-@pytest.mark.xfail(strict=True, reason="found by the soak: a command in progress when the "
-                   "supervisor dies waits out the proxy's 10 s drain, then gets a bare 500")
 def test_command_cut_by_the_supervisors_death_is_a_prompt_retryable_error(
         home: Home, make_daemon, llama_server_binary: Path, slow_gguf: Path) -> None:
     """`kill -9` of llmctld while a switch is loading: the proxy worker, orphaned, cannot get
