@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from llmctl.core.durations import DurationError, parse_duration
+
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 DEFAULTS: dict[str, Any] = {
@@ -28,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
         "binary": "llama-server",
         "readyTimeoutMs": 600_000,
         "stopTimeoutMs": 10_000,
+        "stallTimeoutMs": 120_000,
     },
     "daemon": {
         "host": "127.0.0.1",
@@ -37,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
         "allowed_origins": [],
         "allow_remote": False,
         "log_max_bytes": 20 * 1024 * 1024,
+        "idle_unload": None,
+        "route_by_model": False,
+        "queue_timeout": "5m",
+        "queue_depth": 64,
     },
     "llama": {
         "flash_attn": "auto",
@@ -151,6 +158,71 @@ def _scalar_map(v: Any) -> str | None:
     return None
 
 
+def _duration_or_never(v: Any) -> str | None:
+    try:
+        parse_duration(v)
+    except DurationError as e:
+        return str(e)
+    return None
+
+
+def _positive_duration(v: Any) -> str | None:
+    try:
+        seconds = parse_duration(v)
+    except DurationError as e:
+        return str(e)
+    return None if seconds else f"must be longer than 0, got {v!r}"
+
+
+# Names a client may send as `model`: ids plus what OpenAI and Ollama clients use (`:`, `/`).
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:/-]{0,127}$")
+RESERVED_NAMES = ("local",)  # the proxy's own model name
+# Body fields the proxy itself relies on: overriding them would break routing or the
+# response's shape the client asked for.
+PROTECTED_FIELDS = ("model", "stream")
+
+
+def _aliases(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        return f"expected a list of names, got {v!r}"
+    for name in v:
+        if not ALIAS_RE.match(name):
+            return (f"{name!r} is not a usable name: letters, digits, '.', '_', '+', ':', '/' "
+                    "or '-', starting with a letter or digit")
+        if name in RESERVED_NAMES:
+            return f"{name!r} is reserved (it always means the active model)"
+    if len(set(v)) != len(v):
+        return f"a name appears twice in {v!r}"
+    return None
+
+
+def _json_value(v: Any) -> bool:
+    if v is None or isinstance(v, str | int | float | bool):
+        return True
+    if isinstance(v, list):
+        return all(_json_value(x) for x in v)
+    return isinstance(v, dict) and all(isinstance(k, str) and _json_value(x)
+                                       for k, x in v.items())
+
+
+def _body_fields(v: Any) -> str | None:
+    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+        return f"expected a mapping of request fields to values, got {v!r}"
+    if protected := [k for k in v if k in PROTECTED_FIELDS]:
+        return f"{', '.join(protected)} cannot be overridden (llmctl relies on it)"
+    bad = [k for k, x in v.items() if not _json_value(x)]
+    return f"{', '.join(bad)}: values must be plain JSON (text, numbers, lists, mappings)" \
+        if bad else None
+
+
+def _field_names(v: Any) -> str | None:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        return f"expected a list of request field names, got {v!r}"
+    if protected := [k for k in v if k in PROTECTED_FIELDS]:
+        return f"{', '.join(protected)} cannot be stripped (llmctl relies on it)"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -169,6 +241,7 @@ SECTIONS: dict[str, Any] = {
         "binary": _str,
         "readyTimeoutMs": _int(1000),
         "stopTimeoutMs": _int(100, 600_000),
+        "stallTimeoutMs": _int(0),
     },
     "daemon": {
         "host": _str,
@@ -178,6 +251,10 @@ SECTIONS: dict[str, Any] = {
         "allowed_origins": _str_list,
         "allow_remote": _bool,
         "log_max_bytes": _int(64 * 1024),
+        "idle_unload": _duration_or_never,
+        "route_by_model": _bool,
+        "queue_timeout": _positive_duration,
+        "queue_depth": _int(1, 100_000),
     },
     "llama": {
         "flash_attn": _flash_attn,
@@ -212,6 +289,9 @@ MODEL_SCHEMA: dict[str, Any] = {
     "description": _str,
     "llama": SECTIONS["llama"],
     "pi": SECTIONS["pi"],
+    "idle_unload": _duration_or_never,
+    "aliases": _aliases,
+    "request": {"defaults": _body_fields, "force": _body_fields, "strip": _field_names},
 }
 MODEL_REQUIRED = ("id", "model_file")
 
@@ -366,6 +446,8 @@ def load_model_file(file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
         raise doc.error("id", (
             f"{model_id!r} is not a valid id: use letters, digits, '.', '_', '+' or '-' "
             "(max 128), starting with a letter or digit"))
+    if model_id in doc.data.get("aliases", []):
+        raise doc.error("aliases", f"{model_id!r} is this model's id already; list other names")
     return doc, doc.data
 
 
@@ -379,4 +461,17 @@ def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any]) -> dict[st
     merged["model_file"] = model_data["model_file"]
     if "description" in model_data:
         merged["description"] = model_data["description"]
+    merged["idle_unload"] = model_data.get("idle_unload", global_cfg.data["daemon"]["idle_unload"])
+    merged["aliases"] = list(model_data.get("aliases", []))
+    merged["request"] = {"defaults": {}, "force": {}, "strip": [],
+                         **copy.deepcopy(model_data.get("request", {}))}
     return merged
+
+
+def idle_unload_seconds(model_config: dict[str, Any]) -> float | None:
+    """How long a model may sit idle before it is unloaded; None: never (0 is never too)."""
+    return parse_duration(model_config.get("idle_unload")) or None
+
+
+def queue_timeout_seconds(global_cfg: GlobalConfig) -> float:
+    return parse_duration(global_cfg.data["daemon"]["queue_timeout"]) or 0.0

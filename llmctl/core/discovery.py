@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmctl.core.aliases import check_aliases
 from llmctl.core.config import ConfigError, GlobalConfig, load_model_file, merge_model
 
 CONFIG_NAMES = ("config.yaml", "config.yml")
@@ -86,6 +87,7 @@ def discover(models_dir: Path, global_cfg: GlobalConfig) -> Catalog:
         elif entry.id is not None:
             seen[entry.id] = entry
         catalog.entries.append(entry)
+    check_aliases(catalog)
     return catalog
 
 

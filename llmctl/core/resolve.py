@@ -1,8 +1,9 @@
 """Turn what a person typed (`llmctl switch qwen3`) into one model id, or explain why not.
 
-Order: exact id, then case-insensitive id or name, then substring of ids/names (one hit wins,
-several are ambiguous), the same ignoring punctuation, then rapidfuzz similarity: a clear winner wins, a close race is
-ambiguous, nothing close enough is "not found" with the nearest ids as suggestions.
+Order: exact id, then an exact alias (a model's `aliases`), then case-insensitive id, name or
+alias, then substring of ids/names (one hit wins, several are ambiguous), the same ignoring
+punctuation, then rapidfuzz similarity: a clear winner wins, a close race is ambiguous, nothing
+close enough is "not found" with the nearest ids as suggestions.
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ def _squash(text: str) -> str:
     return "".join(c for c in text.casefold() if c.isalnum())
 
 
-def resolve(query: str, models: dict[str, str]) -> Resolution:
-    """`models` maps id -> display name."""
+def resolve(query: str, models: dict[str, str],
+            aliases: dict[str, str] | None = None) -> Resolution:
+    """`models` maps id -> display name; `aliases` maps alias -> id."""
     q = query.strip()
     if q in models:
         return Resolution("match", q)
+    aliases = aliases or {}
+    if aliases.get(q) in models:
+        return Resolution("match", aliases[q])
     low = q.casefold()
     exact = [m for m, name in models.items() if low in (m.casefold(), name.casefold())]
+    exact += [m for a, m in aliases.items() if a.casefold() == low and m in models
+              and m not in exact]
     if len(exact) == 1:
         return Resolution("match", exact[0])
     contains = [m for m, name in models.items() if low in m.casefold() or low in name.casefold()]
