@@ -38,6 +38,8 @@ Script keys (all optional):
 ``read_bytes_during_load``    read the whole model file in chunks spread over
                               load_seconds (``/proc/<pid>/io`` rchar grows to the size).
 ``never_ready``               stay in the loading state (503) forever.
+``freeze_at``                 with read_bytes_during_load: stop reading at this fraction of
+                              the file (e.g. 0.43) and stay loading forever (a stalled load).
 ``exit_during_load``          ``{"after": s, "code": 1}``: load-error lines, exit(code).
 ``ignore_sigterm``            SIGTERM is SIG_IGN for the whole life (SIGKILL still works).
 ``hang_on_sigterm``           when ready, the first SIGTERM/SIGINT is logged and changes
@@ -859,7 +861,8 @@ def _load_failed(model: str, first: str) -> None:
 def _loading_phase(path: str, sc: dict) -> None:
     """Emulate the model load; returns once 'loaded' (or never, or exits)."""
     load_seconds = max(0.0, float(sc.get("load_seconds", 0.2)))
-    never = bool(sc.get("never_ready"))
+    freeze_at = sc.get("freeze_at")
+    never = bool(sc.get("never_ready")) or freeze_at is not None
     edl = sc.get("exit_during_load")
     exit_at, exit_code = None, 1
     if isinstance(edl, dict):
@@ -885,6 +888,8 @@ def _loading_phase(path: str, sc: dict) -> None:
             die(exit_code)
         if fd is not None and done < size:
             frac = 1.0 if load_seconds <= 0 else min(1.0, now / load_seconds)
+            if freeze_at is not None:
+                frac = min(frac, freeze_at)
             target = int(size * frac)
             while done < target:
                 data = os.read(fd, min(chunk, target - done))
