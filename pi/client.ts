@@ -50,6 +50,13 @@ export interface ActiveInfo {
 	default_model: string | null;
 	generation: number;
 	pi?: { model?: PiModelMeta; provider_compat?: Record<string, unknown> };
+	/** idle unload: "unloads in 12m 04s", "unloaded after 30m idle — wakes on the next request" */
+	idle?: IdleInfo;
+}
+
+export interface IdleInfo {
+	text?: string | null;
+	unloaded?: { model: string; idle_seconds: number } | null;
 }
 
 export interface Progress {
@@ -73,6 +80,7 @@ export interface StatusInfo {
 	};
 	in_flight?: number;
 	default_model?: string | null;
+	idle?: IdleInfo;
 }
 
 export interface ModelInfo {

@@ -120,6 +120,7 @@ export function statusText(
 	if (b.ready_at) backend.push(`ready ${formatTime(b.ready_at)}`);
 	if (backend.length) lines.push(`Backend:    ${backend.join(" · ")}`);
 	lines.push(`In flight:  ${typeof status.in_flight === "number" ? status.in_flight : "?"}`);
+	if (status.idle?.text) lines.push(`Idle:       ${status.idle.text}`);
 	if (published) {
 		lines.push(
 			`Pi model:   llmctl/local — ${published.name}, context ${published.contextWindow}, max output ${published.maxTokens}`,

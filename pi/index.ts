@@ -345,6 +345,7 @@ class LlmctlExtension {
 			case "failed":
 				return `llmctl: ${model ?? "model"} failed to load`;
 			default:
+				if (active.idle?.unloaded) return `llmctl: ${active.idle.unloaded.model} unloaded (idle) — wakes on the next request`;
 				return active.default_model ? `llmctl: idle (default ${active.default_model})` : "llmctl: no model loaded";
 		}
 	}

@@ -21,6 +21,7 @@ EXIT_FOR_CODE = {
     "not_running": EXIT_NOT_RUNNING, "not_found": EXIT_NOT_FOUND, "no_log": EXIT_NOT_FOUND,
     "no_model": EXIT_NOT_FOUND, "ambiguous": EXIT_AMBIGUOUS, "busy": EXIT_BUSY,
     "load_failed": EXIT_LOAD_FAILED, "load_timeout": EXIT_LOAD_FAILED,
+    "load_stalled": EXIT_LOAD_FAILED,
     "cancelled": EXIT_LOAD_FAILED, "unavailable": EXIT_UNAVAILABLE,
     "config_error": EXIT_UNAVAILABLE, "backend_setup": EXIT_UNAVAILABLE,
     "port_in_use": EXIT_UNAVAILABLE,
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("model", help="model id or part of it (e.g. qwen3.5)")
         cmd.add_argument("--force", action="store_true",
                          help="switch even while requests are in flight (they are cut off)")
+        cmd.add_argument("--pin", action="store_true",
+                         help="keep the model loaded: never unload it for idleness (a later "
+                         "switch without --pin unpins it)")
     cmd = add("stop", "stop the active model", json_flag=True)
     cmd.add_argument("--force", action="store_true", help="stop even while requests are in flight")
     add("status", "daemon and backend status", json_flag=True)
@@ -132,7 +136,7 @@ def cmd_switch(client: Any, args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, quiet=args.json)
     final: dict[str, Any] = {}
     try:
-        for event in client.switch(args.model, force=args.force):
+        for event in client.switch(args.model, force=args.force, pin=args.pin):
             progress.update(event)
             final = event
     finally:

@@ -69,6 +69,8 @@ def render_status(status: dict[str, Any], url: str) -> str:
     lines.append(f"requests {status['in_flight']} in flight, {status.get('requests_total', 0)}"
                  f" served by this proxy worker")
     lines.append(f"default  {status['default_model'] or '-'}")
+    if (status.get("idle") or {}).get("text"):
+        lines.append(f"idle     {status['idle']['text']}")
     if status.get("config_error"):
         lines.append(f"config   ERROR: {status['config_error']}")
     return "\n".join(lines)

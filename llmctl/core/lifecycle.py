@@ -12,10 +12,10 @@ down. It owns the backend record (core.state.Backend; every state change goes th
   `Plan`). Another switch meanwhile replaces the plan (the first gets `cancelled`); a stop
   drops it.
 - A switch during a load supersedes it; a stop during a load cancels it.
-- Ensure (a proxied request found nothing loaded): load daemon.default_model. When that load
-  fails, further Ensures are refused with the same error, without a new attempt, until the
-  configuration or model files change, an explicit switch happens, or DEFAULT_RETRY_AFTER
-  passed.
+- Ensure (a proxied request found nothing loaded): wake the model an idle unload stopped
+  (backend.unloaded), else load daemon.default_model. When that default load fails, further
+  Ensures are refused with the same error, without a new attempt, until the configuration or
+  model files change, an explicit switch happens, or DEFAULT_RETRY_AFTER passed.
 
 Every wait is bounded: the load by server.readyTimeoutMs, a stop by server.stopTimeoutMs plus a
 SIGKILL wait (core.backend_process.Termination).
@@ -47,6 +47,7 @@ from llmctl.core.config import ConfigError, GlobalConfig, load_global
 from llmctl.core.discovery import ModelEntry, discover
 from llmctl.core.exits import describe_exit
 from llmctl.core.paths import Paths
+from llmctl.core.stall import StallDetector
 from llmctl.core.state import Backend, read_state, write_state
 from llmctl.daemon import protocol as p
 
@@ -79,6 +80,8 @@ class Load:
     phase: str = "spawning"
     percent: float | None = None
     default: bool = False  # started by an Ensure
+    pin: bool = False
+    stall: StallDetector = field(default_factory=lambda: StallDetector(0.0))
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Plan:
     argv: list[str]
     waiters: list[str]
     default: bool = False
+    pin: bool = False
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Stopping:
     cancelled: list[tuple[list[str], str]] = field(default_factory=list)  # (rids, why)
     failure: Failure | None = None
     then: Plan | None = None
+    unloaded: dict[str, Any] | None = None  # an idle unload: recorded once it is stopped
 
 
 @dataclass
@@ -142,8 +147,8 @@ class Lifecycle:
         self._last_watch = 0.0
         self._last_log_check = 0.0
         self._table: dict[type[p.Message], Callable[[Any], None]] = {
-            p.Switch: lambda m: self.switch(m.id, m.model),
-            p.Stop: lambda m: self.stop(m.id),
+            p.Switch: lambda m: self.switch(m.id, m.model, pin=m.pin),
+            p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds),
             p.Status: lambda m: self.reply(m.id, True, backend=self.backend.to_dict()),
             p.Ensure: lambda m: self.ensure(m.id),
             p.ReloadConfig: lambda m: self.reload(),
@@ -192,6 +197,8 @@ class Lifecycle:
         if self.proc is None and record is not None and record.state == "failed":
             self.backend.transition("failed", model=record.model, error=record.error,
                                     exit_code=record.exit_code, log_tail=record.log_tail)
+        elif self.proc is None and self.load is None and record is not None:
+            self.backend.unloaded = record.unloaded  # the next request still wakes it
         self._changed()
         return notes
 
@@ -269,7 +276,7 @@ class Lifecycle:
 
     # --- switch --------------------------------------------------------------------------------
 
-    def switch(self, rid: str, model_id: str, default: bool = False) -> None:
+    def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False) -> None:
         if not default:
             self.default_failure = None  # an explicit switch: the user is on it
         as_default = model_id if default else None
@@ -286,11 +293,13 @@ class Lifecycle:
                          default=as_default)
             return
         if self.load is not None and self.load.model == model_id:
+            self.load.pin = self.load.pin or pin
             self.load.waiters.append(rid)
             self.event([rid], "starting", model=model_id)
             return
         pending = self.stopping.then if self.stopping is not None else None
         if pending is not None and pending.model == model_id:
+            pending.pin = pending.pin or pin
             pending.waiters.append(rid)
             return
         assert entry.model_path is not None
@@ -308,13 +317,16 @@ class Lifecycle:
         if self.backend.state == "ready" and self.backend.model == model_id and \
                 self.proc is not None and self.proc.exit_status() is None:
             if argv == self.backend.cmdline:
+                if self.backend.pinned != pin:  # a plain switch unpins, --pin pins
+                    self.backend.pinned = pin
+                    self._changed()
                 self.reply(rid, True, event="ready", model=model_id,
                            load_seconds=self.backend.load_seconds, already_active=True)
                 return
             # Asked for the model that runs, whose config has changed since: apply it.
             reason = "its configuration changed"
             log.info("restarting %s: %s", model_id, reason)
-        plan = Plan(model_id, cfg, entry.model_path, argv, [rid], default)
+        plan = Plan(model_id, cfg, entry.model_path, argv, [rid], default, pin)
         if self.load is not None:
             self._end_load("cancelled", f"superseded by a switch to {model_id}")
         if self.stopping is not None:
@@ -372,7 +384,9 @@ class Lifecycle:
                          log_path=log_path, log_offset=offset, started=now,
                          deadline=now + plan.cfg["server"]["readyTimeoutMs"] / 1000,
                          waiters=list(plan.waiters), model_size=file_size(plan.model_path),
-                         reads_file=not plan.cfg["llama"]["mmap"], default=plan.default)
+                         reads_file=not plan.cfg["llama"]["mmap"], default=plan.default,
+                         pin=plan.pin,
+                         stall=StallDetector(plan.cfg["server"]["stallTimeoutMs"] / 1000))
         self.backend.transition(
             "starting", model=model_id, host=host, port=port, model_path=str(plan.model_path),
             started_at=time.time(), progress={"phase": "spawning", "percent": 0.0 if
@@ -391,6 +405,12 @@ class Lifecycle:
             return
         if self.stopping is not None and self.stopping.then is not None:
             self.stopping.then.waiters.append(rid)
+            return
+        unloaded = self.backend.unloaded if self.backend.state == "stopped" else None
+        if unloaded and self.proc is None:
+            log.info("waking %s (unloaded after %.0fs idle) for a waiting request",
+                     unloaded["model"], unloaded["idle_seconds"])
+            self.switch(rid, unloaded["model"])
             return
         try:
             model = load_global(self.paths.config_file).data["daemon"]["default_model"]
@@ -450,7 +470,9 @@ class Lifecycle:
 
     # --- stop ----------------------------------------------------------------------------------
 
-    def stop(self, rid: str) -> None:
+    def stop(self, rid: str, idle_seconds: float | None = None) -> None:
+        """Stop what runs. `idle_seconds`: an idle unload (the proxy saw no request for that
+        long), recorded in the backend record so that the next request wakes this model."""
         if self.stopping is not None:
             self._drop_plan("cancelled by a stop request")
             self.stopping.waiters.append(rid)
@@ -464,7 +486,13 @@ class Lifecycle:
                 self.reply(rid, True, stopped=model)
             return
         if self.proc is not None:
-            self._begin_stop([]).waiters.append(rid)
+            stopping = self._begin_stop([])
+            stopping.waiters.append(rid)
+            if idle_seconds is not None and stopping.model:
+                log.info("unloading %s after %.0fs without requests", stopping.model,
+                         idle_seconds)
+                stopping.unloaded = {"model": stopping.model, "idle_seconds": idle_seconds,
+                                     "at": time.time()}
             return
         self.reply(rid, True, stopped=None)
 
@@ -502,12 +530,14 @@ class Lifecycle:
         self.stopping, self.proc = None, None
         failure = stopping.failure
         exit_code = stopping.termination.exit_code
+        if failure is not None and failure.code == "load_stalled":  # say how it ended
+            failure.message += f"; llama-server {describe_exit(exit_code)}"
         if failure is not None:
             tail = failure.tail if failure.tail is not None else []
             self._record_failure(failure.model, failure.message, exit_code, tail,
                                  changed=False)
         else:
-            self.backend.transition("stopped")
+            self.backend.transition("stopped", unloaded=stopping.unloaded)
         self._changed()
         if failure is not None:
             self._refuse(failure.waiters, failure.code, failure.message, model=failure.model,
@@ -568,13 +598,17 @@ class Lifecycle:
             self._end_load("load_timeout", f"{load.model} was not ready after {seconds:.0f}s "
                            "(server.readyTimeoutMs); llama-server was stopped", tail=tail)
             return
-        phase, percent = ("spawning" if status is None else "loading"), None
+        phase, percent, chars = ("spawning" if status is None else "loading"), None, None
         if load.reads_file and load.model_size and status is not None:
             chars = load.proc.read_chars()
             if chars is not None:
                 percent = round(min(99.0, 100.0 * chars / load.model_size), 1)
                 if chars >= load.model_size:
                     phase = "warming"
+        if (stalled := load.stall.observe(now, chars, percent)) is not None:
+            self._end_load("load_stalled", f"loading {load.model} {stalled}",
+                           tail=read_log_tail(load.log_path, load.log_offset))
+            return
         if (phase, percent) != (load.phase, load.percent) and \
                 now - load.last_progress >= PROGRESS_EVERY:
             load.phase, load.percent, load.last_progress = phase, percent, now
@@ -589,7 +623,7 @@ class Lifecycle:
         if load.default:
             self.default_failure = None
         self.backend.transition("ready", ready_at=time.time(), load_seconds=seconds,
-                                progress=None, error=None)
+                                progress=None, error=None, pinned=load.pin)
         self._changed()
         for rid in load.waiters:
             self.reply(rid, True, event="ready", model=load.model, load_seconds=seconds,

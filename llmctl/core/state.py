@@ -67,6 +67,9 @@ class Backend:
     exit_code: int | None = None
     log_tail: list[str] = field(default_factory=list)
     generation: int = 0  # bumped on every change the lifecycle worker publishes
+    pinned: bool = False  # `llmctl switch --pin`: never unloaded for idleness
+    # after an idle unload: {"model", "idle_seconds", "at"}, what the next request wakes
+    unloaded: dict[str, Any] | None = None
 
     def transition(self, to: str, **facts: Any) -> None:
         """Move to state `to`, setting `facts` (field names of this record)."""

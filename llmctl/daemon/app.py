@@ -22,6 +22,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from llmctl import __version__
+from llmctl.core.aliases import name_index
 from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.gguf import GGUFError, read_facts
@@ -133,6 +134,7 @@ class App:
             "requests_total": hub.gate.requests_total,
             "default_model": hub.config.default_model,
             "config_error": hub.config.config_error,
+            "idle": hub.gate.scheduler.status(),
         })
 
     def on_models(self, request: Request) -> Response:
@@ -149,6 +151,7 @@ class App:
             backend.active
         summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
         summary["gguf"] = None
+        summary["aliases"] = entry.config["aliases"] if entry.config else []
         if entry.model_path is not None and entry.available:
             try:
                 summary["gguf"] = read_facts(entry.model_path)
@@ -187,6 +190,7 @@ class App:
             "error": backend.error if backend.state == "failed" else None,
             "generation": backend.generation,
             "pi": {"model": pi_model, "provider_compat": config["pi"]["provider_compat"]},
+            "idle": self.hub.gate.scheduler.status(),
         })
 
     def on_logs(self, request: Request, model: str | None = None) -> Response:
@@ -211,22 +215,28 @@ class App:
 
     def on_v1_models(self, request: Request) -> Response:
         backend = self.hub.backend.backend
+        scheduler = self.hub.gate.scheduler
+        routed = scheduler.v1_models(int(self.started)) if scheduler.routing else []
         return json_response({"object": "list", "data": [{
             "id": "local", "object": "model", "created": int(self.started), "owned_by": "llmctl",
             "meta": {"active_model": backend.model, "state": backend.state,
                      "default_model": self.hub.config.default_model},
-        }]})
+        }, *routed]})
 
     # --- commands --------------------------------------------------------------------------------
 
     def _choices(self) -> dict[str, str]:
         return {e.id: e.name or e.id for e in self.hub.config.catalog.entries if e.id}
 
+    def _aliases(self) -> dict[str, str]:
+        return {name: model for name, model in name_index(self.hub.config.catalog).items()
+                if name != model}
+
     def on_switch(self, request: Request, model: str) -> Response:
         hub = self.hub
         hub.config.refresh()
         query = unquote(model)
-        match = resolve(query, self._choices())
+        match = resolve(query, self._choices(), self._aliases())
         if match.kind == "not_found":
             hint = (f"did you mean {', '.join(match.candidates)}?" if match.candidates else
                     "run `llmctl models` to see what is available")
@@ -241,7 +251,8 @@ class App:
         if not entry.available:
             return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")
         try:
-            command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model)
+            command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model,
+                                     pin=_flag(request, "pin"))
         except Busy as e:
             return error(409, "busy", str(e), in_flight=e.in_flight)
         resolved = {"event": "resolved", "model": match.model, "query": query}
@@ -302,7 +313,8 @@ def _flag(request: Request, name: str) -> bool:
 
 _FAILURE_STATUS = {"not_found": 404, "unavailable": 503, "config_error": 422,
                    "backend_setup": 424, "port_in_use": 409, "cancelled": 409,
-                   "load_timeout": 504, "load_failed": 502, "timeout": 504}
+                   "load_timeout": 504, "load_failed": 502, "load_stalled": 502,
+                   "timeout": 504}
 
 
 def _reply_response(reply: p.Reply) -> Response:

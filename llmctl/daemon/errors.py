@@ -13,6 +13,17 @@ ERROR_TYPES = {400: "invalid_request_error", 403: "permission_error", 404: "not_
                504: "timeout_error"}
 
 
+class Unavailable(Exception):
+    """No backend can serve this proxied request; `status`, `message`, `type_` (the OpenAI
+    error type) and `retry_after` (seconds, for a Retry-After header) go to the client."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 type_: str = "unavailable_error", retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.type, self.retry_after = type_, retry_after
+
+
 def error_body(status: int, code: str | int, message: str, type_: str | None = None,
                **extra: Any) -> bytes:
     return json.dumps({"error": {"code": code, "message": message,

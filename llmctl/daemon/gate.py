@@ -16,9 +16,11 @@ and nothing else counts in-flight requests.
   request is open);
 - once one is accepted (`gating` non-empty), `acquire()` waits until the backend is ready
   again or the command failed, bounded by the load timeout;
-- with nothing loaded, `acquire()` asks the lifecycle worker to Ensure a model (it decides
-  whether to load the default one) and waits; concurrent requests share one Ensure and all get
-  its error if it fails.
+- which model a request goes to, the loads and switches requests cause (with nothing loaded,
+  one Ensure that concurrent requests share), the fair queue and the idle unload are the
+  scheduler's (scheduler.py): `acquire(requested)` asks it to admit the request;
+- a route may set `lease.keep_alive` (seconds, 0, or idle.PIN) before the lease is released:
+  it replaces the model's idle timeout from then on (Ollama's `keep_alive`, see idle.py).
 """
 
 from __future__ import annotations
@@ -28,27 +30,21 @@ import time
 from types import TracebackType
 from typing import Any, Protocol
 
-import gevent
-from gevent.event import AsyncResult
-
 from llmctl.daemon import protocol as p
 from llmctl.daemon.backend_view import BackendView
-from llmctl.daemon.commands import COMMAND_SLACK, CommandClient, Pending
+from llmctl.daemon.commands import CommandClient, Pending
 from llmctl.daemon.config_view import ConfigView
+from llmctl.daemon.errors import Unavailable
+from llmctl.daemon.model_queue import Ticket
+from llmctl.daemon.scheduler import Scheduler
+
+__all__ = ["Busy", "Gate", "Lease", "Unavailable"]
 
 log = logging.getLogger("llmctld.proxy")
 
 # A client that just read a stream's last event may switch before the proxy has read the
 # upstream's end-of-stream and released that request: give finishing requests this long.
 BUSY_GRACE = 0.5
-
-
-class Unavailable(Exception):
-    """No backend can serve this request; `status` and `message` go to the client."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 class Busy(Exception):
@@ -66,12 +62,14 @@ class Abortable(Protocol):
 
 
 class Lease:
-    """One proxied request's right to the backend at `address`."""
+    """One proxied request's right to the backend at `address`, which serves `model`."""
 
-    def __init__(self, gate: Gate, address: tuple[str, int]):
-        self.gate, self.address = gate, address
+    def __init__(self, gate: Gate, address: tuple[str, int], model: str | None = None,
+                 ticket: Ticket | None = None):
+        self.gate, self.address, self.model, self.ticket = gate, address, model, ticket
         self.relay: Abortable | None = None
         self.released = False
+        self.keep_alive: float | None = None  # see the module docstring
 
     def hand_to(self, relay: Abortable) -> None:
         """The response outlives the with-block: its close() releases the lease."""
@@ -82,6 +80,7 @@ class Lease:
             return
         self.released = True
         self.gate._leases.discard(self)
+        self.gate.scheduler.released(self)
         self.gate.view.notify()
 
     def __enter__(self) -> Lease:
@@ -101,7 +100,7 @@ class Gate:
         self._leases: set[Lease] = set()
         self.requests_total = 0
         self.gating: set[str] = set()  # accepted switch/stop commands not yet answered
-        self._ensuring: AsyncResult | None = None
+        self.scheduler = Scheduler(view, commands, config, self)
 
     @property
     def in_flight(self) -> int:
@@ -128,55 +127,12 @@ class Gate:
             self.gating.add(pending.id)
         return pending
 
-    def acquire(self) -> Lease:
-        """A lease on a ready backend for one proxied request, waiting for a load in progress
-        and asking for the default model if nothing is loaded."""
-        deadline = time.monotonic() + self.config.ready_timeout + COMMAND_SLACK
-        while True:
-            backend = self.view.backend
-            if not self.gating and self._ensuring is None and backend.state == "ready" and \
-                    backend.host and backend.port:
-                lease = Lease(self, (backend.host, backend.port))
-                self._leases.add(lease)
-                self.requests_total += 1
-                return lease
-            if self.commands.closed is not None:  # no load can finish for us any more
-                raise Unavailable(503, "unavailable", "llmctld lost its supervisor while "
-                                  "this request waited for a model; retry in a moment")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Unavailable(504, "load_timeout",
-                                  "timed out waiting for the model to become ready")
-            if not self.gating and backend.state in ("stopped", "failed"):
-                reply = self._ensure().wait(remaining)
-                if reply is not None and not reply.ok:
-                    raise self._ensure_failed(reply)
-                continue
-            self.view.wait_for_change(min(remaining, 1.0))
-
-    def _ensure(self) -> AsyncResult:
-        """The one Ensure in progress, started if none is."""
-        if self._ensuring is None:
-            result: AsyncResult = AsyncResult()
-            self._ensuring = result
-            pending = self.commands.send(p.Ensure)
-
-            def wait() -> None:
-                try:
-                    result.set(pending.reply())
-                finally:
-                    self._ensuring = None
-                    self.view.notify()
-
-            gevent.spawn(wait)
-        return self._ensuring
-
-    def _ensure_failed(self, reply: p.Reply) -> Unavailable:
-        error = reply.error or {}
-        code, message = error.get("code", "error"), error.get("message", "loading failed")
-        if code in ("no_model", "unavailable", "config_error"):
-            return Unavailable(503, code, message)
-        model = reply.data.get("model") or self.config.default_model
-        return Unavailable(503, "default_model_failed", (
-            f"loading the default model {model} failed: {message}. Fix it, or run "
-            "`llmctl switch <model>`"))
+    def acquire(self, requested: str | None = None) -> Lease:
+        """A lease on a ready backend for one proxied request; `requested` is the model name
+        the request gave, if any (it counts only with daemon.route_by_model). Waits for its
+        turn and its model (scheduler.py); raises Unavailable."""
+        ticket, address, model = self.scheduler.admit(requested)
+        lease = Lease(self, address, model, ticket)
+        self._leases.add(lease)
+        self.requests_total += 1
+        return lease

@@ -53,6 +53,7 @@ class Hub:
 
     def start(self) -> None:
         gevent.spawn(self._read_channel)
+        self.gate.scheduler.start()
         status = self.commands.send(p.Status)  # state.json may lag behind a load in progress
 
         def first_look() -> None:

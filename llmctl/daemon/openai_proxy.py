@@ -1,8 +1,9 @@
 """Forwarding of /v1/* to the active llama-server.
 
 This is the hot path, so it works on the raw WSGI environ (no werkzeug Request) and passes
-bytes through untouched: the body is never parsed, and every chunk llama-server writes is
-yielded to the client as soon as it arrives (gevent's pywsgi writes each yielded chunk at once).
+bytes through untouched: the body is parsed only when routing by model or a model's request
+overrides need it (overrides.py), and every chunk llama-server writes is yielded to the client
+as soon as it arrives (gevent's pywsgi writes each yielded chunk at once).
 
 Upstream connections are kept alive in a small pool. llama-server may close an idle kept-alive
 connection at any time, so a pooled connection is checked before reuse and, if it still fails
@@ -19,10 +20,12 @@ import select
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
+from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -111,17 +114,28 @@ class OpenAIProxy:
         self.pool = UpstreamPool()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        reads_body = self.hub.gate.scheduler.reads_bodies()
         try:
-            body = self._read_body(environ)
+            body = self._read_body(environ, PARSE_LIMIT if reads_body else BUFFERED_BODY)
         except ValueError as e:  # too big: answer at once and close instead of draining it
             status, error_headers, payload = wsgi_error(413, 413, str(e))
             start_response(status, [*error_headers, ("Connection", "close")])
             return [payload]
+        parsed = json_object(body, environ.get("CONTENT_TYPE")) if reads_body and \
+            isinstance(body, bytes) else None
         try:
-            lease = self.hub.gate.acquire()
+            lease = self.hub.gate.acquire(requested_model(parsed) or _query_model(environ))
         except Unavailable as e:
-            return self._error(start_response, e.status, e.message, "unavailable_error", e.code)
+            status, error_headers, payload = wsgi_error(e.status, e.code, e.message, e.type)
+            if e.retry_after is not None:
+                error_headers.append(("Retry-After", str(e.retry_after)))
+            start_response(status, error_headers)
+            return [payload]
         with lease:  # released on every way out, unless a Relay takes it over
+            entry = self.hub.config.entry(lease.model)
+            overrides = Overrides.of(entry.config if entry is not None else None)
+            if parsed is not None and overrides is not None:
+                body = rewrite(parsed, overrides)
             return self._forward(environ, start_response, body, lease)
 
     def _forward(self, environ: dict[str, Any], start_response: Any, body: bytes | _Body | None,
@@ -151,7 +165,8 @@ class OpenAIProxy:
         start_response(f"{response.status} {response.reason}", out_headers)
         return Relay(self, lease, conn, response)
 
-    def _read_body(self, environ: dict[str, Any]) -> bytes | _Body | None:
+    def _read_body(self, environ: dict[str, Any], whole_up_to: int) -> bytes | _Body | None:
+        """The body: in memory up to `whole_up_to` bytes, else streamed through."""
         length_text = environ.get("CONTENT_LENGTH") or ""
         stream = environ["wsgi.input"]
         if length_text:
@@ -159,7 +174,7 @@ class OpenAIProxy:
             if length > MAX_BODY:
                 raise ValueError(f"request body of {length} bytes exceeds the "
                                  f"{MAX_BODY // 2**20} MiB limit")
-            if length > BUFFERED_BODY:
+            if length > whole_up_to:
                 return _Body(stream, length)
             return stream.read(length) if length else None
         if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
@@ -198,6 +213,14 @@ class OpenAIProxy:
                                                 message, type_)
         start_response(status_line, headers)
         return [body]
+
+
+def _query_model(environ: dict[str, Any]) -> str | None:
+    """`?model=` names the model of a request without a JSON body (as in llama-server's
+    router mode)."""
+    query = environ.get("QUERY_STRING")
+    names = parse_qs(query).get("model") if query and "model=" in query else None
+    return names[0] if names else None
 
 
 class _Body:

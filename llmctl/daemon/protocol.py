@@ -5,10 +5,10 @@ Wire form: one JSON object per channel frame (see channel.py), {"type": <KIND>, 
 Who sends what (docs/architecture.md has the picture):
 
   proxy -> lifecycle (relayed by the supervisor), each answered by exactly one Reply:
-    Switch(id, model)   load `model`, replacing what runs
-    Stop(id)            stop the backend (cancels a load)
+    Switch(id, model, pin)  load `model`, replacing what runs (pin: no idle unload)
+    Stop(id, idle_seconds)  stop the backend (cancels a load); idle_seconds: an idle unload
     Status(id)          reply carries the backend record (a proxy's first look)
-    Ensure(id)          make sure a model is loaded: the default one when nothing is
+    Ensure(id)          make sure a model is loaded: the idle-unloaded one, else the default
   proxy -> supervisor, answered by one Reply:
     Reload(id)          re-read the configuration everywhere (also SIGHUP)
     RestartProxy(id)    graceful proxy restart (also SIGUSR2)
@@ -62,12 +62,14 @@ class Switch(Command):
     KIND: ClassVar[str] = "switch"
     id: str
     model: str
+    pin: bool = False  # keep it loaded: never unloaded for idleness (`llmctl switch --pin`)
 
 
 @dataclass(frozen=True)
 class Stop(Command):
     KIND: ClassVar[str] = "stop"
     id: str
+    idle_seconds: float | int | None = None  # an idle unload, after that long without requests
 
 
 @dataclass(frozen=True)
