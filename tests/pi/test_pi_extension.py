@@ -754,3 +754,24 @@ def test_pi_install_from_git_url(pi_bin, tmp_path, ports):
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # noqa: D102
         pass
+
+
+def test_idle_countdown_and_idle_unload_are_shown(real_home, make_daemon, pi_bin, tmp_path):
+    """The dashboard shows the idle-unload countdown; once the model is unloaded, the footer
+    and the dashboard say it wakes on the next request."""
+    real_home.write_config(daemon={"idle_unload": "4s"})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    pi = make_pi_env(pi_bin, tmp_path, {k: v for k, v in daemon.env.items()
+                                        if k.startswith("LLMCTL_")})
+    with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
+        chat = daemon.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert chat.status_code == 200  # the idle clock starts again from here
+        [text] = notices(rpc.command("/llm status"))
+        assert re.search(r"Idle:\s+unloads in \ds", text), text
+        rpc.wait_for(lambda m: m.get("method") == "setStatus" and m.get("statusText") ==
+                     "llmctl: tiny-alpha unloaded (idle) — wakes on the next request", 30,
+                     "the footer after the idle unload")
+        [text] = notices(rpc.command("/llm status"))
+        assert "unloaded after 4s idle — wakes on the next request" in text, text
