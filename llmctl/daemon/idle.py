@@ -35,9 +35,12 @@ class IdleClock:
             self.keep_alive = None
         self.model, self.last_activity = model, now
 
-    def touch(self, now: float, keep_alive: float | None = None) -> None:
-        """A request started or ended. `keep_alive` (seconds, 0, or PIN) overrides the
-        configured timeout from now on; None keeps what is in force."""
+    def touch(self, now: float, keep_alive: float | None = None,
+              model: str | None = None) -> None:
+        """A request (for `model`, when known) started or ended. `keep_alive` (seconds, 0, or
+        PIN) overrides the configured timeout from now on; None keeps what is in force."""
+        if model is not None and model != self.model:
+            self.reset(model, now)
         self.last_activity = now
         if keep_alive is not None:
             self.keep_alive = keep_alive

@@ -65,16 +65,10 @@ class ModelQueue:
         self.timeout = timeout
         self._groups: dict[str, list[Ticket]] = {}  # insertion order is the line
         self._admitted: dict[str, int] = {}  # model -> admitted tickets not yet released
+        self.waiting = 0  # tickets in line (kept as counts: every request reads them)
+        self.admitted = 0
 
     # --- what it holds -------------------------------------------------------------------------
-
-    @property
-    def waiting(self) -> int:
-        return sum(len(group) for group in self._groups.values())
-
-    @property
-    def admitted(self) -> int:
-        return sum(self._admitted.values())
 
     def line(self) -> list[tuple[str, int]]:
         """(model, waiting requests) per group, head first: for /status."""
@@ -94,6 +88,7 @@ class ModelQueue:
                 f"(daemon.queue_depth is {self.depth}); retry in a few seconds"))
         ticket = Ticket(model, now, now + self.timeout)
         self._groups.setdefault(model, []).append(ticket)
+        self.waiting += 1
         return ticket
 
     def release(self, ticket: Ticket) -> None:
@@ -103,9 +98,11 @@ class ModelQueue:
             group = self._groups.get(ticket.model, [])
             if ticket in group:
                 group.remove(ticket)
+                self.waiting -= 1
             if not group:
                 self._groups.pop(ticket.model, None)
         elif ticket.state == "admitted":
+            self.admitted -= 1
             left = self._admitted.get(ticket.model, 0) - 1
             if left > 0:
                 self._admitted[ticket.model] = left
@@ -123,6 +120,7 @@ class ModelQueue:
             return None
         if head == view.current:
             for ticket in self._groups.pop(head):
+                self.waiting -= 1
                 self._admit(ticket)
             return None
         if view.switching or self.admitted:
@@ -137,6 +135,7 @@ class ModelQueue:
     def _admit(self, ticket: Ticket) -> Ticket:
         ticket.state = "admitted"
         self._admitted[ticket.model] = self._admitted.get(ticket.model, 0) + 1
+        self.admitted += 1
         return ticket
 
     def _expire(self, view: View, now: float) -> None:
@@ -144,6 +143,7 @@ class ModelQueue:
             late = [t for t in group if now >= t.deadline]
             for ticket in late:
                 group.remove(ticket)
+                self.waiting -= 1
                 ticket.state = "expired"
                 ticket.refusal = Refusal(503, "queue_timeout", (
                     f"waited {now - ticket.arrived:.0f}s for {model} (daemon.queue_timeout): "

@@ -114,14 +114,14 @@ class Scheduler:
                 self._drop(ticket)
                 raise
             if ready is not None:
-                self.idle.touch(time.monotonic())
+                self.idle.touch(time.monotonic(), model=ready[1])
                 return ticket, ready[0], ready[1]
             self._drop(ticket)  # the backend went elsewhere meanwhile: queue again
 
     def released(self, lease: Lease) -> None:
         if lease.ticket is not None:
             self.queue.release(lease.ticket)
-        self.idle.touch(time.monotonic(), lease.keep_alive)
+        self.idle.touch(time.monotonic(), lease.keep_alive, lease.model)
         self._kick()
 
     def target(self, requested: str | None) -> str:
@@ -224,6 +224,8 @@ class Scheduler:
 
     def _kick(self) -> None:
         """Let the queue move: expire, admit, and start the switch it names."""
+        if not self.queue.waiting:  # the common case: every request went straight through
+            return
         before = (self.queue.waiting, self.queue.admitted)
         target = self.queue.step(self._view(), time.monotonic())
         if target is not None:

@@ -36,3 +36,11 @@ def test_a_request_keep_alive_replaces_the_configured_timeout_until_the_model_ch
     assert clock.due_at(30.0, pinned=False) is None
     clock.reset("b", 60.0)
     assert clock.due_at(30.0, pinned=False) == 90.0
+
+
+def test_a_request_for_a_model_the_clock_has_not_seen_yet_starts_it() -> None:
+    clock = IdleClock()
+    clock.touch(5.0, keep_alive=0.0, model="a")
+    assert (clock.model, clock.due_at(30.0, pinned=False)) == ("a", 5.0)
+    clock.touch(6.0, model="b")  # another model: its own timeout, not a's keep-alive
+    assert (clock.model, clock.due_at(30.0, pinned=False)) == ("b", 36.0)
