@@ -58,6 +58,12 @@ def slow_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_slow_llama(tmp_path_factory.mktemp("gguf") / "slow.gguf", name="slow")
 
 
+@pytest.fixture(scope="session")
+def fim_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with fill-in-the-middle tokens, which llama-server's /infill needs."""
+    return write_tiny_llama(tmp_path_factory.mktemp("gguf") / "fim.gguf", name="fim", fim=True)
+
+
 @pytest.fixture
 def home(tmp_path: Path, ports: Ports) -> Home:
     return Home(tmp_path / "home", ports.take())

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "route_by_model": False,
         "queue_timeout": "5m",
         "queue_depth": 64,
+        "allow_backend_writes": False,
     },
     "llama": {
         "flash_attn": "auto",
@@ -56,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
         "metrics": True,
         "slots": True,
         "reasoning_format": "deepseek",
+        "embeddings": False,
+        "reranking": False,
+        "pooling": None,
         "extra_args": [],
     },
     "pi": {
@@ -255,6 +259,7 @@ SECTIONS: dict[str, Any] = {
         "route_by_model": _bool,
         "queue_timeout": _positive_duration,
         "queue_depth": _int(1, 100_000),
+        "allow_backend_writes": _bool,
     },
     "llama": {
         "flash_attn": _flash_attn,
@@ -267,6 +272,9 @@ SECTIONS: dict[str, Any] = {
         "metrics": _bool,
         "slots": _bool,
         "reasoning_format": _str,
+        "embeddings": _bool,
+        "reranking": _bool,
+        "pooling": _optional(_choice("none", "mean", "cls", "last", "rank")),
         "extra_args": _str_list,
     },
     "pi": {

@@ -150,8 +150,31 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
         if caps.has(flag):
             argv += [flag]
             break
+    argv += _task_flags(caps, llama)
     argv += [str(a) for a in llama["extra_args"]]
     return argv
+
+
+def _task_flags(caps: Capabilities, llama: dict[str, Any]) -> list[str]:
+    """Embedding and reranking models. Unlike a tuning flag, a missing one would leave the
+    model unable to do its only job, so a build without it is an error, not a silent skip."""
+    flags: list[str] = []
+    for key, spellings in (("embeddings", ("--embeddings", "--embedding")),
+                           ("reranking", ("--reranking", "--rerank"))):
+        if not llama[key]:
+            continue
+        flag = next((f for f in spellings if caps.has(f)), None)
+        if flag is None:
+            raise BackendSetupError(
+                f"llama.{key} is true but this llama-server has no {spellings[0]} flag; "
+                f"upgrade llama.cpp or set llama.{key}: false")
+        flags.append(flag)
+    if llama["pooling"] is not None:
+        if not caps.has("--pooling"):
+            raise BackendSetupError("llama.pooling is set but this llama-server has no "
+                                    "--pooling flag; upgrade llama.cpp or remove llama.pooling")
+        flags += ["--pooling", str(llama["pooling"])]
+    return flags
 
 
 def clean_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:

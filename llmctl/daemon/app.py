@@ -1,8 +1,9 @@
 """The WSGI application of the proxy worker: the control API and the /v1 entry point.
 
-/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ; everything else
-is routed with werkzeug. Control responses are JSON; errors are
-{"error": {"code", "message", "type", ...}} with a fitting HTTP status.
+/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ, and llama-server's
+native routes (native_routes) to the same proxy; everything else is routed with werkzeug.
+Control responses are JSON; errors are {"error": {"code", "message", "type", ...}} with a
+fitting HTTP status.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from llmctl.daemon.commands import Pending
 from llmctl.daemon.errors import error_body
 from llmctl.daemon.gate import Busy
 from llmctl.daemon.hub import Hub
+from llmctl.daemon.native_routes import NativeRoutes
 from llmctl.daemon.openai_proxy import OpenAIProxy
 
 MAX_CONTROL_BODY = 64 * 1024
@@ -67,6 +69,7 @@ class App:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.proxy = OpenAIProxy(hub)
+        self.native = NativeRoutes(self.proxy, hub.config)
         self.started = time.time()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -87,6 +90,8 @@ class App:
         path = environ["PATH_INFO"]
         if path.startswith("/v1/") and path != "/v1/models":
             return self.proxy(environ, start_response)
+        if self.native.handles(path):
+            return self.native(environ, start_response)
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
             # the control API reads no bodies: refuse big ones, and close rather than drain

@@ -48,6 +48,13 @@ class Guard:
         return parts.scheme in ("http", "https") and parts.hostname is not None and (
             is_loopback(parts.hostname) or parts.hostname.endswith(".localhost"))
 
+    def origin_refusal(self, origin: str | None) -> str | None:
+        """Why a request from this browser Origin is refused, or None when it may proceed."""
+        if self.origin_allowed(origin):
+            return None
+        return (f"cross-site request from {origin!r} refused; add it to "
+                "daemon.allowed_origins in config/default.yaml if you trust it")
+
     def check(self, environ: dict[str, Any]) -> str | None:
         """None when the request may proceed, else why it is refused."""
         if not self.host_allowed(environ.get("HTTP_HOST")):
@@ -55,10 +62,7 @@ class Guard:
                     "answers requests addressed to localhost (DNS rebinding protection)")
         if environ["REQUEST_METHOD"] not in SAFE_METHODS or environ["PATH_INFO"].startswith(
                 "/v1/"):
-            origin = environ.get("HTTP_ORIGIN")
-            if not self.origin_allowed(origin):
-                return (f"cross-site request from {origin!r} refused; add it to "
-                        "daemon.allowed_origins in config/default.yaml if you trust it")
+            return self.origin_refusal(environ.get("HTTP_ORIGIN"))
         return None
 
 

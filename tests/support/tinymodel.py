@@ -50,7 +50,11 @@ VOCAB_SIZE = 3 + 256
 SLOW_MODEL_PARAMS = dict(n_embd=32, n_layer=2, n_head=1, n_ff=64, extra_vocab=400_000)
 
 
-def _vocab(extra: int = 0):
+# Fill-in-the-middle tokens (``fim=True``): llama-server's /infill refuses a model without them.
+FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+
+def _vocab(extra: int = 0, fim: bool = False):
     import gguf
 
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
@@ -59,6 +63,9 @@ def _vocab(extra: int = 0):
         gguf.TokenType.CONTROL,
         gguf.TokenType.CONTROL,
     ] + [gguf.TokenType.BYTE] * 256
+    if fim:
+        tokens += list(FIM_TOKENS)
+        toktypes += [gguf.TokenType.CONTROL] * len(FIM_TOKENS)
     if extra:
         tokens += [f"<unused{i}>" for i in range(extra)]
         toktypes += [gguf.TokenType.UNUSED] * extra
@@ -78,6 +85,7 @@ def write_tiny_llama(
     name: str = "tiny",
     seed: int = 0,
     extra_vocab: int = 0,
+    fim: bool = False,
 ) -> pathlib.Path:
     """Write a random-weight llama GGUF (F32) to ``path`` and return it as a Path.
 
@@ -85,13 +93,16 @@ def write_tiny_llama(
     cache llama-server is usually launched with.  ``n_head_kv`` defaults to ``n_head``
     (no GQA) and must divide ``n_head``.  ``extra_vocab`` appends that many UNUSED
     tokens (and ties the output to the token embedding): the load gets slower by ~6 us
-    per token; used by write_slow_llama().
+    per token; used by write_slow_llama().  ``fim`` adds fill-in-the-middle tokens (for
+    /infill); it cannot be combined with ``extra_vocab``.
     """
     import gguf
     import numpy as np
 
     if n_head_kv is None:
         n_head_kv = n_head
+    if fim and extra_vocab:
+        raise ValueError("fim and extra_vocab cannot be combined")
     if n_embd % n_head:
         raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
     if n_head % n_head_kv:
@@ -117,7 +128,7 @@ def write_tiny_llama(
     def ones(n):
         return np.ones((n,), dtype=np.float32)
 
-    tokens, scores, toktypes = _vocab(extra_vocab)
+    tokens, scores, toktypes = _vocab(extra_vocab, fim)
     n_vocab = len(tokens)
 
     tmp = path.with_name(path.name + ".part")
@@ -144,6 +155,9 @@ def write_tiny_llama(
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
+        if fim:
+            for key, token in zip(("pre", "suf", "mid"), FIM_TOKENS, strict=True):
+                w.add_uint32(f"tokenizer.ggml.fim_{key}_token_id", tokens.index(token))
 
         if extra_vocab:
             # Tied embeddings (no output.weight).  Rows of the unused tokens are zero (logit
