@@ -64,6 +64,9 @@ Script keys (all optional):
 ``slow_response_seconds``     non-streaming completions wait this long before answering.
 ``n_ctx_train`` (4096)        context length "of the model" (used for ``-c 0``).
 ``tokens``                    strings used (cycled) as the generated tokens.
+``tool_use``                  ``{"name": N, "input": {...}}``: ``/v1/messages`` (Anthropic)
+                              answers with a call of tool N when the request offers it,
+                              which a tiny random model cannot be made to produce.
 
 Signals, like llama-server: during the load SIGTERM/SIGINT kill the process at once (no
 handler: exit status -15).  When ready the first SIGTERM/SIGINT stops generation (streams
@@ -74,7 +77,8 @@ HTTP: HTTP/1.1 keep-alive (except: 503 while loading and 4xx errors carry ``Conn
 close`` like the real one); SSE streams use chunked transfer encoding; chunked request
 bodies are accepted.  Routes: ``/health``, ``/v1/health``, ``/models``, ``/v1/models``,
 ``/v1/chat/completions``, ``/chat/completions``, ``/v1/completions``, ``/completions``,
-``/completion``, ``/props``, ``/slots`` (501 when disabled), ``/metrics`` (501 without
+``/completion``, ``/v1/messages`` (Anthropic; text, or the scripted ``tool_use``, streamed
+or not), ``/props``, ``/slots`` (501 when disabled), ``/metrics`` (501 without
 ``--metrics``), and ``/v1/echo`` (any method; returns method, path, query, headers and
 body as JSON).  Unknown route: 404 JSON.  ``--api-key K`` is
 honoured (401 except on /health and /models).  ``--log-file F`` gets a copy of the log.
@@ -507,6 +511,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_bytes(200, self._metrics().encode(), "text/plain; version=0.0.4")
         if path in COMPLETION_PATHS and self.command == "POST":
             return self._completion(path, body)
+        if path == "/v1/messages" and self.command == "POST":
+            return self._messages(body)
         return self._send_json(404, {"error": {"message": "File Not Found", "type": "not_found_error",
                                                "code": 404}})
 
@@ -681,6 +687,61 @@ class Handler(BaseHTTPRequestHandler):
                     STATE.nonstream_inflight -= 1
             STATE.slot_sem.release()
             _notify()
+
+    def _messages(self, body: bytes):
+        """Anthropic Messages: the scripted tool call when the request offers that tool, else
+        the usual pieces as text; streamed as Anthropic's event sequence when asked."""
+        try:
+            req = json.loads(body.decode("utf-8"))
+        except ValueError:
+            req = None
+        if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
+            return self._send_json(400, _error_body(400, "'messages' is required",
+                                                    "invalid_request_error"))
+        call = STATE.script.get("tool_use")
+        offered = {t.get("name") for t in req.get("tools") or [] if isinstance(t, dict)}
+        with STATE.lock:
+            STATE.task_id += 1
+            task = STATE.task_id
+        n_prompt = len(json.dumps(req["messages"]).encode())
+        if call and call.get("name") in offered:
+            block = {"type": "tool_use", "id": f"toolu_fake{task}", "name": call["name"],
+                     "input": call.get("input", {})}
+            stop, n_out = "tool_use", 8
+        else:
+            n_out = int(req.get("max_tokens") or 8)
+            tokens = STATE.script.get("tokens") or [f" tok{i}" for i in range(n_out)]
+            text = "".join(str(tokens[i % len(tokens)]) for i in range(n_out))
+            block, stop = {"type": "text", "text": text}, "max_tokens"
+        message = {"id": f"msg_fake{task}", "type": "message", "role": "assistant",
+                   "model": req.get("model") or STATE.model_id, "content": [block],
+                   "stop_reason": stop, "stop_sequence": None,
+                   "usage": {"input_tokens": n_prompt, "output_tokens": n_out}}
+        if not req.get("stream"):
+            return self._send_json(200, message)
+        start = {**block, "input": {}} if block["type"] == "tool_use" else {**block, "text": ""}
+        delta = ({"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+                 if block["type"] == "tool_use" else {"type": "text_delta", "text": block["text"]})
+        events = [
+            ("message_start", {"type": "message_start", "message": {
+                **message, "content": [], "stop_reason": None,
+                "usage": {"input_tokens": n_prompt, "output_tokens": 0}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0,
+                                     "content_block": start}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {
+                "stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": n_out}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for name, data in events:
+            self._write_chunk(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        self._write_chunk(b"")
+        self._log_request(200)
 
     def _client_gone(self) -> bool:
         """True once the peer has closed its side of the connection."""
