@@ -35,6 +35,7 @@ from llmctl.daemon.gate import Busy
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.native_routes import NativeRoutes
 from llmctl.daemon.openai_proxy import OpenAIProxy
+from llmctl.daemon.router_api import RouterApi, router_fields
 
 MAX_CONTROL_BODY = 64 * 1024
 LOG_LINES_MAX = 10_000
@@ -44,6 +45,9 @@ ROUTES = Map([
     Rule("/status", endpoint="status", methods=["GET"]),
     Rule("/models", endpoint="models", methods=["GET"]),
     Rule("/models/<path:model>", endpoint="model", methods=["GET"]),
+    Rule("/models/load", endpoint="router_load", methods=["POST"]),
+    Rule("/models/unload", endpoint="router_unload", methods=["POST"]),
+    Rule("/models/sse", endpoint="router_events", methods=["GET"]),
     Rule("/active", endpoint="active", methods=["GET"]),
     Rule("/switch/<path:model>", endpoint="switch", methods=["POST"]),
     Rule("/stop", endpoint="stop", methods=["POST"]),
@@ -70,6 +74,7 @@ class App:
         self.hub = hub
         self.proxy = OpenAIProxy(hub)
         self.native = NativeRoutes(self.proxy, hub.config)
+        self.router = RouterApi(hub, failure=_reply_response)
         self.started = time.time()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -144,10 +149,11 @@ class App:
 
     def on_models(self, request: Request) -> Response:
         self.hub.config.refresh()
-        return json_response({"models": [self._model_summary(e) for e in
-                                         self.hub.config.catalog.entries],
+        models = [self._model_summary(e) for e in self.hub.config.catalog.entries]
+        return json_response({"models": models,
                               "config_error": self.hub.config.config_error,
-                              "models_dir": str(self.hub.paths.models_dir)})
+                              "models_dir": str(self.hub.paths.models_dir),
+                              "object": "list", "data": models})  # data: router-mode clients
 
     def _model_summary(self, entry: Any) -> dict[str, Any]:
         summary = entry.summary()
@@ -155,6 +161,7 @@ class App:
         summary["active"] = entry.id is not None and entry.id == backend.model and \
             backend.active
         summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
+        summary.update(router_fields(entry.id, backend, int(self.started)))
         summary["gguf"] = None
         summary["aliases"] = entry.config["aliases"] if entry.config else []
         if entry.model_path is not None and entry.available:
@@ -227,6 +234,17 @@ class App:
             "meta": {"active_model": backend.model, "state": backend.state,
                      "default_model": self.hub.config.default_model},
         }, *routed]})
+
+    # --- router-style model management (router_api) ------------------------------------------
+
+    def on_router_load(self, request: Request) -> Response:
+        return self.router.load(request)
+
+    def on_router_unload(self, request: Request) -> Response:
+        return self.router.unload(request)
+
+    def on_router_events(self, request: Request) -> Response:
+        return self.router.events(request)
 
     # --- commands --------------------------------------------------------------------------------
 
