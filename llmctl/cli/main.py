@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
     add("reload", "re-discover models and re-read the configuration", json_flag=True)
+    from llmctl.cli.connect import CLIENT_NAMES
+
+    cmd = add("connect", "print (or --write) a client app's configuration for this daemon",
+              json_flag=True)
+    cmd.add_argument("client", choices=CLIENT_NAMES)
+    cmd.add_argument("--write", action="store_true",
+                     help="merge it into the client's configuration file (with a backup)")
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -101,6 +108,15 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(script(args.shell, parser))
         return EXIT_OK
+    if command == "connect":
+        from llmctl.cli.connect import run
+        from llmctl.client.api import daemon_url
+
+        try:
+            url = daemon_url()
+        except ClientError as e:
+            return fail(str(e), e.code, {}, args.json)
+        return run(args.client, args.write, args.json, url)
     try:
         client = Client()
         return COMMANDS[command](client, args)
