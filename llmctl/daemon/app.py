@@ -28,6 +28,7 @@ from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.gguf import GGUFError, read_facts
 from llmctl.core.resolve import resolve
+from llmctl.daemon import anthropic_stream
 from llmctl.daemon import protocol as p
 from llmctl.daemon.commands import Pending
 from llmctl.daemon.errors import error_body
@@ -93,6 +94,9 @@ class App:
             if allowed:  # let that page read the answer; others get no CORS headers
                 start_response = _with_cors(start_response, origin)
         path = environ["PATH_INFO"]
+        if path == "/v1/messages":  # a stream's missing message_start is put back
+            return anthropic_stream.serve(self.proxy, environ, start_response,
+                                          lambda: self.hub.backend.backend.model)
         if path.startswith("/v1/") and path != "/v1/models":
             return self.proxy(environ, start_response)
         if self.native.handles(path):

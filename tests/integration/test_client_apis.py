@@ -11,6 +11,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import requests
 
 from harness import Daemon, Home
 
@@ -67,11 +68,7 @@ def test_anthropic_messages_plain_and_with_a_system_prompt(daemon: Daemon) -> No
 
 def test_anthropic_messages_streamed(daemon: Daemon) -> None:
     client = claude(daemon)
-    # Greedy, with this model: llama-server b11434 itself leaves out message_start (and the
-    # OpenAI stream's role chunk) when the first token is an incomplete UTF-8 sequence, which
-    # random models sample often (9 of 20 streams straight from it) and the SDK cannot parse.
     with client.messages.stream(model="claude-sonnet-4-6", max_tokens=12, system=SYSTEM,
-                                extra_body={"temperature": 0},
                                 messages=[{"role": "user", "content": "Tell me a story"}]
                                 ) as stream:
         events = [event.type for event in stream]
@@ -82,6 +79,37 @@ def test_anthropic_messages_streamed(daemon: Daemon) -> None:
     assert events.count("text") >= 1  # the SDK's own event for each content_block_delta
     assert events.index("message_delta") > events.index("content_block_stop")
     assert final.usage.output_tokens > 0 and final.content[0].type == "text"
+
+
+def test_a_stream_llama_server_starts_without_message_start_is_repaired(
+        home: Home, llama_server_binary: Path, tiny_gguf: Path, make_daemon) -> None:
+    """llama-server b11434 leaves out message_start when the first token is an incomplete
+    UTF-8 sequence. Greedy decoding of this prompt by the tiny model always starts so (straight
+    from llama-server, the stream begins with content_block_start); through llmctld the SDK
+    gets a whole stream."""
+    home.use_real_server(llama_server_binary)
+    home.write_config(llama={"ctx_size": 1024})
+    home.add_model("tiny", tiny_gguf)
+    daemon = make_daemon()
+    assert daemon.switch("tiny").status_code == 200
+    request = {"model": "claude-sonnet-4-6", "max_tokens": 12, "system": SYSTEM,
+               "temperature": 0, "stream": True,
+               "messages": [{"role": "user", "content": "hello"}]}
+    backend = daemon.backend()
+    direct = requests.post(f"http://{backend['host']}:{backend['port']}/v1/messages",
+                           json=request, timeout=60)
+    assert direct.text.startswith("event: content_block_start")  # what needs repairing
+
+    through = daemon.post("/v1/messages", json=request)
+    assert through.text.startswith("event: message_start\ndata: ")
+    assert through.text.count("event: message_start") == 1
+    with claude(daemon).messages.stream(
+            model="claude-sonnet-4-6", max_tokens=12, system=SYSTEM,
+            messages=[{"role": "user", "content": "hello"}],
+            extra_body={"temperature": 0}) as stream:
+        final = stream.get_final_message()
+    assert final.model == "tiny" and final.content[0].type == "text"
+    assert final.stop_reason == "max_tokens"
 
 
 def test_anthropic_tool_use_and_results_reach_llama_server(daemon: Daemon) -> None:

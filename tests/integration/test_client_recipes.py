@@ -50,9 +50,9 @@ def test_claude_code(daemon: Daemon) -> None:
     assert r.headers["Content-Type"].startswith("text/event-stream")
     events = [line[len(b"event: "):].decode() for line in r.iter_lines()
               if line.startswith(b"event: ")]
-    # (not events[0] == "message_start": at Claude Code's temperature 1 llama-server b11434
-    # itself now and then leaves it out; see test_client_apis.py)
-    assert events[-1] == "message_stop" and events.count("message_start") <= 1
+    # (llama-server itself now and then leaves out message_start; llmctld puts it back)
+    assert events[0] == "message_start" and events[-1] == "message_stop"
+    assert events.count("message_start") == 1
     assert "content_block_delta" in events and "message_delta" in events
 
     r = daemon.session.post(f"{base}/v1/messages/count_tokens?beta=true", headers=headers,
