@@ -45,14 +45,16 @@ def claude(daemon: Daemon) -> anthropic.Anthropic:
 def test_anthropic_messages_plain_and_with_a_system_prompt(daemon: Daemon) -> None:
     client = claude(daemon)
     question = [{"role": "user", "content": "Hi there"}]
-    plain = client.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=question)
+    greedy = {"temperature": 0}  # so that the random model surely says something first
+    plain = client.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=question,
+                                   extra_body=greedy)
     assert plain.type == "message" and plain.role == "assistant"
     assert plain.content and plain.content[0].type == "text"
     assert plain.stop_reason in ("max_tokens", "end_turn")
     assert plain.usage.output_tokens > 0
 
     with_system = client.messages.create(model="claude-haiku-4-5", max_tokens=8,
-                                         system=SYSTEM, messages=question)
+                                         system=SYSTEM, messages=question, extra_body=greedy)
     # the tiny model's tokenizer is one token per byte: the system prompt reached llama-server
     def prompt(m: anthropic.types.Message) -> int:
         return m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0)
@@ -69,8 +71,8 @@ def test_anthropic_messages_plain_and_with_a_system_prompt(daemon: Daemon) -> No
 def test_anthropic_messages_streamed(daemon: Daemon) -> None:
     client = claude(daemon)
     with client.messages.stream(model="claude-sonnet-4-6", max_tokens=12, system=SYSTEM,
-                                messages=[{"role": "user", "content": "Tell me a story"}]
-                                ) as stream:
+                                messages=[{"role": "user", "content": "Tell me a story"}],
+                                extra_body={"temperature": 0}) as stream:
         events = [event.type for event in stream]
         final = stream.get_final_message()
     assert events[0] == "message_start"

@@ -53,7 +53,7 @@ def test_claude_code(daemon: Daemon) -> None:
     # (llama-server itself now and then leaves out message_start; llmctld puts it back)
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert events.count("message_start") == 1
-    assert "content_block_delta" in events and "message_delta" in events
+    assert "message_delta" in events  # (at temperature 1 the random model may end at once)
 
     r = daemon.session.post(f"{base}/v1/messages/count_tokens?beta=true", headers=headers,
                             json=clients.claude_code_count_tokens("Read README.md"), timeout=60)
