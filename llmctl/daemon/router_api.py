@@ -24,6 +24,7 @@ from typing import Any
 
 from werkzeug.wrappers import Request, Response
 
+from llmctl.core.aliases import name_index
 from llmctl.core.resolve import resolve
 from llmctl.core.state import Backend
 from llmctl.daemon import protocol as p
@@ -56,9 +57,9 @@ def router_status(model_id: str | None, backend: Backend) -> dict[str, Any]:
 
 
 def router_fields(model_id: str | None, backend: Backend, created: int) -> dict[str, Any]:
-    """What a router's `GET /models` entry has and ours lacks."""
-    return {"object": "model", "owned_by": "llmctl", "created": created, "aliases": [],
-            "tags": [], "status": router_status(model_id, backend)}
+    """What a router's `GET /models` entry has and ours lacks (`aliases` we have already)."""
+    return {"object": "model", "owned_by": "llmctl", "created": created, "tags": [],
+            "status": router_status(model_id, backend)}
 
 
 def _progress(backend: Backend) -> dict[str, Any] | None:
@@ -95,6 +96,7 @@ class RouterApi:
             return name
         hub = self.hub
         hub.config.refresh()
+        name = name_index(hub.config.catalog).get(name, name)  # an alias names its model, too
         entry = hub.config.entry(name)
         if entry is None:
             return self._not_found(name)

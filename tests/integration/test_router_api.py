@@ -51,7 +51,7 @@ class EventFeed:
 
 @pytest.fixture
 def router_home(real_home: Home, slow_gguf: Path) -> Home:
-    real_home.add_model("slow", slow_gguf)
+    real_home.add_model("slow", slow_gguf, aliases=["sloth"])
     return real_home
 
 
@@ -66,8 +66,9 @@ def test_models_list_has_the_routers_fields_beside_ours(router_home: Home,
     assert listing["object"] == "list" and listing["data"] == listing["models"]
     for entry in listing["data"]:
         assert entry["object"] == "model" and entry["owned_by"] == "llmctl"
-        assert entry["status"] == {"value": "unloaded"}
+        assert entry["status"] == {"value": "unloaded"} and "tags" in entry
         assert {"name", "available", "active", "gguf"} <= set(entry)  # ours are still there
+    assert model(daemon, "slow")["aliases"] == ["sloth"]
     assert daemon.switch("tiny-alpha").status_code == 200
     assert model(daemon, "tiny-alpha")["status"] == {"value": "loaded"}
     assert model(daemon, "tiny-beta")["status"] == {"value": "unloaded"}
@@ -80,7 +81,7 @@ def test_load_unload_and_the_event_feed_with_progress(router_home: Home,
     daemon = make_daemon()
     feed = EventFeed(daemon)
     try:
-        r = daemon.post("/models/load", json={"model": "slow"})
+        r = daemon.post("/models/load", json={"model": "sloth"})  # by its alias
         assert r.status_code == 200, r.text
         assert r.json() == {"success": True, "model": "slow", "already_loaded": False}
         # answered once llama-server is starting: the load goes on, visible in /models
