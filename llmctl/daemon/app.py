@@ -1,7 +1,7 @@
 """The WSGI application of the proxy worker: the control API and the /v1 entry point.
 
-/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ; everything else
-is routed with werkzeug. Control responses are JSON; errors are
+/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ, /api/* to the
+Ollama facade (daemon/ollama/); everything else is routed with werkzeug. Control responses are JSON; errors are
 {"error": {"code", "message", "type", ...}} with a fitting HTTP status.
 """
 
@@ -32,6 +32,7 @@ from llmctl.daemon.commands import Pending
 from llmctl.daemon.errors import error_body
 from llmctl.daemon.gate import Busy
 from llmctl.daemon.hub import Hub
+from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.openai_proxy import OpenAIProxy
 
 MAX_CONTROL_BODY = 64 * 1024
@@ -67,12 +68,15 @@ class App:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.proxy = OpenAIProxy(hub)
+        self.ollama = OllamaAPI(hub, self.proxy)
         self.started = time.time()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
         refusal = guard.check(environ)
         if refusal is not None:
+            if environ["PATH_INFO"].startswith("/api/"):
+                return ollama_error(start_response, 403, refusal)
             return error(403, "forbidden", refusal)(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
@@ -87,6 +91,8 @@ class App:
         path = environ["PATH_INFO"]
         if path.startswith("/v1/") and path != "/v1/models":
             return self.proxy(environ, start_response)
+        if path.startswith("/api/"):
+            return self.ollama(environ, start_response)
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
             # the control API reads no bodies: refuse big ones, and close rather than drain
