@@ -78,6 +78,7 @@ def write_tiny_llama(
     name: str = "tiny",
     seed: int = 0,
     extra_vocab: int = 0,
+    chat_template: str | None = None,
 ) -> pathlib.Path:
     """Write a random-weight llama GGUF (F32) to ``path`` and return it as a Path.
 
@@ -85,7 +86,8 @@ def write_tiny_llama(
     cache llama-server is usually launched with.  ``n_head_kv`` defaults to ``n_head``
     (no GQA) and must divide ``n_head``.  ``extra_vocab`` appends that many UNUSED
     tokens (and ties the output to the token embedding): the load gets slower by ~6 us
-    per token; used by write_slow_llama().
+    per token; used by write_slow_llama().  ``chat_template`` is stored as the
+    model's ``tokenizer.chat_template``.
     """
     import gguf
     import numpy as np
@@ -144,6 +146,8 @@ def write_tiny_llama(
         w.add_unk_token_id(0)
         w.add_add_bos_token(True)
         w.add_add_eos_token(False)
+        if chat_template is not None:
+            w.add_chat_template(chat_template)
 
         if extra_vocab:
             # Tied embeddings (no output.weight).  Rows of the unused tokens are zero (logit
