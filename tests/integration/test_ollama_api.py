@@ -56,6 +56,7 @@ def test_version_tags_show_and_ps(real_home: Home, make_daemon, tmp_path: Path) 
     oc = client(daemon)
 
     version = daemon.get("/api/version").json()["version"]
+    assert daemon.session.head(daemon.url + "/api/tags", timeout=10).status_code == 200
     assert [int(p) for p in version.split(".")] >= [0, 6, 4]  # what Copilot asks for
 
     listed = oc.list().models
@@ -352,8 +353,11 @@ def test_stream_is_relayed_as_it_comes_and_errors_end_it(fake_home: Home, make_d
     lines = r.iter_lines()
     first = json.loads(next(lines))
     assert first["done"] is False and first["message"]["content"]
-    # the first line is here while the answer is still being generated
+    # the first line is here while the answer is still being generated, and the request
+    # counts as in flight like a /v1 one: a stop is refused as busy
     assert daemon.status()["in_flight"] == 1
+    busy = daemon.post("/stop")
+    assert busy.status_code == 409 and busy.json()["error"]["in_flight"] == 1
     rest = [json.loads(line) for line in lines if line]
     assert rest[-1]["done"] is True and rest[-1]["eval_count"] == 6
     wait_for(lambda: daemon.status()["in_flight"] == 0, 10, "the request to be released")

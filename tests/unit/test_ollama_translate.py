@@ -184,3 +184,32 @@ def test_stream_errors_become_error_lines() -> None:
                                  "complete; see `llmctl logs`"}]
     t = Translation("chat", "chat", "local", time.monotonic(), None)
     assert t.event({"error": {"code": 500, "message": "boom"}}) == [{"error": "boom"}]
+
+
+def test_streamed_thinking_is_reported_unless_turned_off() -> None:
+    event = {"choices": [{"delta": {"reasoning_content": "let me see"}, "finish_reason": None}]}
+    on = Translation("chat", "chat", "local", time.monotonic(), None).event(event)
+    assert on[0]["message"] == {"role": "assistant", "content": "", "thinking": "let me see"}
+    assert Translation("chat", "chat", "local", time.monotonic(), False).event(event) == []
+    generated = Translation("generate", "chat", "local", time.monotonic(), True).event(event)
+    assert generated[0]["thinking"] == "let me see" and generated[0]["response"] == ""
+
+
+def test_capabilities_from_template_config_and_header(tmp_path) -> None:
+    from llmctl.core.discovery import ModelEntry
+    from llmctl.daemon.ollama.catalog import capabilities, human_number
+
+    def entry(**llama: object) -> ModelEntry:
+        return ModelEntry(key="m", directory=tmp_path, config_file=tmp_path / "config.yaml",
+                          id="m", config={"llama": {"extra_args": [], **llama}})
+
+    chat = {"general.architecture": "qwen3",
+            "tokenizer.chat_template": "{% if tools %}...{% endif %}{{ enable_thinking }}"}
+    assert capabilities(entry(), chat) == ["completion", "tools", "thinking"]
+    assert capabilities(entry(extra_args=["--mmproj", "p.gguf"]), {}) == ["completion",
+                                                                          "vision"]
+    assert capabilities(entry(extra_args=["--embeddings"]), {}) == ["completion", "embedding"]
+    encoder = {"general.architecture": "bert", "bert.pooling_type": 2}
+    assert capabilities(entry(extra_args=["--embeddings"]), encoder) == ["embedding"]
+    assert [human_number(n) for n in (8_000_000_000, 7_615_616_512, 494_032_768, 12_345, 7)] \
+        == ["8B", "7.6B", "494.03M", "12K", "7"]
