@@ -234,6 +234,10 @@ def test_refused_routes_name_the_llmctl_way(real_home: Home, make_daemon) -> Non
     assert oc.pull("local", stream=False).status == "success"  # already here
     assert [p.status for p in oc.pull("tiny-alpha", stream=True)] == ["success"]
     assert daemon.get("/api/nope").status_code == 404
+    # nothing loaded and no default model: the same advice as /v1 gives, in Ollama's shape
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat("local", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 503 and "llmctl switch" in e.value.error
 
 
 def _error_of(call: Any) -> str:
