@@ -163,5 +163,8 @@ class NDJSON:
         self.relay.close()
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per line
+
+
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    return _encode(obj).encode() + b"\n"
