@@ -60,7 +60,6 @@ def ollama_error(start_response: Any, status: int, message: str) -> list[bytes]:
     return _json(start_response, status, {"error": message})
 
 
-
 def _read_all(relay: Relay) -> bytes:
     try:
         return b"".join(relay)
@@ -77,17 +76,18 @@ class OllamaAPI:
         path, method = environ["PATH_INFO"].rstrip("/"), environ["REQUEST_METHOD"]
         if path in REFUSED or path.startswith("/api/blobs/"):
             reason = REFUSED.get(path) or REFUSED["/api/create"]
-            return ollama_error(start_response, 501, reason.format(models=self.hub.paths.models_dir))
+            return ollama_error(start_response, 501,
+                                reason.format(models=self.hub.paths.models_dir))
         route = ROUTES.get(path)
         if route is None:
             return ollama_error(start_response, 404, f"no Ollama route {path}; llmctl serves "
-                          f"{', '.join(sorted(ROUTES))} (see docs/ollama.md)")
+                                f"{', '.join(sorted(ROUTES))} (see docs/ollama.md)")
         methods, handler = route
         if method == "HEAD" and "GET" in methods:
             method = "GET"
         if method not in methods:
-            return ollama_error(start_response, 405, f"{method} is not allowed on {path}; use "
-                          f"{' or '.join(methods)}")
+            return ollama_error(start_response, 405, f"{method} is not allowed on {path}; "
+                                f"use {' or '.join(methods)}")
         try:
             request = self._body(environ) if method != "GET" else {}
             return handler(self, request, start_response)
@@ -133,8 +133,9 @@ class OllamaAPI:
         self.hub.refresh()
         known, entry = catalog.find(self.hub, name)
         if not known:
-            return ollama_error(start_response, 404, f"model {name!r} not found; llmctl serves "
-                          "`local` (the active model) and the ids `llmctl models` lists")
+            return ollama_error(start_response, 404, f"model {name!r} not found; llmctl "
+                                "serves `local` (the active model) and the ids `llmctl models` "
+                                "lists")
         return _json(start_response, 200, catalog.show(entry))
 
     def on_ps(self, request: dict[str, Any], start_response: Any) -> Iterable[bytes]:
