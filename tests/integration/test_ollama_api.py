@@ -124,6 +124,9 @@ def test_chat_and_generate_streamed_and_whole(real_home: Home, make_daemon) -> N
     raw = oc.generate("local", prompt="<s>raw text", raw=True, stream=False,
                       options={"num_predict": 4})
     assert raw.done and raw.done_reason == "length" and raw.eval_count == 4
+    with pytest.raises(ollama.ResponseError) as e:  # images need a projector (mmproj)
+        oc.chat("local", messages=[{"role": "user", "content": "what?", "images": [PNG]}])
+    assert e.value.status_code == 500 and "image input is not supported" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:  # suffix -> /infill: needs FIM tokens
         oc.generate("local", prompt="def f(", suffix="    return x", stream=False)
     assert e.value.status_code == 501 and "Infill is not supported" in e.value.error
