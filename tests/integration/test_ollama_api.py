@@ -164,22 +164,28 @@ def test_options_reach_llama_server(real_home: Home, make_daemon) -> None:
     assert e.value.status_code == 400 and "options.temperature" in e.value.error
 
 
-def test_format_json_schema_is_enforced(real_home: Home, make_daemon) -> None:
+def test_format_json_schema_is_enforced(real_home: Home, make_daemon, tmp_path: Path) -> None:
+    # The tiny default model has no chat template, and with llama-server's fallback (chatml,
+    # whose assistant prefix is not in the byte vocabulary) llama-server cannot build the
+    # grammar of a chat completion; a template without an assistant prefix works.
+    plain = write_tiny_llama(tmp_path / "plain.gguf", name="plain", chat_template=(
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}"))
+    real_home.add_model("tiny-plain", plain)
     daemon = make_daemon()
-    assert daemon.switch("tiny-alpha").status_code == 200
+    assert daemon.switch("tiny-plain").status_code == 200
     oc = client(daemon)
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-              "additionalProperties": False}
-    # random weights: only llama-server's grammar can make this valid JSON. (The tiny model
-    # has no chat template, and with llama-server's fallback one it cannot build the grammar
-    # of a chat completion; the chat mapping of `format` is checked with the fake below.)
-    whole = oc.generate("local", prompt="answer", format=schema, raw=True, stream=False,
-                        options={"num_predict": 64, "seed": 1})
-    assert isinstance(json.loads(whole.response)["ok"], bool)
-    streamed = list(oc.generate("local", prompt="answer", format="json", raw=True,
-                                stream=True, options={"num_predict": 64, "seed": 2}))
-    assert streamed[-1].done
-    assert isinstance(json.loads("".join(p.response for p in streamed)), dict)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    # random weights: only llama-server's grammar can make these valid JSON
+    whole = oc.chat("local", messages=[{"role": "user", "content": "answer"}], format=schema,
+                    stream=False, options={"num_predict": 64, "seed": 1})
+    assert isinstance(json.loads(whole.message.content)["ok"], bool)
+    parts = list(oc.chat("local", messages=[{"role": "user", "content": "answer"}],
+                         format=schema, stream=True, options={"num_predict": 64, "seed": 2}))
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+    assert isinstance(json.loads("".join(p.message.content for p in parts))["ok"], bool)
+    raw = oc.generate("local", prompt="answer", format="json", raw=True, stream=False,
+                      options={"num_predict": 200, "seed": 3})
+    assert isinstance(json.loads(raw.response), dict)
 
 
 def test_embed_with_an_embedding_model(real_home: Home, make_daemon, tiny_gguf: Path) -> None:
