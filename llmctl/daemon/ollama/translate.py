@@ -23,7 +23,7 @@ import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -64,7 +64,8 @@ class Upstream:
     stream: bool
     num_ctx: int | None = None  # asked for by the client: checked against the loaded context
     think: bool | str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    dimensions: int | None = None  # embeddings: truncate (and renormalise) to this many
+    legacy: bool = False  # embeddings: /api/embeddings (one `embedding`) not /api/embed
 
 
 # --- fields shared by every request ---------------------------------------------------------
@@ -344,8 +345,8 @@ def embed_request(request: dict[str, Any], legacy: bool) -> Upstream:
             dimensions, int) or dimensions <= 0):
         raise BadRequest(f"dimensions must be a positive integer, not {dimensions!r}")
     body = {"model": bare_name(model_name(request)), "input": text}
-    return Upstream("/v1/embeddings", body, "embed", False,
-                    extra={"dimensions": dimensions, "legacy": legacy})
+    return Upstream("/v1/embeddings", body, "embed", False, dimensions=dimensions,
+                    legacy=legacy)
 
 
 # --- answers ------------------------------------------------------------------------------------
@@ -431,10 +432,9 @@ def embed_answer(upstream: dict[str, Any], up: Upstream, name: str, started: flo
                  waited: float) -> dict[str, Any]:
     vectors = [item.get("embedding") or [] for item in
                sorted(upstream.get("data") or [], key=lambda item: item.get("index", 0))]
-    dimensions = up.extra.get("dimensions")
-    if dimensions:
-        vectors = [_normalised(v[:dimensions]) for v in vectors]
-    if up.extra.get("legacy"):
+    if up.dimensions:
+        vectors = [_normalised(v[:up.dimensions]) for v in vectors]
+    if up.legacy:
         return {"embedding": vectors[0] if vectors else []}
     usage = upstream.get("usage") or {}
     return {"model": name, "embeddings": vectors,
