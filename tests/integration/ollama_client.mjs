@@ -15,7 +15,7 @@ const stream = await client.chat({
   model: "local",
   messages: [{ role: "user", content: "hi" }],
   stream: true,
-  options: { num_predict: 6 },
+  options: { num_predict: 6, temperature: 0 },
 });
 for await (const part of stream) {
   parts += 1;
@@ -24,7 +24,7 @@ for await (const part of stream) {
 out.chat = { parts, done: last.done, done_reason: last.done_reason, eval_count: last.eval_count };
 
 const generated = await client.generate({
-  model: "local", prompt: "hi", stream: false, options: { num_predict: 4 },
+  model: "local", prompt: "hi", stream: false, options: { num_predict: 4, temperature: 0 },
 });
 out.generate = { done: generated.done, eval_count: generated.eval_count,
                  response: typeof generated.response };

@@ -104,6 +104,8 @@ def test_chat_and_generate_streamed_and_whole(real_home: Home, make_daemon) -> N
     parts = list(oc.chat("local", messages=messages, stream=True,
                          options={"num_predict": 12, "temperature": 0.0}))
     assert daemon.backend()["model"] == "tiny-alpha"
+    # temperature 0: greedy, so the random model's answer (and whether it ends early with an
+    # end-of-sequence token) is the same on every run
     *pieces, final = parts
     assert pieces and all(not p.done for p in pieces)
     assert "".join(p.message.content or "" for p in pieces)
@@ -113,16 +115,17 @@ def test_chat_and_generate_streamed_and_whole(real_home: Home, make_daemon) -> N
     assert final.total_duration >= final.eval_duration
     assert final.load_duration > 0  # it waited for the load
 
-    whole = oc.chat("local", messages=messages, stream=False, options={"num_predict": 5})
+    whole = oc.chat("local", messages=messages, stream=False,
+                    options={"num_predict": 5, "temperature": 0})
     assert whole.done and whole.done_reason == "length" and whole.eval_count == 5
     assert whole.message.role == "assistant" and isinstance(whole.message.content, str)
 
     generated = list(oc.generate("local", prompt="once upon", stream=True, system="tell",
-                                 options={"num_predict": 6}))
+                                 options={"num_predict": 6, "temperature": 0}))
     assert generated[-1].done and generated[-1].eval_count == 6
     assert "".join(g.response for g in generated[:-1])
     raw = oc.generate("local", prompt="<s>raw text", raw=True, stream=False,
-                      options={"num_predict": 4})
+                      options={"num_predict": 4, "temperature": 0})
     assert raw.done and raw.done_reason == "length" and raw.eval_count == 4
     with pytest.raises(ollama.ResponseError) as e:  # images need a projector (mmproj)
         oc.chat("local", messages=[{"role": "user", "content": "what?", "images": [PNG]}])
@@ -155,7 +158,7 @@ def test_options_reach_llama_server(real_home: Home, make_daemon) -> None:
     assert e.value.status_code == 400
     assert "llama.ctx_size" in e.value.error and "512" in e.value.error
     within = oc.chat("local", messages=[{"role": "user", "content": "hi"}], stream=False,
-                     options={"num_ctx": 512, "num_predict": 2})
+                     options={"num_ctx": 512, "num_predict": 2, "temperature": 0})
     assert within.eval_count == 2
 
     with pytest.raises(ollama.ResponseError) as e:
