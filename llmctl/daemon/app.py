@@ -1,8 +1,8 @@
 """The WSGI application of the proxy worker: the control API and the /v1 entry point.
 
 /v1/* (except /v1/models) goes straight to openai_proxy on the raw environ, /api/* to the
-Ollama facade (daemon/ollama/); everything else is routed with werkzeug. Control responses are JSON; errors are
-{"error": {"code", "message", "type", ...}} with a fitting HTTP status.
+Ollama facade (daemon/ollama/); everything else is routed with werkzeug. Control responses
+are JSON; errors are {"error": {"code", "message", "type", ...}} with a fitting HTTP status.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 answer of /api/show, from the model's config and its GGUF header.
 
 `local` is the model behind the stable endpoint: the active one, else the default one (the one
-a request would load). A model that is known by its id can also be shown by that id. Ollama
-clients add a `:latest` tag to names; it is ignored.
+a request would load). Every model can also be shown by its id or alias, and with
+daemon.route_by_model /api/tags lists them all. Ollama clients add a `:latest` tag to names;
+it is ignored.
 
 Ollama's `digest` is the SHA-256 of the model blob; hashing a many-GB file on every listing
 is too slow, so ours is the SHA-256 of the file's path, size and modification time: stable
@@ -16,6 +17,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from llmctl.core.aliases import name_index
 from llmctl.core.discovery import ModelEntry
 from llmctl.core.gguf import GGUFError, read_facts, read_metadata
 from llmctl.daemon.hub import Hub
@@ -28,18 +30,30 @@ _TEMPLATE_KEY = "tokenizer.chat_template"
 
 
 def local_entry(hub: Hub) -> ModelEntry | None:
-    backend = hub.backend
-    active = backend["model"] if backend["state"] in ("starting", "ready") else None
-    return hub.entry(active or hub.default_model)
+    backend = hub.backend.backend
+    active = backend.model if backend.state in ("starting", "ready") else None
+    return hub.config.entry(active or hub.config.default_model)
 
 
 def find(hub: Hub, name: str) -> tuple[bool, ModelEntry | None]:
-    """(known, entry) for a requested name; `local` is always known, maybe without an entry."""
+    """(known, entry) for a requested name (an id or an alias); `local` is always known,
+    maybe without an entry."""
     name = bare_name(name)
     if name == LOCAL:
         return True, local_entry(hub)
-    entry = hub.entry(name)
+    entry = hub.config.entry(name_index(hub.config.catalog).get(name))
     return entry is not None, entry
+
+
+def listed(hub: Hub) -> list[tuple[str, ModelEntry | None]]:
+    """The names /api/tags lists: `local`, and with daemon.route_by_model (requests then go
+    to the model they name) every available model id and alias."""
+    names: list[tuple[str, ModelEntry | None]] = [(LOCAL, local_entry(hub))]
+    if hub.gate.scheduler.routing:
+        for entry in hub.config.catalog.entries:
+            if entry.id is not None and entry.available and entry.config:
+                names += [(name, entry) for name in (entry.id, *entry.config["aliases"])]
+    return names
 
 
 def _facts(entry: ModelEntry | None) -> dict[str, Any]:
@@ -162,15 +176,23 @@ def show(entry: ModelEntry | None) -> dict[str, Any]:
 
 
 def running(hub: Hub) -> list[dict[str, Any]]:
-    """The entries of /api/ps: the loaded model, under `local`. It stays loaded until it is
-    switched or stopped, so it never expires."""
-    backend = hub.backend
-    if backend["state"] not in ("starting", "ready"):
+    """The entries of /api/ps: the loaded model (under `local`, or under its id when requests
+    are routed by model name), with when its idle unload is due."""
+    backend = hub.backend.backend
+    if backend.state not in ("starting", "ready"):
         return []
-    entry = hub.entry(backend["model"])
+    entry = hub.config.entry(backend.model)
     size, _, digest = _file_stat(entry)
     facts = _facts(entry)
-    return [{"name": LOCAL, "model": LOCAL, "size": size, "digest": digest,
-             "details": details(facts), "expires_at": _iso(datetime.now(timezone.utc) + NEVER),
+    scheduler = hub.gate.scheduler
+    idle = scheduler.status()
+    # unloads_in_s counts down while idle; during a request the timeout starts at its end
+    seconds = idle["unloads_in_s"] if idle["unloads_in_s"] is not None else \
+        idle["idle_unload_s"]
+    expires = datetime.now(timezone.utc) + (NEVER if seconds is None or backend.pinned
+                                            else timedelta(seconds=seconds))
+    name = backend.model if scheduler.routing and backend.model else LOCAL
+    return [{"name": name, "model": name, "size": size, "digest": digest,
+             "details": details(facts), "expires_at": _iso(expires),
              # llama-server does not report its device memory; 0 is Ollama's "all in RAM"
              "size_vram": 0, "context_length": context_length(entry, facts)}]

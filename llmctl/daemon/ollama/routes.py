@@ -19,12 +19,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from llmctl import __version__
-from llmctl.daemon.hub import Busy, Hub, Unavailable
+from llmctl.daemon import protocol as p
+from llmctl.daemon.gate import Busy, Unavailable
+from llmctl.daemon.hub import Hub
 from llmctl.daemon.ollama import catalog
 from llmctl.daemon.ollama.stream import NDJSON, Translation
 from llmctl.daemon.ollama.translate import (
     BadRequest,
     Upstream,
+    bare_name,
     chat_answer,
     chat_request,
     embed_answer,
@@ -124,13 +127,13 @@ class OllamaAPI:
         return _json(start_response, 200, {"version": OLLAMA_VERSION, "llmctl": __version__})
 
     def on_tags(self, request: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        self.hub.refresh()
+        self.hub.config.refresh()
         return _json(start_response, 200, {"models": [
-            catalog.summary(catalog.LOCAL, catalog.local_entry(self.hub))]})
+            catalog.summary(name, entry) for name, entry in catalog.listed(self.hub)]})
 
     def on_show(self, request: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         name = model_name(request)
-        self.hub.refresh()
+        self.hub.config.refresh()
         known, entry = catalog.find(self.hub, name)
         if not known:
             return ollama_error(start_response, 404, f"model {name!r} not found; llmctl "
@@ -145,7 +148,7 @@ class OllamaAPI:
         """A pull of a model llmctl already has succeeds (clients pull before they use a
         model); anything else is for `llmctl pull`."""
         name = model_name(request)
-        self.hub.refresh()
+        self.hub.config.refresh()
         known, _ = catalog.find(self.hub, name)
         if not known:
             return ollama_error(start_response, 501, (
@@ -177,45 +180,43 @@ class OllamaAPI:
         if empty:  # Ollama's way to load (or, with keep_alive 0, unload) a model
             return self._load_or_unload(kind, name, keep_alive, start_response)
         if up.num_ctx is not None:
-            self._check_context(up.num_ctx)
-        relay = self._open(up)
+            self._check_context(up.num_ctx, name)
+        relay, waited = self._open(up, name, keep_alive)
         status = relay.response.status
         if status != 200 or not up.stream:
             payload = _read_all(relay)
             if status != 200:
                 return ollama_error(start_response, status, upstream_error(status, payload))
             data = self._parse(payload)
-            answer = (chat_answer(data, name, started, relay.waited, up.think) if kind == "chat"
-                      else generate_answer(data, up.shape, name, started, relay.waited,
-                                           up.think))
+            answer = (chat_answer(data, name, started, waited, up.think) if kind == "chat"
+                      else generate_answer(data, up.shape, name, started, waited, up.think))
             return _json(start_response, 200, answer)
         start_response("200 OK", [("Content-Type", "application/x-ndjson")])
-        return NDJSON(relay, Translation(kind, up.shape, name, started, up.think))
+        return NDJSON(relay, Translation(kind, up.shape, name, started, up.think, waited))
 
     def _load_or_unload(self, kind: str, name: str, keep_alive: float | None,
                         start_response: Any) -> Iterable[bytes]:
         done: dict[str, Any] = {"model": name, "created_at": now_iso(), "done": True}
         done.update({"message": {"role": "assistant", "content": ""}} if kind == "chat"
                     else {"response": ""})
-        if keep_alive == 0:
+        if keep_alive == 0:  # now, like `llmctl stop`
             try:
-                command = self.hub.begin("stop", False)
+                reply = self.hub.gate.begin(p.Stop, False).reply()
             except Busy as e:
                 return ollama_error(start_response, 409, (
                     f"cannot unload {name}: {e.in_flight} other request(s) in flight; retry "
                     "when they finish, or cut them off with `llmctl stop --force`"))
-            while (reply := self.hub.next_message(command))["type"] != "reply":
-                pass
-            if not reply.get("ok"):
-                return ollama_error(start_response, 500, reply.get("error", {}).get(
+            if not reply.ok:
+                return ollama_error(start_response, 500, (reply.error or {}).get(
                     "message") or "unloading failed; see `llmctl status`")
             return _json(start_response, 200, {**done, "done_reason": "unload"})
-        self.hub.acquire()
+        with self.hub.gate.acquire(bare_name(name)) as lease:  # loads it, like a request
+            lease.keep_alive = keep_alive
         return _json(start_response, 200, {**done, "done_reason": "load"})
 
-    def _open(self, up: Upstream) -> Relay:
-        body = json.dumps(up.body, separators=(",", ":")).encode()
-        return self.proxy.open("POST", up.path, {"content-type": "application/json"}, body)
+    def _open(self, up: Upstream, name: str, keep_alive: float | None) -> tuple[Relay, float]:
+        return self.proxy.open("POST", up.path, up.body, requested=bare_name(name),
+                               keep_alive=keep_alive)
 
     @staticmethod
     def _parse(payload: bytes) -> dict[str, Any]:
@@ -228,33 +229,33 @@ class OllamaAPI:
             raise BadRequest("llama-server answered with JSON that is not an object", 502)
         return data
 
-    def _check_context(self, num_ctx: int) -> None:
+    def _check_context(self, num_ctx: int, name: str) -> None:
         """A client that asks for more context than the model was loaded with gets told how
         to load it with more, instead of a silent truncation later."""
-        loaded = self._loaded_context()
+        loaded = self._loaded_context(name)
         if loaded and num_ctx > loaded:
-            model = self.hub.backend["model"]
-            entry = self.hub.entry(model)
+            model = self.hub.backend.backend.model
+            entry = self.hub.config.entry(model)
             where = f" in {entry.config_file}" if entry is not None else ""
             raise BadRequest(
                 f"options.num_ctx {num_ctx} is larger than the context {model} is loaded with "
                 f"({loaded} tokens per request). Raise llama.ctx_size{where} and run `llmctl "
                 f"switch {model}`, or ask for num_ctx <= {loaded}")
 
-    def _loaded_context(self) -> int:
-        backend = self.hub.backend
-        identity = (backend["pid"], backend["generation"])
+    def _loaded_context(self, name: str) -> int:
+        backend = self.hub.backend.backend
+        identity = (backend.pid, backend.generation)
         if self._context is not None and self._context[0] == identity:
             return self._context[1]
-        relay = self.proxy.open("GET", "/props", {}, None)
+        relay, _ = self.proxy.open("GET", "/props", None, requested=bare_name(name))
         payload = _read_all(relay)
         try:
             settings = json.loads(payload).get("default_generation_settings") or {}
             n_ctx = int(settings.get("n_ctx") or 0)
         except (ValueError, AttributeError, TypeError):
             n_ctx = 0
-        backend = self.hub.backend  # the request above may have loaded a model
-        self._context = ((backend["pid"], backend["generation"]), n_ctx)
+        backend = self.hub.backend.backend  # the request above may have loaded a model
+        self._context = ((backend.pid, backend.generation), n_ctx)
         return n_ctx
 
     # --- embeddings ----------------------------------------------------------------------------
@@ -262,9 +263,10 @@ class OllamaAPI:
     def _embed(self, request: dict[str, Any], start_response: Any, legacy: bool,
                ) -> Iterable[bytes]:
         up = embed_request(request, legacy)
-        parse_keep_alive(request.get("keep_alive"))
+        name = model_name(request)
+        keep_alive = parse_keep_alive(request.get("keep_alive"))
         started = time.monotonic()
-        relay = self._open(up)
+        relay, waited = self._open(up, name, keep_alive)
         payload = _read_all(relay)
         status = relay.response.status
         if status != 200:
@@ -275,8 +277,7 @@ class OllamaAPI:
             elif "pooling type" in message.lower():
                 message += " (add --pooling mean to llama.extra_args of its config.yaml)"
             return ollama_error(start_response, status, message)
-        answer = embed_answer(self._parse(payload), up, model_name(request), started,
-                              relay.waited)
+        answer = embed_answer(self._parse(payload), up, name, started, waited)
         return _json(start_response, 200, answer)
 
     def on_embed(self, request: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -57,10 +57,10 @@ class Translation:
     """Turns llama-server stream events into Ollama stream objects for one request."""
 
     def __init__(self, kind: str, shape: str, name: str, started: float,
-                 think: bool | str | None):
+                 think: bool | str | None, waited: float = 0.0):
         self.kind, self.shape, self.name = kind, shape, name  # kind: "chat" or "generate"
         self.started, self.think = started, think
-        self.waited = 0.0
+        self.waited = waited  # seconds the request waited for a model load
         self.calls: dict[int, dict[str, Any]] = {}
         self.finished = False
 
@@ -146,7 +146,6 @@ class NDJSON:
 
     def __init__(self, relay: Relay, translation: Translation):
         self.relay, self.translation = relay, translation
-        translation.waited = relay.waited
 
     def __iter__(self) -> Iterator[bytes]:
         translation = self.translation
