@@ -226,6 +226,57 @@ def test_load_unload_and_keep_alive_validation(real_home: Home, make_daemon) -> 
     assert daemon.backend()["state"] == "stopped"  # refused before anything was loaded
 
 
+def test_keep_alive_sets_the_idle_unload(real_home: Home, make_daemon) -> None:
+    """keep_alive on a request replaces the model's idle timeout: a duration restarts the
+    countdown (seen in /status and /api/ps expires_at), -1 pins, 0 unloads when the request
+    is over, and the next request wakes the model."""
+    real_home.write_config(daemon={"idle_unload": "1h"})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    oc = client(daemon)
+    hi = [{"role": "user", "content": "hi"}]
+    oc.chat("local", messages=hi, keep_alive="90s", options={"num_predict": 2})
+    idle = daemon.status()["idle"]
+    assert idle["idle_unload_s"] == 90.0 and 0 < idle["unloads_in_s"] <= 90
+    (running,) = oc.ps().models
+    left = (running.expires_at - datetime.now(timezone.utc)).total_seconds()
+    assert 0 < left <= 90
+
+    oc.generate("local", prompt="hi", keep_alive=-1, options={"num_predict": 2})
+    assert daemon.status()["idle"]["idle_unload_s"] is None  # pinned by the request
+    (running,) = oc.ps().models
+    assert running.expires_at.year > 2100
+
+    pid = daemon.backend()["pid"]
+    oc.chat("local", messages=hi, keep_alive=0, options={"num_predict": 2})
+    wait_for(lambda: daemon.backend()["state"] == "stopped", 20, "the unload", daemon.log)
+    assert daemon.status()["idle"]["unloaded"]["model"] == "tiny-alpha"
+    assert oc.ps().models == []
+    oc.chat("local", messages=hi, options={"num_predict": 2})  # wakes that model
+    backend = daemon.backend()
+    assert backend["model"] == "tiny-alpha" and backend["pid"] != pid
+
+
+def test_routing_by_model_name(real_home: Home, make_daemon) -> None:
+    real_home.write_config(daemon={"route_by_model": True})
+    real_home.add_model("tiny-gamma", real_home.models_dir / "tiny-alpha" / "model.gguf",
+                        aliases=["gamma:7b"])
+    daemon = make_daemon()
+    oc = client(daemon)
+    names = [m.model for m in oc.list().models]
+    assert names == ["local", "tiny-alpha", "tiny-beta", "tiny-gamma", "gamma:7b"]
+    reply = oc.chat("tiny-beta:latest", messages=[{"role": "user", "content": "hi"}],
+                    options={"num_predict": 2})
+    assert reply.model == "tiny-beta:latest" and daemon.backend()["model"] == "tiny-beta"
+    assert [m.model for m in oc.ps().models] == ["tiny-beta"]
+    oc.generate("gamma:7b", prompt="hi", options={"num_predict": 2})
+    assert daemon.backend()["model"] == "tiny-gamma"
+    assert oc.show("gamma:7b").details.family == "llama"
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat("llama3.2", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 404 and "tiny-alpha" in e.value.error
+
+
 def test_refused_routes_name_the_llmctl_way(real_home: Home, make_daemon) -> None:
     daemon = make_daemon()
     oc = client(daemon)
