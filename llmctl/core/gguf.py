@@ -139,3 +139,32 @@ def _parse(r: _Reader) -> dict[str, Any]:
         facts["size_label"] = kv["general.size_label"]
     return facts
 
+
+
+def read_metadata(path: Path | str) -> dict[str, Any]:
+    """Every key/value pair of a GGUF header (for Ollama's /api/show): strings and numbers in
+    full, arrays (the vocabulary, merges, ...) as empty lists, as Ollama shows them."""
+    st = os.stat(path)
+    return dict(_read_metadata_cached(str(path), st.st_size, st.st_mtime_ns))
+
+
+@lru_cache(maxsize=32)
+def _read_metadata_cached(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    with open(path, "rb") as f:
+        if size < 24:
+            raise GGUFError("file too small to be GGUF")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[:4] != MAGIC:
+                raise GGUFError("not a GGUF file (bad magic)")
+            r = _Reader(buf)
+            r.pos = 16  # magic, version, tensor count
+            kv: list[tuple[str, Any]] = []
+            try:
+                for _ in range(r.take("Q")):
+                    key = r.string()
+                    vtype = r.take("I")
+                    value = r.value(vtype, keep=True)
+                    kv.append((key, [] if vtype == _ARRAY else value))
+            except (struct.error, GGUFError) as e:
+                raise GGUFError(f"corrupt or truncated GGUF header ({e})") from None
+    return tuple(kv)

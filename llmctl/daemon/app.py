@@ -1,9 +1,9 @@
 """The WSGI application of the proxy worker: the control API and the /v1 entry point.
 
-/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ, and llama-server's
-native routes (native_routes) to the same proxy; everything else is routed with werkzeug.
-Control responses are JSON; errors are {"error": {"code", "message", "type", ...}} with a
-fitting HTTP status.
+/v1/* (except /v1/models) goes straight to openai_proxy on the raw environ, llama-server's
+native routes (native_routes) to the same proxy, /api/* to the Ollama facade (daemon/ollama/);
+everything else is routed with werkzeug. Control responses are JSON; errors are
+{"error": {"code", "message", "type", ...}} with a fitting HTTP status.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from llmctl.daemon.errors import error_body
 from llmctl.daemon.gate import Busy
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.native_routes import NativeRoutes
+from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.openai_proxy import OpenAIProxy
 from llmctl.daemon.router_api import RouterApi, router_fields
 
@@ -76,12 +77,15 @@ class App:
         self.proxy = OpenAIProxy(hub)
         self.native = NativeRoutes(self.proxy, hub.config)
         self.router = RouterApi(hub, failure=_reply_response)
+        self.ollama = OllamaAPI(hub, self.proxy)
         self.started = time.time()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
         refusal = guard.check(environ)
         if refusal is not None:
+            if environ["PATH_INFO"].startswith("/api/"):
+                return ollama_error(start_response, 403, refusal)
             return error(403, "forbidden", refusal)(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
@@ -101,6 +105,8 @@ class App:
             return self.proxy(environ, start_response)
         if self.native.handles(path):
             return self.native(environ, start_response)
+        if path.startswith("/api/"):
+            return self.ollama(environ, start_response)
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
             # the control API reads no bodies: refuse big ones, and close rather than drain

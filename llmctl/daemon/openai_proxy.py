@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import json
 import logging
 import select
 import socket
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,6 +40,11 @@ BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 READ_SIZE = 65536
+
+
+def upstream_failure(e: BaseException) -> str:
+    return (f"llama-server did not answer ({e.__class__.__name__}: {e}); see `llmctl status` "
+            "and `llmctl logs`")
 
 
 class UpstreamConnection(http.client.HTTPConnection):
@@ -155,15 +162,36 @@ class OpenAIProxy:
         try:
             conn, response = self._send(addr, environ["REQUEST_METHOD"], path, headers, body)
         except (OSError, http.client.HTTPException) as e:
-            return self._error(start_response, 502,
-                               f"llama-server did not answer ({e.__class__.__name__}: {e}); "
-                               "see `llmctl status` and `llmctl logs`", "upstream_error")
+            return self._error(start_response, 502, upstream_failure(e), "upstream_error")
         out_headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
         length = response.getheader("Content-Length")
         if length is not None:
             out_headers.append(("Content-Length", length))
         start_response(f"{response.status} {response.reason}", out_headers)
         return Relay(self, lease, conn, response)
+
+    def open(self, method: str, path: str, body: dict[str, Any] | None, *,
+             requested: str | None = None, keep_alive: float | None = None,
+             ) -> tuple[Relay, float]:
+        """One request of our own to the backend (the Ollama facade's translated ones), under
+        the same lease as a /v1 request: admitted by the scheduler (`requested` is the model
+        it names), the model's request overrides applied to `body`, in flight until the
+        returned Relay is closed. Also returns the seconds it waited for a model load. Raises
+        Unavailable, or OSError / HTTPException when llama-server does not answer."""
+        waiting = time.monotonic()
+        lease = self.hub.gate.acquire(requested)
+        waited = time.monotonic() - waiting
+        with lease:
+            lease.keep_alive = keep_alive
+            payload = None
+            if body is not None:
+                entry = self.hub.config.entry(lease.model)
+                overrides = Overrides.of(entry.config if entry is not None else None)
+                payload = rewrite(body, overrides) if overrides is not None else \
+                    json.dumps(body, separators=(",", ":")).encode()
+            headers = {"content-type": "application/json"} if payload is not None else {}
+            conn, response = self._send(lease.address, method, path, headers, payload)
+            return Relay(self, lease, conn, response), waited
 
     def _read_body(self, environ: dict[str, Any], whole_up_to: int) -> bytes | _Body | None:
         """The body: in memory up to `whole_up_to` bytes, else streamed through."""

@@ -4,7 +4,7 @@ The threat is a web page in the user's own browser: it can send requests to 127.
 cannot set the Host header of its own origin's requests to a loopback name unless it uses DNS
 rebinding (then Host is the attacker's name), and its cross-site requests carry its Origin.
 So: the Host must name this machine, and state-changing requests and everything under /v1
-(a page must not spend the user's GPU) must come without an Origin (CLI, SDKs, agents) or
+and /api (a page must not spend the user's GPU) must come without an Origin (CLI, SDKs, agents) or
 from a loopback origin or one the user listed in daemon.allowed_origins.
 """
 
@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 from llmctl.core.config import is_loopback
 
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# every request under these, reads too, must pass the Origin check: /v1 and the Ollama API
+# serve generations, and Ollama's own OLLAMA_ORIGINS check covers all of its routes
+GUARDED_PREFIXES = ("/v1/", "/api/")
 
 
 class Guard:
@@ -61,7 +64,7 @@ class Guard:
             return (f"Host {environ.get('HTTP_HOST')!r} is not this machine; llmctld only "
                     "answers requests addressed to localhost (DNS rebinding protection)")
         if environ["REQUEST_METHOD"] not in SAFE_METHODS or environ["PATH_INFO"].startswith(
-                "/v1/"):
+                GUARDED_PREFIXES):
             return self.origin_refusal(environ.get("HTTP_ORIGIN"))
         return None
 

@@ -67,6 +67,12 @@ Script keys (all optional):
 ``tool_use``                  ``{"name": N, "input": {...}}``: ``/v1/messages`` (Anthropic)
                               answers with a call of tool N when the request offers it,
                               which a tiny random model cannot be made to produce.
+``tool_call``                 ``{"name": ..., "arguments": {...}}``: a chat completion whose
+                              request has ``tools`` and whose last message is not a tool
+                              result calls that tool (finish_reason ``tool_calls``; streamed
+                              as a name delta, then the arguments' JSON in two pieces).
+``record_requests``           a file path: each completion request body is appended to it
+                              as one JSON line (to check what llama-server was sent).
 
 Signals, like llama-server: during the load SIGTERM/SIGINT kill the process at once (no
 handler: exit status -15).  When ready the first SIGTERM/SIGINT stops generation (streams
@@ -642,6 +648,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self._send_json(400, _error_body(400, "\"prompt\" must be provided", "invalid_request_error"))
             p = req["prompt"]
             prompt_text = p if isinstance(p, str) else json.dumps(p)
+        record = STATE.script.get("record_requests")
+        if record:
+            with STATE.lock, open(record, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"path": path, "body": req}) + "\n")
         n_prompt = len(prompt_text.encode("utf-8")) + (54 if chat else 2)  # byte tokenizer + template
         per_slot = STATE.n_ctx // max(1, STATE.n_parallel)
         if n_prompt > per_slot:
@@ -673,8 +683,17 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.streams_inflight += 1
             else:
                 STATE.nonstream_inflight += 1
+        call = sc.get("tool_call")
+        if chat and call and req.get("tools") and (msgs[-1] if msgs else {}).get("role") != "tool":
+            pieces = []  # a tool call instead of text
+        else:
+            call = None
         try:
-            if stream:
+            if call and stream:
+                self._stream_tool_call(req, call, n_prompt, task)
+            elif call:
+                self._nonstream_tool_call(req, call, n_prompt, task)
+            elif stream:
                 self._stream(req, chat, pieces, n_prompt, task)
             else:
                 self._nonstream(req, chat, pieces, n_prompt, task)
@@ -805,6 +824,42 @@ class Handler(BaseHTTPRequestHandler):
             obj = {"choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": "length"}],
                    "object": "text_completion", "id": f"cmpl-fake{task}", **common}
         self._send_json(200, obj)
+
+    def _nonstream_tool_call(self, req, call, n_prompt, task):
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "id": f"fake-call-{task}",
+             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]}
+        self._send_json(200, {
+            "choices": [{"finish_reason": "tool_calls", "index": 0, "message": message}],
+            "object": "chat.completion", "id": f"chatcmpl-fake{task}", "created": int(time.time()),
+            "model": req.get("model") or STATE.model_id, "system_fingerprint": BUILD_INFO,
+            "usage": {"completion_tokens": 3, "prompt_tokens": n_prompt,
+                      "total_tokens": n_prompt + 3},
+            "timings": _timings(n_prompt, 3)})
+
+    def _stream_tool_call(self, req, call, n_prompt, task):
+        arguments = json.dumps(call["arguments"])
+        half = len(arguments) // 2
+        deltas = [{"role": "assistant", "content": None, "tool_calls": [
+                      {"index": 0, "id": f"fake-call-{task}", "type": "function",
+                       "function": {"name": call["name"], "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[:half]}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        base = {"created": int(time.time()), "id": f"chatcmpl-fake{task}",
+                "model": req.get("model") or STATE.model_id, "object": "chat.completion.chunk"}
+        for delta in deltas:
+            chunk = {**base, "choices": [{"finish_reason": None, "index": 0, "delta": delta}]}
+            self._write_chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        last = {**base, "choices": [{"finish_reason": "tool_calls", "index": 0, "delta": {}}],
+                "timings": _timings(n_prompt, 3)}
+        self._write_chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+        self._log_request(200)
 
     def _write_chunk(self, data: bytes):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

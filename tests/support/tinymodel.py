@@ -86,6 +86,7 @@ def write_tiny_llama(
     seed: int = 0,
     extra_vocab: int = 0,
     fim: bool = False,
+    chat_template: str | None = None,
 ) -> pathlib.Path:
     """Write a random-weight llama GGUF (F32) to ``path`` and return it as a Path.
 
@@ -95,6 +96,8 @@ def write_tiny_llama(
     tokens (and ties the output to the token embedding): the load gets slower by ~6 us
     per token; used by write_slow_llama().  ``fim`` adds fill-in-the-middle tokens (for
     /infill); it cannot be combined with ``extra_vocab``.
+    per token; used by write_slow_llama().  ``chat_template`` is stored as the
+    model's ``tokenizer.chat_template``.
     """
     import gguf
     import numpy as np
@@ -158,6 +161,8 @@ def write_tiny_llama(
         if fim:
             for key, token in zip(("pre", "suf", "mid"), FIM_TOKENS, strict=True):
                 w.add_uint32(f"tokenizer.ggml.fim_{key}_token_id", tokens.index(token))
+        if chat_template is not None:
+            w.add_chat_template(chat_template)
 
         if extra_vocab:
             # Tied embeddings (no output.weight).  Rows of the unused tokens are zero (logit
