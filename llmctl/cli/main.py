@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     cmd.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
     add("reload", "re-discover models and re-read the configuration", json_flag=True)
+    cmd = add("add", "register a GGUF that lives elsewhere (links it into gguf/<id>/)",
+              json_flag=True)
+    cmd.add_argument("path", help="the .gguf file (for a split model, any shard)")
+    cmd.add_argument("--id", help="model id (default: from the file name)")
+    cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
+    cmd.add_argument("--move", action="store_true",
+                     help="move the file(s) into gguf/<id>/ instead of linking (never copies)")
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -101,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(script(args.shell, parser))
         return EXIT_OK
+    if command in ("add", "pull"):  # local work: they need no daemon
+        from llmctl.cli import acquire
+
+        return acquire.COMMANDS[command](args)
     try:
         client = Client()
         return COMMANDS[command](client, args)

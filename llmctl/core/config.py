@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "route_by_model": False,
         "queue_timeout": "5m",
         "queue_depth": 64,
+        "model_dirs": [],
+        "starter": True,
     },
     "llama": {
         "flash_attn": "auto",
@@ -255,6 +257,8 @@ SECTIONS: dict[str, Any] = {
         "route_by_model": _bool,
         "queue_timeout": _positive_duration,
         "queue_depth": _int(1, 100_000),
+        "model_dirs": _str_list,
+        "starter": _bool,
     },
     "llama": {
         "flash_attn": _flash_attn,
@@ -286,6 +290,8 @@ MODEL_SCHEMA: dict[str, Any] = {
     "id": _str,
     "name": _str,
     "model_file": _str,
+    "mmproj_file": _str,
+    "draft_model_file": _str,
     "description": _str,
     "llama": SECTIONS["llama"],
     "pi": SECTIONS["pi"],
@@ -434,14 +440,19 @@ def load_global(file: Path) -> GlobalConfig:
     return GlobalConfig(merged, file, exists=True)
 
 
-def load_model_file(file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
-    """Validate one model's config.yaml; returns the document and its own (unmerged) data."""
+def load_model_file(file: Path, required: tuple[str, ...] = MODEL_REQUIRED,
+                    ) -> tuple[LoadedYaml, dict[str, Any]]:
+    """Validate one model's config.yaml; returns the document and its own (unmerged) data.
+    Discovery passes `required=()` where it can derive `id` and `model_file` from the GGUF
+    beside the file."""
     doc = load_yaml(file)
     validate(doc, MODEL_SCHEMA)
-    for key in MODEL_REQUIRED:
+    for key in required:
         if key not in doc.data:
             raise ConfigError(file, 1, key, f"missing required key {key!r} (at the top level)")
-    model_id = doc.data["id"]
+    model_id = doc.data.get("id")
+    if model_id is None:
+        return doc, doc.data
     if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
         raise doc.error("id", (
             f"{model_id!r} is not a valid id: use letters, digits, '.', '_', '+' or '-' "
@@ -451,16 +462,19 @@ def load_model_file(file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
     return doc, doc.data
 
 
-def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any]) -> dict[str, Any]:
-    """The effective configuration of one model: global settings with the model's own
-    `llama` and `pi` sections merged on top, plus its identity keys."""
-    merged = deep_merge(global_cfg.data, {k: model_data[k] for k in ("llama", "pi")
-                                          if k in model_data})
+def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any],
+                derived: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The effective configuration of one model: global settings, then what discovery derived
+    from the GGUF file (`derived`, e.g. pi.model.contextWindow), then the model's own `llama`
+    and `pi` sections merged on top, plus its identity keys."""
+    base = deep_merge(global_cfg.data, derived) if derived else global_cfg.data
+    merged = deep_merge(base, {k: model_data[k] for k in ("llama", "pi") if k in model_data})
     merged["id"] = model_data["id"]
     merged["name"] = model_data.get("name", model_data["id"])
     merged["model_file"] = model_data["model_file"]
-    if "description" in model_data:
-        merged["description"] = model_data["description"]
+    for key in ("description", "mmproj_file", "draft_model_file"):
+        if key in model_data:
+            merged[key] = model_data[key]
     merged["idle_unload"] = model_data.get("idle_unload", global_cfg.data["daemon"]["idle_unload"])
     merged["aliases"] = list(model_data.get("aliases", []))
     merged["request"] = {"defaults": {}, "force": {}, "strip": [],

@@ -29,7 +29,7 @@ FILE_TYPES = {
 }
 
 _WANTED = ("general.architecture", "general.name", "general.file_type", "general.size_label",
-           "general.parameter_count")
+           "general.parameter_count", "split.count")
 
 
 class GGUFError(Exception):
@@ -137,5 +137,7 @@ def _parse(r: _Reader) -> dict[str, Any]:
                 facts[short] = kv[f"{arch}.{short}"]
     if "general.size_label" in kv:
         facts["size_label"] = kv["general.size_label"]
+    if "split.count" in kv:  # the first of llama.cpp's gguf-split shards
+        facts["split_count"] = kv["split.count"]
     return facts
 

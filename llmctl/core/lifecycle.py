@@ -346,7 +346,7 @@ class Lifecycle:
     def _model(self, model_id: str) -> tuple[dict[str, Any], ModelEntry]:
         global_cfg = load_global(self.paths.config_file)
         self._apply_limits(global_cfg)
-        catalog = discover(self.paths.models_dir, global_cfg)
+        catalog = discover(self.paths.models_dir, global_cfg, self.paths.header_cache)
         entry = catalog.by_id(model_id)
         if entry is None:
             raise LookupError(f"no model with id {model_id!r}; run `llmctl models` to list them")
@@ -445,12 +445,12 @@ class Lifecycle:
         """What must change for a failed default load to be worth another try."""
         files = [self.paths.config_file]
         try:
-            entry = discover(self.paths.models_dir, load_global(self.paths.config_file)).by_id(
-                model)
+            entry = discover(self.paths.models_dir, load_global(self.paths.config_file),
+                             self.paths.header_cache).by_id(model)
         except ConfigError:
             entry = None
-        if entry is not None:
-            files += [entry.config_file] + ([entry.model_path] if entry.model_path else [])
+        if entry is not None:  # a model found without config has no config file
+            files += [f for f in (entry.config_file, entry.model_path) if f is not None]
         out: list[Any] = []
         for path in files:
             try:

@@ -25,7 +25,6 @@ from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
-from llmctl.core.gguf import GGUFError, read_facts
 from llmctl.core.resolve import resolve
 from llmctl.daemon import protocol as p
 from llmctl.daemon.commands import Pending
@@ -142,6 +141,7 @@ class App:
         return json_response({"models": [self._model_summary(e) for e in
                                          self.hub.config.catalog.entries],
                               "config_error": self.hub.config.config_error,
+                              "problems": self.hub.config.catalog.problems,
                               "models_dir": str(self.hub.paths.models_dir)})
 
     def _model_summary(self, entry: Any) -> dict[str, Any]:
@@ -150,13 +150,7 @@ class App:
         summary["active"] = entry.id is not None and entry.id == backend.model and \
             backend.active
         summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
-        summary["gguf"] = None
         summary["aliases"] = entry.config["aliases"] if entry.config else []
-        if entry.model_path is not None and entry.available:
-            try:
-                summary["gguf"] = read_facts(entry.model_path)
-            except (GGUFError, OSError) as e:
-                summary["gguf_error"] = str(e)
         if entry.config:
             llama = entry.config["llama"]
             summary["ctx_size"] = llama["ctx_size"]

@@ -37,7 +37,8 @@ class ConfigView:
         except ConfigError as e:
             self.config_error = f"{e} (still using the previous configuration)"
         try:
-            self.catalog = discover(self.paths.models_dir, self.config)
+            self.catalog = discover(self.paths.models_dir, self.config,
+                                    self.paths.header_cache)
         except ConfigError as e:
             self.config_error = str(e)
 

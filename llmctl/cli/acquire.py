@@ -1,0 +1,54 @@
+"""`llmctl add` and `llmctl pull`: getting models in. Both work on $LLMCTL_HOME directly and
+need no daemon (it discovers the new model on its next `models` or `switch`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llmctl.core.paths import Paths
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from llmctl.core.register import RegisterError, register
+
+    try:
+        done = register(Paths.from_env(), Path(args.path), model_id=args.id, name=args.name,
+                        move=args.move)
+    except RegisterError as e:
+        return _fail(str(e), "add_failed", args.json)
+    if args.json:
+        print(json.dumps({"id": done.id, "name": done.name, "directory": str(done.directory),
+                          "config_file": str(done.config_file), "moved": done.moved,
+                          "files": [{"path": str(a), "source": str(b)} for a, b in done.files],
+                          "config": done.config}))
+        return EXIT_OK
+    print(report(done))
+    return EXIT_OK
+
+
+def report(done: Any) -> str:
+    """What `add` (and `pull`) wrote, and the next command."""
+    verb = "moved " if done.moved else "linked"
+    lines = [f"added {done.id} ({done.name})", f"  wrote  {done.config_file}"]
+    lines += [f"  {verb} {inside} {'<-' if done.moved else '->'} {source}"
+              for inside, source in done.files]
+    lines.append(f"next: llmctl switch {done.id}")
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: str, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}))
+    else:
+        print(f"llmctl: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"add": cmd_add}
