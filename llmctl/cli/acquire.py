@@ -33,6 +33,36 @@ def cmd_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from llmctl.cli.download_progress import DownloadProgress
+    from llmctl.core.pull import PullError, pull
+
+    progress = None if args.json else DownloadProgress(sys.stderr)
+    emit = _print_event if progress is None else progress.update
+    try:
+        done = pull(Paths.from_env(), args.spec, emit, model_id=args.id, name=args.name)
+    except PullError as e:
+        if progress is None:
+            emit({"event": "error", "code": e.code, "message": e.message,
+                  "choices": e.choices})
+        else:
+            progress.close()
+            print(f"llmctl: {e.message}", file=sys.stderr)
+        return EXIT_FOR_PULL.get(e.code, EXIT_ERROR)
+    if progress is not None:
+        progress.close()
+        print(report(done))
+    return EXIT_OK
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    print(json.dumps(event), flush=True)
+
+
+# the CLI's exit codes (see main.EPILOG): 2 usage, 4 not found, 5 ambiguous
+EXIT_FOR_PULL = {"bad_spec": 2, "not_found": 4, "ambiguous": 5}
+
+
 def report(done: Any) -> str:
     """What `add` (and `pull`) wrote, and the next command."""
     verb = "moved " if done.moved else "linked"
@@ -51,4 +81,4 @@ def _fail(message: str, code: str, as_json: bool) -> int:
     return EXIT_ERROR
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"add": cmd_add}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"add": cmd_add, "pull": cmd_pull}

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
     cmd.add_argument("--move", action="store_true",
                      help="move the file(s) into gguf/<id>/ instead of linking (never copies)")
+    cmd = add("pull", "download a GGUF model from Hugging Face and register it",
+              json_flag=True)
+    cmd.add_argument("spec", metavar="REPO[:QUANT|FILE]",
+                     help="e.g. unsloth/Qwen3-8B-GGUF:Q4_K_M (default quantisation Q4_K_M)")
+    cmd.add_argument("--id", help="model id (default: from the repository and file)")
+    cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
