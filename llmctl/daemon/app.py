@@ -32,6 +32,7 @@ from llmctl.daemon.errors import error_body
 from llmctl.daemon.gate import Busy
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.openai_proxy import OpenAIProxy
+from llmctl.daemon.pull_route import pull_response
 
 MAX_CONTROL_BODY = 64 * 1024
 LOG_LINES_MAX = 10_000
@@ -48,6 +49,7 @@ ROUTES = Map([
     Rule("/logs/<path:model>", endpoint="logs", methods=["GET"]),
     Rule("/reload", endpoint="reload", methods=["POST"]),
     Rule("/restart-proxy", endpoint="restart_proxy", methods=["POST"]),
+    Rule("/pull", endpoint="pull", methods=["POST"]),
     Rule("/v1/models", endpoint="v1_models", methods=["GET"]),
 ], strict_slashes=False)
 
@@ -276,6 +278,9 @@ class App:
             "unavailable": [{"id": e.key, "error": e.error} for e in view.catalog.entries
                             if not e.available],
         })
+
+    def on_pull(self, request: Request) -> Response:
+        return pull_response(request, self.hub, error)
 
     def on_restart_proxy(self, request: Request) -> Response:
         self.hub.commands.send(p.RestartProxy)
