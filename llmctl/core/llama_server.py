@@ -152,12 +152,12 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
             break
     for key, flags, what in _FILE_FLAGS:
         if cfg.get(key):
-            flag = next((f for f in flags if caps.has(f)), None)
-            if flag is None:
+            spelling = next((f for f in flags if caps.has(f)), None)
+            if spelling is None:
                 raise BackendSetupError(
                     f"this llama-server has no {flags[0]} flag for the {what} ({cfg[key]}); "
                     f"use a newer llama.cpp, or remove {key} from the model's config")
-            argv += [flag, str(cfg[key])]
+            argv += [spelling, str(cfg[key])]
     argv += [str(a) for a in llama["extra_args"]]
     return argv
 

@@ -102,11 +102,14 @@ def labels(files: list[RemoteFile]) -> dict[str, str]:
     """A short label (usually the quantisation) for each model of a repository: its key with
     the part every key shares cut off at a separator."""
     keys = sorted(_models_of(files))
+    names = {k: k.rsplit("/", 1)[-1] for k in keys}  # folders often repeat the quantisation
+    if len(set(names.values())) < len(keys):
+        names = {k: k for k in keys}
     if len(keys) <= 1:
-        return {k: k.rsplit("/", 1)[-1] for k in keys}
-    prefix = os.path.commonprefix(keys)
+        return names
+    prefix = os.path.commonprefix(list(names.values()))
     cut = max(prefix.rfind(c) for c in "-_./") + 1
-    return {k: k[cut:] or k for k in keys}
+    return {k: name[cut:] or name for k, name in names.items()}
 
 
 def _has_token(text: str, token: str) -> bool:
@@ -235,7 +238,7 @@ def _fetch(plan: Plan, remote: RemoteFile, index: int, emit: Emit) -> Path:
           "size": remote.size})
     try:
         path = Path(hf_hub_download(plan.repo, remote.path, revision=plan.revision,
-                                    tqdm_class=_reporter(remote, emit)))  # type: ignore[arg-type]
+                                    tqdm_class=_reporter(remote, emit)))
     except Exception as e:  # HTTP, connection and disk errors alike: report, never register
         raise PullError("download_failed", f"downloading {remote.path} failed: {_short(e)}. "
                         "Run the same pull again to retry") from None

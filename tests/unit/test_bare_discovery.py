@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ggufkit import write_header
 from llmctl.core import scan
 from llmctl.core.config import GlobalConfig, load_global
 from llmctl.core.discovery import Catalog, discover
+
+from ggufkit import write_header
 
 
 @pytest.fixture

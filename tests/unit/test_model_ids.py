@@ -10,8 +10,8 @@ from llmctl.core.model_ids import (
     file_id,
     is_projector,
     repo_file_id,
-    shard_of,
     shard_name,
+    shard_of,
     with_suffix,
 )
 
