@@ -86,6 +86,8 @@ def _config(model_file: str) -> dict[str, Any]:
             "ctx_size": 4096,  # of 32768 trained: plenty for a starter, less memory
             "extra_args": ["--no-jinja", "--chat-template", "gemma"],
         },
+        # a base model rarely stops by itself: keep Pi's answers short
+        "pi": {"model": {"maxTokens": 256}},
     }
 
 
