@@ -105,7 +105,7 @@ def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None
     catalog = Catalog()
     own = scan(models_dir, configs=True)
     catalog.problems += own.problems
-    claimed: set[str] = set()  # real paths of files that already belong to a model
+    claimed: set[tuple[int, int] | str] = set()  # files that already belong to a model
     taken: dict[str, ModelEntry] = {}
     for config_file in _one_per_directory(own.config_files):
         entry = _config_entry(config_file, own.models, global_cfg, cache)
@@ -160,8 +160,13 @@ def _model_dirs(global_cfg: GlobalConfig, catalog: Catalog) -> list[Path]:
     return roots
 
 
-def _real(path: Path) -> str:
-    return os.path.realpath(path)
+def _real(path: Path) -> tuple[int, int] | str:
+    """Which file a path is (through any symlinks): cheaper than realpath, one stat."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return st.st_dev, st.st_ino
 
 
 def _assign_id(entry: ModelEntry, taken: dict[str, ModelEntry]) -> None:

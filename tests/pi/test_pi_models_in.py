@@ -12,10 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_pi_extension import PI_LEAN_ARGS, PiEnv, make_pi_env, notices
+from test_pi_extension import pi_bin as pi_bin  # noqa: F401  (a fixture this module uses)
 
 from fake_hub import FakeHub
 from harness import Daemon, Home, Ports, owned_backends
-from test_pi_extension import PI_LEAN_ARGS, PiEnv, make_pi_env, notices, pi_bin  # noqa: F401 (a fixture)
 
 WORDS = re.compile(r"[A-Za-z]{2,}")
 
