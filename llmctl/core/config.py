@@ -477,7 +477,7 @@ def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any],
     """The effective configuration of one model: global settings, then what discovery derived
     from the GGUF file (`derived`, e.g. pi.model.contextWindow), then the model's own `llama`
     and `pi` sections merged on top, plus its identity keys."""
-    own = {k: model_data[k] for k in ("llama", "pi") if k in model_data}
+    own: dict[str, Any] = {k: model_data[k] for k in ("llama", "pi") if k in model_data}
     merged = deep_merge(global_cfg.data, deep_merge(derived, own) if derived else own)
     merged["id"] = model_data["id"]
     merged["name"] = model_data.get("name", model_data["id"])
