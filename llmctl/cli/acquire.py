@@ -38,7 +38,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from llmctl.core.pull import PullError, pull
 
     progress = None if args.json else DownloadProgress(sys.stderr)
-    emit = _print_event if progress is None else progress.update
+    last: dict[str, Any] = {}
+
+    def emit(event: dict[str, Any]) -> None:
+        last.clear()
+        last.update(event)
+        if progress is None:
+            print(json.dumps(event), flush=True)
+        else:
+            progress.update(event)
+
     try:
         done = pull(Paths.from_env(), args.spec, emit, model_id=args.id, name=args.name)
     except PullError as e:
@@ -51,12 +60,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
         return EXIT_FOR_PULL.get(e.code, EXIT_ERROR)
     if progress is not None:
         progress.close()
-        print(report(done))
+        print(report(done) if done is not None else f"already registered: {last['id']}\n"
+              f"next: llmctl switch {last['id']}")
     return EXIT_OK
 
-
-def _print_event(event: dict[str, Any]) -> None:
-    print(json.dumps(event), flush=True)
 
 
 # the CLI's exit codes (see main.EPILOG): 2 usage, 4 not found, 5 ambiguous

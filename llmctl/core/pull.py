@@ -28,7 +28,7 @@ from typing import Any
 
 from llmctl.core import model_ids
 from llmctl.core.paths import Paths
-from llmctl.core.register import Registered, RegisterError, register
+from llmctl.core.register import AlreadyRegistered, Registered, RegisterError, register
 
 Emit = Callable[[dict[str, Any]], None]
 DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp's own `-hf repo` picks when none is named
@@ -184,8 +184,9 @@ def _projector(files: list[RemoteFile]) -> RemoteFile | None:
 
 
 def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
-         name: str | None = None) -> Registered:
-    """Download, verify and register; `emit` gets every event. Raises PullError."""
+         name: str | None = None) -> Registered | None:
+    """Download, verify and register; `emit` gets every event (the last is `done`). None when
+    the files already were a registered model. Raises PullError."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -223,6 +224,10 @@ def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
                         projector=local[-1] if plan.projector else None,
                         description=f"pulled from {repo} ({plan.label}) at "
                         f"{(plan.revision or 'main')[:12]}")
+    except AlreadyRegistered as e:  # pulled before: the same files, verified again
+        emit({"event": "done", "id": e.model_id, "already": True,
+              "next": f"llmctl switch {e.model_id}"})
+        return None
     except RegisterError as e:
         raise PullError("register_failed", f"downloaded, but not registered: {e}") from None
     emit({"event": "done", "id": done.id, "name": done.name, "config_file": str(done.config_file),

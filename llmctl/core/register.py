@@ -32,6 +32,14 @@ class RegisterError(Exception):
     """The file cannot be registered; the message says why and what to do."""
 
 
+class AlreadyRegistered(RegisterError):
+    """The file already is a model (`model_id`): nothing to do."""
+
+    def __init__(self, message: str, model_id: str):
+        super().__init__(message)
+        self.model_id = model_id
+
+
 @dataclass
 class Registered:
     id: str
@@ -93,9 +101,6 @@ def _found(path: Path) -> FoundModel:
 
 
 def _check_free(paths: Paths, model_id: str, found: FoundModel) -> None:
-    target = paths.models_dir / model_id
-    if os.path.lexists(target):
-        raise RegisterError(f"{target} already exists; choose another id with --id")
     try:
         catalog = discover(paths.models_dir, load_global(paths.config_file),
                            paths.header_cache)
@@ -104,8 +109,13 @@ def _check_free(paths: Paths, model_id: str, found: FoundModel) -> None:
     real = os.path.realpath(found.path)
     for entry in catalog.entries:
         if entry.model_path is not None and os.path.realpath(entry.model_path) == real:
-            raise RegisterError(f"{found.path} is already the model {entry.key} "
-                                f"({entry.source}: {entry.config_file or entry.model_path})")
+            raise AlreadyRegistered(f"{found.path} is already the model {entry.key} "
+                                    f"({entry.source}: {entry.config_file or entry.model_path})",
+                                    entry.key)
+    target = paths.models_dir / model_id
+    if os.path.lexists(target):
+        raise RegisterError(f"{target} already exists; choose another id with --id")
+    for entry in catalog.entries:
         if entry.id == model_id:
             raise RegisterError(f"the id {model_id} is already used by "
                                 f"{entry.config_file or entry.model_path}; choose another "

@@ -111,6 +111,24 @@ def test_a_projector_beside_a_model(real: Home, tiny_gguf: Path, make_daemon) ->
     assert daemon.get("/active").json()["backend_model"] == "tiny-vision-f32"
 
 
+def test_a_draft_model_for_speculative_decoding(real: Home, tiny_gguf: Path,
+                                                make_daemon) -> None:
+    d = real.models_dir / "spec"
+    d.mkdir()
+    (d / "main.gguf").symlink_to(tiny_gguf)
+    (d / "draft.gguf").symlink_to(tiny_gguf)  # same vocabulary: a valid (if pointless) draft
+    (d / "config.yaml").write_text("id: spec\nmodel_file: main.gguf\n"
+                                   "draft_model_file: draft.gguf\n")
+    daemon = make_daemon()
+
+    assert list(models(daemon)) == ["spec"]  # the draft is no model of its own here
+    r = daemon.switch("spec")
+    assert r.status_code == 200, r.text
+    argv = started_argv(daemon, "spec")
+    assert argv[argv.index("--model-draft") + 1] == str(d / "draft.gguf")
+    assert chat(daemon)["model"] == "spec"
+
+
 def test_a_hugging_face_cache_in_model_dirs(real: Home, tiny_gguf: Path, make_daemon,
                                             tmp_path: Path) -> None:
     hub = tmp_path / "hf" / "hub"
@@ -182,6 +200,12 @@ def test_add_links_and_registers(real: Home, tiny_gguf: Path, make_daemon,
     assert chat(daemon)["model"] == "tiny-added-f32"
 
     again = daemon.cli("add", str(elsewhere))  # the same file twice is refused, clearly
+    assert again.returncode == 1
+    assert f"{elsewhere} is already the model tiny-added-f32 (config: " in again.stderr
+    taken = tmp_path / "downloads" / "copy" / "Tiny-Added-F32.gguf"
+    taken.parent.mkdir()
+    shutil.copyfile(tiny_gguf, taken)
+    again = daemon.cli("add", str(taken))  # another file wanting the same id
     assert again.returncode == 1
     assert "already exists; choose another id with --id" in again.stderr
 
@@ -300,6 +324,9 @@ def test_pull_checksum_mismatch_registers_nothing(real: Home, tiny_gguf: Path, h
     r = pull(daemon, "someone/Bad-GGUF:F32")
     assert r.returncode == 0, r.stderr
     assert models(daemon)["bad-f32"]["available"]
+    r = pull(daemon, "someone/Bad-GGUF:F32")  # once more: nothing new to do
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["already registered: bad-f32", "next: llmctl switch bad-f32"]
 
 
 def test_pull_lists_what_the_repo_has(real: Home, tmp_path: Path, hub: FakeHub,
