@@ -92,7 +92,10 @@ def _found(path: Path) -> FoundModel:
     if model_ids.is_projector(path.name):
         raise RegisterError(f"{path.name} is a multimodal projector (mmproj), not a model; add "
                             "the model beside it and the projector comes along")
-    siblings = [p for p in path.parent.iterdir() if p.name.lower().endswith(".gguf")]
+    try:
+        siblings = [p for p in path.parent.iterdir() if p.name.lower().endswith(".gguf")]
+    except OSError as e:
+        raise RegisterError(f"cannot list {path.parent}: {e.strerror}") from None
     model = next(m for m in group(siblings, path.parent) if path in m.shards)
     if model.missing_shards:
         raise RegisterError(f"{path.name} is one shard of a split model, but "
@@ -173,6 +176,9 @@ def _install(target: Path, files: list[Path], config: dict[str, Any], move: bool
 
 
 def _move(source: Path, destination: Path) -> None:
+    if source.is_symlink():  # a relative link (as in the Hugging Face cache) would break
+        raise RegisterError(f"{source} is a symlink; --move would move the link, not the "
+                            "file. Leave out --move (llmctl links to it)")
     try:
         os.rename(source, destination)
     except OSError as e:

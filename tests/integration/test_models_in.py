@@ -216,6 +216,12 @@ def test_add_links_and_registers(real: Home, tiny_gguf: Path, make_daemon,
     assert not moved.exists() and (real.models_dir / "mine" / "other.gguf").is_file()
     assert models(daemon)["mine"]["name"] == "My Tiny"
 
+    link = tmp_path / "downloads" / "Linked-F32.gguf"
+    link.symlink_to(tiny_gguf)
+    r = daemon.cli("add", str(link), "--move")  # moving a link would not move the file
+    assert r.returncode == 1 and "is a symlink; --move would move the link" in r.stderr
+    assert link.is_symlink() and not (real.models_dir / "linked-f32").exists()
+
     bad = tmp_path / "notes.gguf"
     bad.write_text("these are my notes, not a model file")
     r = daemon.cli("add", str(bad))
