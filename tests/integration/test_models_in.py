@@ -11,12 +11,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from fake_hub import FakeHub
 from ggufkit import split_model, write_header
-from harness import ROOT, Daemon, Home
+from harness import ROOT, Daemon, Home, wait_for
 from tinymodel import write_tiny_llama
 
 pytestmark = pytest.mark.real_backend
@@ -382,6 +383,29 @@ def test_pull_through_the_daemon(real: Home, tiny_gguf: Path, hub: FakeHub,
     (error,) = [json.loads(line) for line in r.iter_lines() if line]
     assert error["event"] == "error" and error["code"] == "not_found"
     assert "has no Q2_K quantisation" in error["message"]
+
+
+def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: FakeHub,
+                                            make_daemon) -> None:
+    big = write_header(tmp_path / "big.gguf", name="Big", pad=8_000_000).read_bytes()
+    hub.add("someone/Slow-GGUF", {"Slow-Q4_K_M.gguf": big})
+    hub.trickle["Slow-Q4_K_M.gguf"] = 0.05  # ~1.3 MB/s: six seconds for the whole file
+    daemon = make_daemon()
+
+    def pulls() -> list[psutil.Process]:
+        return [p for p in psutil.Process(daemon.pid).children(recursive=True)
+                if "pull" in p.cmdline() and "someone/Slow-GGUF" in p.cmdline()]
+
+    r = daemon.post("/pull", json={"repo": "someone/Slow-GGUF"}, stream=True)
+    lines = r.iter_lines()
+    events = [json.loads(next(lines)) for _ in range(3)]
+    assert [e["event"] for e in events][:2] == ["resolved", "download"]
+    assert pulls(), "the download runs in a child process"
+    r.close()  # the client goes away mid-download
+
+    wait_for(lambda: not pulls(), 20, "the pull child to be stopped", daemon.log)
+    assert "slow-q4_k_m" not in models(daemon)
+    assert not (real.models_dir / "slow-q4_k_m").exists()
 
 
 def test_readme_documents_the_new_commands() -> None:

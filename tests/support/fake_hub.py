@@ -17,7 +17,7 @@ HF_ENDPOINT pointing here:
 
 Faults, for the tests: `drop_once[path] = n` sends the full Content-Length but closes the
 connection after n bytes, once (the client must resume with a Range); `corrupt.add(path)` serves
-bytes that do not match the sha256 it lists. `requests` records (method, path, headers).
+bytes that do not match the sha256 it lists; `trickle[path] = s` sends 64 KiB every s seconds. `requests` records (method, path, headers).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -45,6 +46,7 @@ class FakeHub:
     repos: dict[str, Repo] = field(default_factory=dict)
     drop_once: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
+    trickle: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
     cdn: ThreadingHTTPServer | None = None  # another origin, as the hub's LFS storage is
@@ -189,6 +191,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
+            return
+        delay = self.hub.trickle.get(path)
+        if delay is not None:  # a slow link: the body in 64 KiB pieces
+            self._send(status, b"", headers, length=len(part))
+            for at in range(0, len(part), 1 << 16):
+                time.sleep(delay)
+                try:
+                    self.wfile.write(part[at:at + (1 << 16)])
+                except OSError:
+                    return  # the client hung up
             return
         self._send(status, part, headers)
 
