@@ -152,8 +152,9 @@ def pick(repo: str, files: list[RemoteFile], selector: str | None,
     key = wanted[0]
     shards = models[key]
     _check_shards(repo, shards)
+    quant = selector if selector and not selector.lower().endswith(".gguf") else None
     return Plan(repo=repo, revision=revision, files=shards, projector=_projector(files),
-                label=named[key])
+                label=quant or named[key])
 
 
 def _check_shards(repo: str, shards: list[RemoteFile]) -> None:

@@ -295,6 +295,23 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
     assert chat(daemon)["model"] == "tiny-q8_0"
 
 
+def test_pull_a_split_model_from_a_folder(real: Home, tiny_gguf: Path, hub: FakeHub,
+                                         make_daemon, tmp_path: Path) -> None:
+    shards = split_model(tiny_gguf, tmp_path / "shards", 2, "Tiny-Split-F32")
+    hub.add("someone/Tiny-Split-GGUF", {f"F32/{p.name}": p.read_bytes() for p in shards})
+    daemon = make_daemon()
+
+    r = pull(daemon, "someone/Tiny-Split-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert "someone/Tiny-Split-GGUF F32: 2 shards" in r.stderr
+    target = real.models_dir / "tiny-split-f32"
+    assert sorted(p.name for p in target.glob("*.gguf")) == [p.name for p in shards]
+    entry = models(daemon)["tiny-split-f32"]
+    assert entry["shards"] == 2 and entry["available"], entry
+    assert daemon.switch("tiny-split-f32").status_code == 200
+    assert chat(daemon)["model"] == "tiny-split-f32"
+
+
 def test_pull_resumes_an_interrupted_download(real: Home, hub: FakeHub, make_daemon,
                                               tmp_path: Path) -> None:
     # huggingface_hub writes in 10 MiB chunks and resumes from the last whole one: make the
