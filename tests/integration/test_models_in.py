@@ -409,9 +409,15 @@ def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: Fa
     hub.trickle["Slow-Q4_K_M.gguf"] = 0.05  # ~1.3 MB/s: six seconds for the whole file
     daemon = make_daemon()
 
-    def pulls() -> list[psutil.Process]:
-        return [p for p in psutil.Process(daemon.pid).children(recursive=True)
-                if "pull" in p.cmdline() and "someone/Slow-GGUF" in p.cmdline()]
+    def pulls() -> list[int]:
+        found = []
+        for child in psutil.Process(daemon.pid).children(recursive=True):
+            try:
+                if "someone/Slow-GGUF" in child.cmdline():
+                    found.append(child.pid)
+            except psutil.Error:  # exited meanwhile
+                pass
+        return found
 
     r = daemon.post("/pull", json={"repo": "someone/Slow-GGUF"}, stream=True)
     lines = r.iter_lines()
