@@ -11,6 +11,7 @@ let
   pyproject = lib.importTOML ../pyproject.toml;
   dependencies = with python3Packages; [
     gevent
+    huggingface-hub
     psutil
     pyyaml
     rapidfuzz

@@ -108,6 +108,20 @@ export interface SwitchEvent {
 	log_tail?: string[];
 }
 
+/** One event of POST /pull (see `llmctl pull --json`). */
+export interface PullEvent {
+	event: string;
+	file?: string;
+	percent?: number | null;
+	bytes?: number;
+	total?: number | null;
+	quant?: string;
+	id?: string;
+	next?: string;
+	code?: string;
+	message?: string;
+}
+
 export interface ApiErrorBody {
 	code?: string;
 	message?: string;
@@ -277,6 +291,15 @@ export class DaemonClient {
 	 */
 	async *switchStream(query: string, force = false, signal?: AbortSignal): AsyncGenerator<SwitchEvent> {
 		const params = force ? "?stream=1&force=1" : "?stream=1";
+		yield* this.events(`/switch/${encodeURIComponent(query)}${params}`, undefined, signal);
+	}
+
+	/** POST /pull {"repo"} and yield its NDJSON events (resolved, download, progress, verified, done | error). */
+	pullStream(repo: string, signal?: AbortSignal): AsyncGenerator<PullEvent> {
+		return this.events(`/pull`, JSON.stringify({ repo }), signal) as AsyncGenerator<PullEvent>;
+	}
+
+	private async *events(path: string, body: string | undefined, signal?: AbortSignal): AsyncGenerator<SwitchEvent> {
 		const idle = new AbortController();
 		const combined = signal ? AbortSignal.any([idle.signal, signal]) : idle.signal;
 		let timer: NodeJS.Timeout | undefined;
@@ -288,9 +311,12 @@ export class DaemonClient {
 		arm();
 		let res: Response;
 		try {
-			res = await fetch(`${this.baseUrl}/switch/${encodeURIComponent(query)}${params}`, {
+			res = await fetch(`${this.baseUrl}${path}`, {
 				method: "POST",
-				headers: { accept: "application/x-ndjson, application/json" },
+				headers: body
+					? { accept: "application/x-ndjson, application/json", "content-type": "application/json" }
+					: { accept: "application/x-ndjson, application/json" },
+				body,
 				signal: combined,
 			});
 		} catch (err) {

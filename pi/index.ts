@@ -28,6 +28,7 @@ import {
 	DaemonClient,
 	DaemonError,
 	type ModelInfo,
+	type PullEvent,
 	QUICK_TIMEOUT_MS,
 	STARTUP_TIMEOUT_MS,
 	type SwitchEvent,
@@ -119,6 +120,7 @@ const SUBCOMMANDS: CompletionItem[] = [
 	{ value: "stop", label: "stop", description: "stop the active model" },
 	{ value: "logs", label: "logs", description: "log tail of the active (or named) model" },
 	{ value: "reload", label: "reload", description: "re-discover models and re-read config" },
+	{ value: "pull", label: "pull", description: "`pull <org/repo[:QUANT]>`: download from Hugging Face" },
 ];
 
 const USAGE = [
@@ -127,6 +129,7 @@ const USAGE = [
 	"  /llm switch          pick a model",
 	"  /llm switch <query>  switch by fuzzy match (ambiguous → picker)",
 	"  /llm stop            stop the active model",
+	"  /llm pull <repo>     download a GGUF from Hugging Face (org/name[:QUANT]) and register it",
 	"  /llm status          daemon and backend status",
 	"  /llm logs [model]    log tail (-n N lines)",
 	"  /llm reload          re-discover models",
@@ -422,6 +425,8 @@ class LlmctlExtension {
 					return await this.logs(ctx, tokens);
 				case "reload":
 					return await this.reload(ctx);
+				case "pull":
+					return await this.pull(ctx, tokens.join(" "));
 				case "help":
 				case "--help":
 				case "-h":
@@ -662,6 +667,32 @@ class LlmctlExtension {
 		await this.refresh(QUICK_TIMEOUT_MS);
 		this.modelCache = undefined;
 		return outcome;
+	}
+
+	/** /llm pull <repo>: the daemon downloads, verifies and registers; progress in the footer. */
+	private async pull(ctx: ExtensionCommandContext, repo: string): Promise<void> {
+		if (!repo) {
+			say(ctx, "Usage: /llm pull <org/repo[:QUANT|FILE]>, e.g. /llm pull unsloth/Qwen3-8B-GGUF:Q4_K_M", "warning");
+			return;
+		}
+		let last: PullEvent | undefined;
+		let shown = "";
+		try {
+			for await (const ev of this.client.pullStream(repo)) {
+				last = ev;
+				const pct = typeof ev.percent === "number" ? ` ${Math.floor(ev.percent)}%` : "";
+				const line = ev.event === "progress" || ev.event === "download" ? `llmctl: pulling ${ev.file}${pct}` : "";
+				if (line && line !== shown && ctx.hasUI) ctx.ui.setStatus(UI_KEY, (shown = line));
+			}
+		} finally {
+			if (shown && ctx.hasUI) ctx.ui.setStatus(UI_KEY, undefined);
+		}
+		if (last?.event === "done") {
+			this.modelCache = undefined;
+			say(ctx, `Pulled ${repo} as ${last.id}. Switch to it with /llm switch ${last.id}.`);
+		} else {
+			say(ctx, `Pulling ${repo} failed: ${last?.message ?? "the stream ended without a result"}`, "error");
+		}
 	}
 
 	private async stop(ctx: ExtensionCommandContext, force: boolean): Promise<void> {

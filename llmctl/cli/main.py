@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("client", choices=CLIENT_NAMES)
     cmd.add_argument("--write", action="store_true",
                      help="merge it into the client's configuration file (with a backup)")
+    cmd = add("add", "register a GGUF that lives elsewhere (links it into gguf/<id>/)",
+              json_flag=True)
+    cmd.add_argument("path", help="the .gguf file (for a split model, any shard)")
+    cmd.add_argument("--id", help="model id (default: from the file name)")
+    cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
+    cmd.add_argument("--move", action="store_true",
+                     help="move the file(s) into gguf/<id>/ instead of linking (never copies)")
+    cmd = add("pull", "download a GGUF model from Hugging Face and register it",
+              json_flag=True)
+    cmd.add_argument("spec", metavar="REPO[:QUANT|FILE]",
+                     help="e.g. unsloth/Qwen3-8B-GGUF:Q4_K_M (default quantisation Q4_K_M)")
+    cmd.add_argument("--id", help="model id (default: from the repository and file)")
+    cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -117,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         except ClientError as e:
             return fail(str(e), e.code, {}, args.json)
         return run(args.client, args.write, args.json, url)
+    if command in ("add", "pull"):  # local work: they need no daemon
+        from llmctl.cli import acquire
+
+        return acquire.COMMANDS[command](args)
     try:
         client = Client()
         return COMMANDS[command](client, args)

@@ -80,26 +80,52 @@ def render_models(data: dict[str, Any]) -> str:
     models = data["models"]
     if not models:
         where = data.get("models_dir")
-        return (f"no models found in {where}.\n"
-                f"Add one: mkdir -p {where}/my-model, put the .gguf there, and beside it a "
-                "config.yaml:\n"
-                "  id: my-model\n  name: My Model\n  model_file: my-model.Q4_K_M.gguf\n"
-                "then `llmctl switch my-model` (see the README's Quick start).")
-    rows = [("", "ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX")]
+        return (f"no models found in {where} (nor in daemon.model_dirs).\n"
+                "Add one:\n"
+                f"  put a .gguf file anywhere under {where}  (no config needed), or\n"
+                "  llmctl add /path/to/model.gguf              (links it in), or\n"
+                "  llmctl pull unsloth/Qwen3-8B-GGUF:Q4_K_M     (downloads from Hugging Face)\n"
+                "then `llmctl switch <id>` (see the README's Quick start).")
+    rows = [("", "ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX", "SOURCE")]
     problems = []
+    notes = []
     for m in models:
         gguf = m.get("gguf") or {}
         mark = ("*" if m["active"] else " ") + ("d" if m["default"] else " ")
         if not m["available"]:
             mark = " !"
             problems.append(f"  ! {m['id']}: {m['error']}")
+        if m.get("note"):
+            notes.append(f"  ~ {m['id']}: {m['note']}")
         rows.append((mark, m["id"], m["name"], size(m.get("size_bytes")),
                      params(gguf.get("parameters")), gguf.get("quantization") or "-",
-                     str(gguf.get("context_length") or "-")))
+                     str(gguf.get("context_length") or "-"), source(m)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    out.append("(* active, d default, ! unavailable)")
-    return "\n".join(out + problems)
+    out.append("(* active, d default, ! unavailable, ~ note; SOURCE: config = a config.yaml, "
+               "file = a GGUF in gguf/, else the model_dirs entry)")
+    out += [f"  ? {p}" for p in data.get("problems") or []]
+    return "\n".join(out + notes + problems)
+
+
+def source(m: dict[str, Any]) -> str:
+    """Where a model came from, short: its config, a bare file in gguf/, or which model dir;
+    `+mmproj`, `+draft` and the shard count when it has them."""
+    kind = m.get("source") or "config"
+    label = kind if kind in ("config", "file") else _home(m.get("root") or "?")
+    for key, tag in (("mmproj", "+mmproj"), ("draft", "+draft")):
+        if m.get(key):
+            label += f" {tag}"
+    if m.get("shards"):
+        label += f" ({m['shards']} shards)"
+    return label
+
+
+def _home(path: str) -> str:
+    import os
+
+    home = os.path.expanduser("~")
+    return "~" + path[len(home):] if path == home or path.startswith(home + os.sep) else path
 
 
 def render_inspect(data: dict[str, Any]) -> str:
@@ -107,7 +133,10 @@ def render_inspect(data: dict[str, Any]) -> str:
 
     lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file')}",
              f"size     {size(data.get('size_bytes'))}",
-             f"config   {data.get('config_file')}"]
+             f"config   {data.get('config_file') or '(none: found as ' + source(data) + ')'}"]
+    for key in ("mmproj", "draft", "note"):
+        if data.get(key):
+            lines.append(f"{key:<8} {data[key]}")
     if data.get("gguf"):
         g = data["gguf"]
         lines.append(f"gguf     {g.get('architecture')}, {params(g.get('parameters'))} params, "

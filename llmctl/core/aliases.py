@@ -35,6 +35,8 @@ def check_aliases(catalog: Catalog) -> None:
 
 
 def _located(entry: ModelEntry, message: str) -> str:
+    if entry.config_file is None:  # found without a config (discovery): it lists no aliases
+        return message
     try:
         return str(load_yaml(entry.config_file).error("aliases", message))
     except ConfigError:  # the file changed under us: the message without a line

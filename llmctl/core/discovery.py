@@ -1,8 +1,23 @@
-"""Model discovery: every `$LLMCTL_HOME/gguf/<dir>/config.yaml` is one model.
+"""Model discovery: the catalog of every model llmctl can switch to, and where each came from.
 
-A broken model never hides the others: it is listed as unavailable with the error that says
-which file, line and key to fix. Model files must stay inside their model's directory (a
-symlink placed there may point anywhere: that is the user's own choice).
+Sources, in the order they claim ids:
+
+1. `config` — a `config.yaml` in a directory under `$LLMCTL_HOME/gguf/`. It names its files
+   (`model_file`, optional `mmproj_file`, `draft_model_file`, all inside its directory; a symlink
+   placed there may point anywhere: that is the user's own choice) and may leave out `id` and
+   `model_file` when the directory holds exactly one model. Its settings override everything,
+   and the directory is that one model: its other GGUFs are not models of their own.
+2. `file` — any other `.gguf` under `gguf/` (scan.py groups shards and projectors).
+3. `model_dir` — the same in each `daemon.model_dirs` entry, in the order listed, read-only.
+
+A file that a config already uses, or that two trees reach, is one model, listed once. Ids of
+files derive from their names (model_ids.py); when one is taken, the later file (in the order
+above, then by path) gets `<id>-2`, `-3`, ... and its entry says which file holds the id. A
+duplicate id written in two config files is an error on the second, as ever. A broken model is
+listed as unavailable with the error and never hides the others.
+
+Pi metadata is derived from the file (trained context, clamped to `llama.ctx_size` when set;
+image input when a projector is present) between the global config and the model's own.
 """
 
 from __future__ import annotations
@@ -12,22 +27,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmctl.core import model_ids
 from llmctl.core.aliases import check_aliases
-from llmctl.core.config import ConfigError, GlobalConfig, load_model_file, merge_model
+from llmctl.core.config import ConfigError, GlobalConfig, LoadedYaml, load_model_file, merge_model
+from llmctl.core.scan import CONFIG_NAMES, FoundModel, HeaderCache, header_cache, scan
 
-CONFIG_NAMES = ("config.yaml", "config.yml")
+SOURCES = ("config", "file", "model_dir")
 
 
 @dataclass
 class ModelEntry:
-    key: str  # the id when valid, else the directory name (for display only)
+    key: str  # the id when known, else the directory name (for display only)
     directory: Path
-    config_file: Path
+    config_file: Path | None  # None for a model found without config
+    source: str = "config"  # one of SOURCES
+    root: Path | None = None  # the scanned tree it was found in
     id: str | None = None
     name: str | None = None
     model_path: Path | None = None
     config: dict[str, Any] | None = None  # merged with the global config
     error: str | None = None
+    shards: list[Path] = field(default_factory=list)
+    mmproj_path: Path | None = None
+    draft_path: Path | None = None
+    facts: dict[str, Any] | None = None  # from the GGUF header (first shard)
+    facts_error: str | None = None
+    note: str | None = None  # how its id was chosen when another file wanted it, ...
 
     @property
     def available(self) -> bool:
@@ -35,22 +60,32 @@ class ModelEntry:
 
     def summary(self) -> dict[str, Any]:
         size = None
-        if self.model_path is not None:
+        files = self.shards or ([self.model_path] if self.model_path else [])
+        if files:
             try:
-                size = self.model_path.stat().st_size
+                size = sum(f.stat().st_size for f in files)
             except OSError:
                 pass
-        return {
+        out = {
             "id": self.key, "name": self.name or self.key, "available": self.available,
             "error": self.error, "directory": str(self.directory),
-            "config_file": str(self.config_file),
+            "config_file": str(self.config_file) if self.config_file else None,
             "file": str(self.model_path) if self.model_path else None, "size_bytes": size,
+            "source": self.source, "root": str(self.root) if self.root else None,
+            "shards": len(self.shards) if len(self.shards) > 1 else None,
+            "mmproj": str(self.mmproj_path) if self.mmproj_path else None,
+            "draft": str(self.draft_path) if self.draft_path else None,
+            "note": self.note, "gguf": self.facts,
         }
+        if self.facts_error:
+            out["gguf_error"] = self.facts_error
+        return out
 
 
 @dataclass
 class Catalog:
     entries: list[ModelEntry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # trees that could not be scanned
 
     def by_id(self, model_id: str) -> ModelEntry | None:
         for entry in self.entries:
@@ -63,52 +98,207 @@ class Catalog:
         return [e.key for e in self.entries]
 
 
-def discover(models_dir: Path, global_cfg: GlobalConfig) -> Catalog:
+def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None = None,
+             ) -> Catalog:
+    """The catalog. `cache_file` keeps GGUF header facts across processes (scan.HeaderCache)."""
+    cache = header_cache(cache_file)
     catalog = Catalog()
-    try:
-        dirs = sorted(p for p in models_dir.iterdir() if p.is_dir())
-    except FileNotFoundError:
-        return catalog
-    except OSError as e:
-        raise ConfigError(models_dir, None, None, f"cannot list models: {e.strerror}") from None
-    seen: dict[str, ModelEntry] = {}
-    for directory in dirs:
-        config_file = next((directory / n for n in CONFIG_NAMES if (directory / n).is_file()),
-                           None)
-        if config_file is None:
-            continue
-        entry = _load_entry(directory, config_file, global_cfg)
-        if entry.id is not None and entry.id in seen:
-            first = seen[entry.id]
+    own = scan(models_dir, configs=True)
+    catalog.problems += own.problems
+    claimed: set[tuple[int, int] | str] = set()  # files that already belong to a model
+    taken: dict[str, ModelEntry] = {}
+    for config_file in _one_per_directory(own.config_files):
+        entry = _config_entry(config_file, own.models, global_cfg, cache)
+        if entry.id is not None and entry.id in taken:
+            first = taken[entry.id]
             entry.error = (f"{config_file}: id: {entry.id!r} is already used by "
                            f"{first.config_file}; ids must be unique")
-            entry.key = f"{directory.name} (duplicate {entry.id})"
+            entry.key = f"{config_file.parent.name} (duplicate {entry.id})"
             entry.id = None
         elif entry.id is not None:
-            seen[entry.id] = entry
+            taken[entry.id] = entry
+        # a directory with a config.yaml is that one model, even while the file is broken
+        beside = [m.path for m in own.models if m.directory == config_file.parent]
+        claimed.update(_real(p) for p in (entry.model_path, entry.mmproj_path, entry.draft_path,
+                                          *entry.shards, *beside) if p is not None)
+        catalog.entries.append(entry)
+    found: list[tuple[FoundModel, str]] = [(m, "file") for m in own.models]
+    for root in _model_dirs(global_cfg, catalog):
+        tree = scan(root)
+        catalog.problems += tree.problems
+        found += [(m, "model_dir") for m in tree.models]
+    for model, source in found:
+        if _real(model.path) in claimed:
+            continue
+        claimed.update(_real(p) for p in model.shards)
+        entry = _file_entry(model, source, global_cfg, cache)
+        _assign_id(entry, taken)
         catalog.entries.append(entry)
     check_aliases(catalog)
+    cache.save()
     return catalog
 
 
-def _load_entry(directory: Path, config_file: Path, global_cfg: GlobalConfig) -> ModelEntry:
+def _one_per_directory(config_files: list[Path]) -> list[Path]:
+    chosen: dict[Path, Path] = {}
+    for f in sorted(config_files, key=lambda p: (p.parent, CONFIG_NAMES.index(p.name))):
+        chosen.setdefault(f.parent, f)
+    return list(chosen.values())
+
+
+def _model_dirs(global_cfg: GlobalConfig, catalog: Catalog) -> list[Path]:
+    roots = []
+    for raw in global_cfg.data["daemon"]["model_dirs"]:
+        path = Path(os.path.expandvars(os.path.expanduser(str(raw))))
+        if not path.is_absolute():
+            catalog.problems.append(f"daemon.model_dirs: {raw!r} must be an absolute path "
+                                    "(or start with ~)")
+        elif not path.is_dir():
+            catalog.problems.append(f"daemon.model_dirs: {path} is not a directory")
+        else:
+            roots.append(path)
+    return roots
+
+
+def _real(path: Path) -> tuple[int, int] | str:
+    """Which file a path is (through any symlinks): cheaper than realpath, one stat."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.abspath(path)
+    return st.st_dev, st.st_ino
+
+
+def _assign_id(entry: ModelEntry, taken: dict[str, ModelEntry]) -> None:
+    wanted = entry.key
+    model_id, n = wanted, 1
+    while model_id in taken:
+        n += 1
+        model_id = model_ids.with_suffix(wanted, n)
+    if model_id != wanted:
+        holder = taken[wanted]
+        entry.note = (f"id {wanted} is taken by {holder.model_path or holder.config_file} "
+                      f"({holder.source}), so this file got {model_id}; give it another id "
+                      "with `llmctl add` or a config.yaml beside it")
+        if entry.config is not None:
+            entry.config["id"] = model_id
+    entry.id = entry.key = model_id
+    taken[model_id] = entry
+
+
+# --- one model ----------------------------------------------------------------------------------
+
+
+def _derived(facts: dict[str, Any] | None, ctx_size: int, projector: bool,
+             global_cfg: GlobalConfig) -> dict[str, Any]:
+    """What the file tells Pi: its trained context (clamped to the context llama-server will
+    really have) and, with a projector, image input."""
+    model: dict[str, Any] = {}
+    trained = (facts or {}).get("context_length")
+    if isinstance(trained, int) and trained > 0:
+        window = min(trained, ctx_size) if ctx_size else trained
+        model["contextWindow"] = window
+        model["maxTokens"] = min(global_cfg.data["pi"]["model"]["maxTokens"], window)
+    if projector:
+        model["input"] = ["text", "image"]
+    return {"pi": {"model": model}} if model else {}
+
+
+def _file_entry(found: FoundModel, source: str, global_cfg: GlobalConfig,
+                cache: HeaderCache) -> ModelEntry:
+    name = found.path.name
+    entry = ModelEntry(key=model_ids.repo_file_id(found.repo, name) if found.repo
+                       else model_ids.file_id(name), directory=found.directory,
+                       config_file=None, source=source, root=found.root, model_path=found.path,
+                       shards=found.shards, mmproj_path=found.projector, note=found.note)
+    if found.missing_shards:
+        entry.error = (f"{found.path.parent}: missing shard(s) {', '.join(found.missing_shards)}"
+                       " (an interrupted download?)")
+        return entry
+    entry.facts, entry.facts_error = cache.facts(found.path)
+    if entry.facts_error is not None:
+        entry.error = f"{found.path}: {entry.facts_error}"
+        return entry
+    assert entry.facts is not None
+    if entry.facts.get("architecture") == "clip":
+        entry.error = (f"{found.path} is a multimodal projector (architecture clip), not a "
+                       "model: name it mmproj-<something>.gguf beside the model it serves")
+        return entry
+    entry.name = model_ids.display_name(entry.facts.get("name"), entry.facts.get("quantization"),
+                                        name)
+    data = {"id": entry.key, "name": entry.name, "model_file": name}
+    derived = _derived(entry.facts, global_cfg.data["llama"]["ctx_size"],
+                       found.projector is not None, global_cfg)
+    entry.config = merge_model(global_cfg, data, derived)
+    if found.projector is not None:
+        entry.config["mmproj_file"] = str(found.projector)
+    return entry
+
+
+def _config_entry(config_file: Path, models: list[FoundModel], global_cfg: GlobalConfig,
+                  cache: HeaderCache) -> ModelEntry:
+    directory = config_file.parent
+    beside = [m for m in models if m.directory == directory]
     entry = ModelEntry(key=directory.name, directory=directory, config_file=config_file)
     try:
-        doc, data = load_model_file(config_file)
+        doc, data = load_model_file(config_file, required=())
+        found = _model_file(doc, data, directory, beside, models)
+        data = {**data, "model_file": str(found.path.relative_to(directory))}
+        data.setdefault("id", model_ids.file_id(found.path.name))
+        entry.model_path = found.path
+        entry.shards = found.shards if len(found.shards) > 1 else []
+        entry.mmproj_path = (_inside(doc, directory, "mmproj_file", data["mmproj_file"])
+                             if "mmproj_file" in data else found.projector)
+        if "draft_model_file" in data:
+            entry.draft_path = _inside(doc, directory, "draft_model_file",
+                                       data["draft_model_file"])
     except ConfigError as e:
         entry.error = str(e)
         return entry
     entry.id = entry.key = data["id"]
     entry.name = data.get("name", data["id"])
-    model_file = str(data["model_file"])
-    relative = os.path.normpath(model_file)
-    if os.path.isabs(model_file) or relative == ".." or relative.startswith(".." + os.sep):
-        entry.error = str(doc.error("model_file", (
-            f"{model_file!r} must be a file name relative to {directory} "
-            "(place the GGUF or a symlink to it there)")))
-        return entry
-    entry.model_path = directory / relative
-    entry.config = merge_model(global_cfg, data)
-    if not entry.model_path.is_file():
-        entry.error = str(doc.error("model_file", f"{entry.model_path} does not exist"))
+    entry.facts, entry.facts_error = cache.facts(entry.model_path)
+    ctx_size = data.get("llama", {}).get("ctx_size", global_cfg.data["llama"]["ctx_size"])
+    derived = _derived(entry.facts, ctx_size, entry.mmproj_path is not None, global_cfg)
+    entry.config = merge_model(global_cfg, data, derived)
+    for key, path in (("mmproj_file", entry.mmproj_path), ("draft_model_file", entry.draft_path)):
+        if path is not None:
+            entry.config[key] = str(path)
+    missing = [(key, p) for key, p in (("model_file", entry.model_path),
+                                       ("mmproj_file", entry.mmproj_path),
+                                       ("draft_model_file", entry.draft_path))
+               if p is not None and not p.is_file()]
+    if missing:
+        key, path = missing[0]
+        entry.error = str(doc.error(key if key in data else "model_file",
+                                    f"{path} does not exist"))
+    elif found.missing_shards:
+        entry.error = str(doc.error("model_file", f"missing shard(s) "
+                                    f"{', '.join(found.missing_shards)} beside it"))
     return entry
+
+
+def _model_file(doc: LoadedYaml, data: dict[str, Any], directory: Path,
+                beside: list[FoundModel], models: list[FoundModel]) -> FoundModel:
+    """The model a config.yaml is about: its `model_file` (with the shards and projector the
+    scan found with it), or the one model beside it."""
+    if "model_file" in data:
+        path = _inside(doc, directory, "model_file", data["model_file"])
+        same = next((m for m in models if m.path == path), None)
+        return same if same is not None else FoundModel(path=path, root=directory, shards=[path])
+    if len(beside) == 1:
+        return beside[0]
+    what = (f"{len(beside)} models here ({', '.join(m.path.name for m in beside)})" if beside
+            else "no .gguf file here")
+    raise ConfigError(doc.file, 1, "model_file",
+                      f"missing required key 'model_file' (at the top level): {what}")
+
+
+def _inside(doc: LoadedYaml, directory: Path, key: str, value: Any) -> Path:
+    name = str(value)
+    relative = os.path.normpath(name)
+    if os.path.isabs(name) or relative == ".." or relative.startswith(".." + os.sep):
+        raise doc.error(key, (
+            f"{name!r} must be a file name relative to {directory} "
+            "(place the GGUF or a symlink to it there)"))
+    return directory / relative

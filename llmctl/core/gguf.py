@@ -17,6 +17,7 @@ MAGIC = b"GGUF"
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
             12: "d"}
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 # llama.cpp's LLAMA_FTYPE values, named as people write them
 FILE_TYPES = {
@@ -29,7 +30,7 @@ FILE_TYPES = {
 }
 
 _WANTED = ("general.architecture", "general.name", "general.file_type", "general.size_label",
-           "general.parameter_count")
+           "general.parameter_count", "split.count")
 
 
 class GGUFError(Exception):
@@ -70,6 +71,11 @@ class _Reader:
             etype, count = self.take("I"), self.take("Q")
             if etype in _SCALARS:  # fixed size: jump over
                 self.pos += count * struct.calcsize("<" + _SCALARS[etype])
+            elif etype == _STRING:  # a vocabulary (150k+ tokens): the tightest loop we can
+                buf, pos, length = self.buf, self.pos, _U64.unpack_from
+                for _ in range(count):
+                    pos += 8 + length(buf, pos)[0]
+                self.pos = pos
             else:
                 for _ in range(count):
                     self.value(etype, keep=False)
@@ -137,6 +143,8 @@ def _parse(r: _Reader) -> dict[str, Any]:
                 facts[short] = kv[f"{arch}.{short}"]
     if "general.size_label" in kv:
         facts["size_label"] = kv["general.size_label"]
+    if "split.count" in kv:  # the first of llama.cpp's gguf-split shards
+        facts["split_count"] = kv["split.count"]
     return facts
 
 

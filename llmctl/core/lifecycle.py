@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from llmctl.core import llama_server
+from llmctl.core import llama_server, starter
 from llmctl.core.backend_log import bound_log, file_size, open_for_start, read_log_tail
 from llmctl.core.backend_process import (
     OWNER_ENV,
@@ -346,7 +346,7 @@ class Lifecycle:
     def _model(self, model_id: str) -> tuple[dict[str, Any], ModelEntry]:
         global_cfg = load_global(self.paths.config_file)
         self._apply_limits(global_cfg)
-        catalog = discover(self.paths.models_dir, global_cfg)
+        catalog = discover(self.paths.models_dir, global_cfg, self.paths.header_cache)
         entry = catalog.by_id(model_id)
         if entry is None:
             raise LookupError(f"no model with id {model_id!r}; run `llmctl models` to list them")
@@ -413,7 +413,7 @@ class Lifecycle:
             self.switch(rid, unloaded["model"])
             return
         try:
-            model = load_global(self.paths.config_file).data["daemon"]["default_model"]
+            model = self._default_model()
         except ConfigError as e:
             self._refuse([rid], "config_error", str(e))
             return
@@ -436,21 +436,27 @@ class Lifecycle:
             daemon_cfg = load_global(self.paths.config_file).data["daemon"]
         except ConfigError:
             return
-        if daemon_cfg["load_default_on_startup"] and daemon_cfg["default_model"] and \
-                self.proc is None:
+        if daemon_cfg["load_default_on_startup"] and self.proc is None and \
+                self._default_model():
             log.info("daemon.load_default_on_startup is set")
             self.ensure(STARTUP_ID)
+
+    def _default_model(self) -> str | None:
+        """daemon.default_model, else the starter model when it is there (core/starter.py)."""
+        cfg = load_global(self.paths.config_file)
+        return starter.default_model(cfg, discover(self.paths.models_dir, cfg,
+                                                   self.paths.header_cache))
 
     def _signature(self, model: str) -> tuple[Any, ...]:
         """What must change for a failed default load to be worth another try."""
         files = [self.paths.config_file]
         try:
-            entry = discover(self.paths.models_dir, load_global(self.paths.config_file)).by_id(
-                model)
+            entry = discover(self.paths.models_dir, load_global(self.paths.config_file),
+                             self.paths.header_cache).by_id(model)
         except ConfigError:
             entry = None
-        if entry is not None:
-            files += [entry.config_file] + ([entry.model_path] if entry.model_path else [])
+        if entry is not None:  # a model found without config has no config file
+            files += [f for f in (entry.config_file, entry.model_path) if f is not None]
         out: list[Any] = []
         for path in files:
             try:

@@ -151,6 +151,14 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
             argv += [flag]
             break
     argv += _task_flags(caps, llama)
+    for key, flags, what in _FILE_FLAGS:
+        if cfg.get(key):
+            spelling = next((f for f in flags if caps.has(f)), None)
+            if spelling is None:
+                raise BackendSetupError(
+                    f"this llama-server has no {flags[0]} flag for the {what} ({cfg[key]}); "
+                    f"use a newer llama.cpp, or remove {key} from the model's config")
+            argv += [spelling, str(cfg[key])]
     argv += [str(a) for a in llama["extra_args"]]
     return argv
 
@@ -175,6 +183,13 @@ def _task_flags(caps: Capabilities, llama: dict[str, Any]) -> list[str]:
                                     "--pooling flag; upgrade llama.cpp or remove llama.pooling")
         flags += ["--pooling", str(llama["pooling"])]
     return flags
+# Files beside the model (absolute paths, set by discovery) and the spellings llama-server
+# has used for their flags, newest first.
+_FILE_FLAGS = (
+    ("mmproj_file", ("--mmproj", "-mm"), "multimodal projector"),
+    ("draft_model_file", ("--model-draft", "--spec-draft-model", "-md"),
+     "draft model (speculative decoding)"),
+)
 
 
 def clean_env(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:

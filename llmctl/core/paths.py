@@ -34,6 +34,11 @@ class Paths(NamedTuple):  # not a dataclass: importing dataclasses costs the CLI
         return self.home / "gguf"
 
     @property
+    def header_cache(self) -> Path:
+        """GGUF header facts by path, size and mtime (core/scan.py); safe to delete."""
+        return self.runtime / "cache" / "gguf-headers.json"
+
+    @property
     def state_file(self) -> Path:
         return self.runtime / "state.json"
 

@@ -26,7 +26,6 @@ from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
-from llmctl.core.gguf import GGUFError, read_facts
 from llmctl.core.resolve import resolve
 from llmctl.daemon import anthropic_stream
 from llmctl.daemon import protocol as p
@@ -37,6 +36,7 @@ from llmctl.daemon.hub import Hub
 from llmctl.daemon.native_routes import NativeRoutes
 from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.openai_proxy import OpenAIProxy
+from llmctl.daemon.pull_route import pull_response
 from llmctl.daemon.router_api import RouterApi, router_fields
 
 MAX_CONTROL_BODY = 64 * 1024
@@ -57,6 +57,7 @@ ROUTES = Map([
     Rule("/logs/<path:model>", endpoint="logs", methods=["GET"]),
     Rule("/reload", endpoint="reload", methods=["POST"]),
     Rule("/restart-proxy", endpoint="restart_proxy", methods=["POST"]),
+    Rule("/pull", endpoint="pull", methods=["POST"]),
     Rule("/v1/models", endpoint="v1_models", methods=["GET"]),
 ], strict_slashes=False)
 
@@ -162,6 +163,7 @@ class App:
         models = [self._model_summary(e) for e in self.hub.config.catalog.entries]
         return json_response({"models": models,
                               "config_error": self.hub.config.config_error,
+                              "problems": self.hub.config.catalog.problems,
                               "models_dir": str(self.hub.paths.models_dir),
                               "object": "list", "data": models})  # data: router-mode clients
 
@@ -172,13 +174,7 @@ class App:
             backend.active
         summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
         summary.update(router_fields(entry.id, backend, int(self.started)))
-        summary["gguf"] = None
         summary["aliases"] = entry.config["aliases"] if entry.config else []
-        if entry.model_path is not None and entry.available:
-            try:
-                summary["gguf"] = read_facts(entry.model_path)
-            except (GGUFError, OSError) as e:
-                summary["gguf_error"] = str(e)
         if entry.config:
             llama = entry.config["llama"]
             summary["ctx_size"] = llama["ctx_size"]
@@ -315,6 +311,9 @@ class App:
             "unavailable": [{"id": e.key, "error": e.error} for e in view.catalog.entries
                             if not e.available],
         })
+
+    def on_pull(self, request: Request) -> Response:
+        return pull_response(request, self.hub, error)
 
     def on_restart_proxy(self, request: Request) -> Response:
         self.hub.commands.send(p.RestartProxy)

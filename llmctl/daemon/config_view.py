@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmctl.core import starter
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
 from llmctl.core.discovery import Catalog, ModelEntry, discover
 from llmctl.core.paths import Paths
@@ -37,7 +38,8 @@ class ConfigView:
         except ConfigError as e:
             self.config_error = f"{e} (still using the previous configuration)"
         try:
-            self.catalog = discover(self.paths.models_dir, self.config)
+            self.catalog = discover(self.paths.models_dir, self.config,
+                                    self.paths.header_cache)
         except ConfigError as e:
             self.config_error = str(e)
 
@@ -47,7 +49,7 @@ class ConfigView:
 
     @property
     def default_model(self) -> str | None:
-        return self.config.data["daemon"]["default_model"]
+        return starter.default_model(self.config, self.catalog)
 
     @property
     def ready_timeout(self) -> float:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from llmctl import __version__
-from llmctl.core.config import ConfigError, is_loopback, load_global
+from llmctl.core.config import ConfigError, GlobalConfig, is_loopback, load_global
 from llmctl.core.paths import Paths, env_address
 
 log = logging.getLogger("llmctld")
@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
     _prepare_dirs(paths)
     lock_fd = _lock_pidfile(paths.pid_file)
+    _prepare_starter(paths, cfg)
     try:
         listener = _bind(host, port)
     except StartupError:
@@ -124,6 +125,16 @@ def _prepare_dirs(paths: Paths) -> None:
         os.chmod(paths.runtime, 0o700)
     except OSError:
         pass  # not ours to change (e.g. a shared dir); the files inside stay 0600
+
+
+def _prepare_starter(paths: Paths, cfg: GlobalConfig) -> None:
+    """Assemble the starter model once, before listening (so the first request finds it)."""
+    from llmctl.core import starter
+
+    try:
+        starter.ensure(paths, cfg)
+    except (OSError, ValueError) as e:  # never fatal: the daemon serves the other models
+        log.warning("could not prepare the starter model: %s", e)
 
 
 def _lock_pidfile(path: Path) -> int:

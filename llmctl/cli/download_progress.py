@@ -1,0 +1,68 @@
+"""Download progress for `llmctl pull`: on a terminal one redrawn line per file (bar, bytes,
+rate, ETA); in a pipe plain lines (each file, every 10 %, verification, the result)."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from llmctl.cli.render import duration, size
+
+BAR = 24
+
+
+class DownloadProgress:
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = False
+        self.last_bucket: tuple[str, int] | None = None
+
+    def update(self, event: dict[str, Any]) -> None:
+        name = event.get("event")
+        if name == "resolved":
+            files = event["files"]
+            what = f"{len(files)} shards" if len(files) > 1 else files[0]["file"]
+            projector = f" + projector {event['projector']}" if event.get("projector") else ""
+            self._line(f"{event['repo']} {event['quant']}: {what}{projector}, "
+                       f"{size(event.get('total_bytes'))}")
+        elif name == "download":
+            self._line(f"[{event['index']}/{event['count']}] {event['file']} "
+                       f"({size(event.get('size'))})")
+        elif name == "progress":
+            self._progress(event)
+        elif name == "verifying" and not self.tty:
+            self._line(f"verifying {event['file']} (sha256)")
+        elif name == "verified":
+            self._line(f"verified {event['file']}")
+
+    def _progress(self, event: dict[str, Any]) -> None:
+        percent = event.get("percent")
+        rate = f"{size(event.get('rate'))}/s"
+        eta = f"ETA {duration(event['eta_s'])}" if event.get("eta_s") is not None else ""
+        amount = f"{size(event['bytes'])}/{size(event.get('total'))}"
+        if self.tty:
+            bar = ""
+            if percent is not None:
+                filled = int(BAR * percent / 100)
+                bar = f"[{'█' * filled}{'·' * (BAR - filled)}] {percent:5.1f}% "
+            self.out.write(f"\r\x1b[2K  {bar}{amount}  {rate}  {eta}")
+            self.out.flush()
+            self.drawn = True
+            return
+        bucket = int(percent // 10) * 10 if percent is not None else -1
+        if (event["file"], bucket) != self.last_bucket:
+            self.last_bucket = (event["file"], bucket)
+            self._line(f"  {bucket if bucket >= 0 else '?'}% {amount} {rate} {eta}".rstrip())
+
+    def _line(self, text: str) -> None:
+        if self.drawn:
+            self.out.write("\r\x1b[2K")
+            self.drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+            self.drawn = False

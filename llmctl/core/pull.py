@@ -1,0 +1,325 @@
+"""`llmctl pull REPO[:QUANT|FILE]`: download a GGUF model from Hugging Face and register it.
+
+The download is huggingface_hub's own (`hf_hub_download`), so HF_TOKEN, HF_ENDPOINT, HF_HOME /
+HF_HUB_CACHE, its cache layout (a file pulled once is never fetched again, and tools that share
+the cache share the file), its retries and its in-run resume (after a dropped connection it asks
+for the rest with an HTTP Range) all apply. What llmctl adds:
+
+- choosing the files: `pick` turns `:Q4_K_M` (or a file name, or nothing: Q4_K_M if the repo has
+  it, else its only quantisation) into every shard of one model plus the repo's projector, and
+  lists what the repo has when the choice is missing or ambiguous;
+- checking: each file's sha256 is compared with the one the hub lists for it (huggingface_hub
+  checks only the size). A mismatch removes the file from the cache and fails;
+- registering, only once every file is complete and verified (register.py, as `llmctl add`),
+  so a failed pull never leaves half a model listed;
+- progress as events (dicts) for the CLI's bar, its plain lines, `--json` and `POST /pull`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmctl.core import model_ids
+from llmctl.core.paths import Paths
+from llmctl.core.register import AlreadyRegistered, Registered, RegisterError, register
+
+Emit = Callable[[dict[str, Any]], None]
+DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp's own `-hf repo` picks when none is named
+# when a repo has several projectors, the first of these it has (F16 is what most ship)
+PROJECTOR_PREFERENCE = ("F16", "BF16", "Q8_0", "F32")
+PROGRESS_EVERY = 0.25  # seconds between progress events of one file
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class PullError(Exception):
+    """A pull that cannot go on; `code` is for exit codes and the API, `choices` lists what the
+    repository offers when the choice was wrong."""
+
+    def __init__(self, code: str, message: str, choices: list[str] | None = None):
+        super().__init__(message)
+        self.code, self.message, self.choices = code, message, choices or []
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # inside the repository, e.g. "Q4_K_M/Model-Q4_K_M-00001-of-00002.gguf"
+    size: int | None = None
+    sha256: str | None = None  # of an LFS file, as the hub lists it
+
+
+@dataclass
+class Plan:
+    repo: str
+    revision: str | None
+    files: list[RemoteFile]  # the model's shards in order (one file when not split)
+    projector: RemoteFile | None
+    label: str  # the quantisation (or file) chosen
+
+    @property
+    def all_files(self) -> list[RemoteFile]:
+        return self.files + ([self.projector] if self.projector else [])
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.all_files)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """`org/name[:QUANT|FILE]` -> (repo, selector)."""
+    repo, _, selector = spec.strip().partition(":")
+    if not _REPO_RE.match(repo):
+        raise PullError("bad_spec", f"{spec!r} is not a Hugging Face repository: write "
+                        "org/name, optionally with :QUANT or :FILE (e.g. "
+                        "unsloth/Qwen3-8B-GGUF:Q4_K_M)")
+    return repo, selector or None
+
+
+# --- choosing files -------------------------------------------------------------------------
+
+
+def _models_of(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
+    """The repository's models, keyed by their path without `.gguf` and shard suffix."""
+    models: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        name = f.path.rsplit("/", 1)[-1]
+        if not name.lower().endswith(".gguf") or model_ids.is_projector(name):
+            continue
+        key = f.path[: len(f.path) - len(name)] + model_ids.stem(name)
+        models.setdefault(key, []).append(f)
+    for shards in models.values():
+        shards.sort(key=lambda f: f.path)
+    return models
+
+
+def labels(files: list[RemoteFile]) -> dict[str, str]:
+    """A short label (usually the quantisation) for each model of a repository: its key with
+    the part every key shares cut off at a separator."""
+    keys = sorted(_models_of(files))
+    names = {k: k.rsplit("/", 1)[-1] for k in keys}  # folders often repeat the quantisation
+    if len(set(names.values())) < len(keys):
+        names = {k: k for k in keys}
+    if len(keys) <= 1:
+        return names
+    prefix = os.path.commonprefix(list(names.values()))
+    cut = max(prefix.rfind(c) for c in "-_./") + 1
+    return {k: name[cut:] or name for k, name in names.items()}
+
+
+def _has_token(text: str, token: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(token)}(?![A-Za-z0-9_])", text, re.I) \
+        is not None
+
+
+def pick(repo: str, files: list[RemoteFile], selector: str | None,
+         revision: str | None = None) -> Plan:
+    """The files to download for `selector` (a quantisation, a file name, or None)."""
+    models = _models_of(files)
+    if not models:
+        raise PullError("not_found", f"{repo} has no .gguf model files (is it a GGUF repo? "
+                        "they are usually named ...-GGUF)")
+    named = labels(files)
+    available = sorted(named.values())
+    if selector is None:
+        wanted = [k for k in models if _has_token(k, DEFAULT_QUANT)]
+        if not wanted and len(models) == 1:
+            wanted = list(models)
+        if not wanted:
+            raise PullError("ambiguous", f"{repo} has several quantisations; name one: "
+                            f"{', '.join(f'{repo}:{a}' for a in available)}", available)
+    elif selector.lower().endswith(".gguf"):
+        wanted = [k for k, shards in models.items()
+                  if any(selector in (f.path, f.path.rsplit("/", 1)[-1]) for f in shards)]
+        if not wanted:
+            raise PullError("not_found", f"{repo} has no model file {selector}; it has: "
+                            f"{', '.join(f.path for s in models.values() for f in s)}",
+                            available)
+    else:
+        wanted = [k for k in models if _has_token(k, selector)]
+        if not wanted:
+            raise PullError("not_found", f"{repo} has no {selector} quantisation; it has: "
+                            f"{', '.join(available)} (pull {repo}:<one of them>)", available)
+    if len(wanted) > 1:
+        choices = sorted(named[k] for k in wanted)
+        raise PullError("ambiguous", f"{selector or DEFAULT_QUANT} matches several models in "
+                        f"{repo}: {', '.join(choices)}; name one exactly", choices)
+    key = wanted[0]
+    shards = models[key]
+    _check_shards(repo, shards)
+    quant = selector if selector and not selector.lower().endswith(".gguf") else None
+    return Plan(repo=repo, revision=revision, files=shards, projector=_projector(files),
+                label=quant or named[key])
+
+
+def _check_shards(repo: str, shards: list[RemoteFile]) -> None:
+    split = model_ids.shard_of(shards[0].path.rsplit("/", 1)[-1])
+    if split is None:
+        if len(shards) > 1:  # e.g. x.gguf and x-00001-of-00002.gguf: not one model
+            raise PullError("ambiguous", f"{repo} has several files for one model: "
+                            f"{', '.join(f.path for f in shards)}; name one with :FILE")
+        return
+    count = split[2]
+    numbers = [model_ids.shard_of(f.path.rsplit("/", 1)[-1]) for f in shards]
+    if sorted(n[1] for n in numbers if n) != list(range(1, count + 1)):
+        raise PullError("incomplete", f"{repo} lists only {len(shards)} of the {count} shards "
+                        f"of {shards[0].path}; it cannot be loaded")
+
+
+def _projector(files: list[RemoteFile]) -> RemoteFile | None:
+    projectors = sorted((f for f in files if model_ids.is_projector(f.path.rsplit("/", 1)[-1])
+                         and f.path.lower().endswith(".gguf")), key=lambda f: f.path)
+    for quant in PROJECTOR_PREFERENCE:
+        for f in projectors:
+            if _has_token(f.path, quant):
+                return f
+    return projectors[0] if projectors else None
+
+
+# --- downloading ----------------------------------------------------------------------------
+
+
+def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
+         name: str | None = None) -> Registered | None:
+    """Download, verify and register; `emit` gets every event (the last is `done`). None when
+    the files already were a registered model. Raises PullError."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, selector = parse_spec(spec)
+    try:
+        info = HfApi().model_info(repo, files_metadata=True)
+    except GatedRepoError:
+        raise PullError("forbidden", f"{repo} is gated: accept its terms on the hub and set "
+                        "HF_TOKEN") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise PullError("not_found", f"no repository {repo} on the hub (a private or gated one "
+                        "needs HF_TOKEN)") from None
+    except HfHubHTTPError as e:
+        raise PullError("hub_error", f"the hub refused to list {repo}: {_short(e)}") from None
+    except Exception as e:  # the HTTP client's own connection errors have no common base here
+        raise PullError("hub_unreachable", f"cannot reach the hub to list {repo} "
+                        f"({_short(e)}); check the network, or HF_ENDPOINT") from None
+    files = [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None)
+             for s in info.siblings or []]
+    plan = pick(repo, files, selector, info.sha)
+    emit({"event": "resolved", "repo": repo, "revision": plan.revision, "quant": plan.label,
+          "files": [{"file": f.path, "size": f.size} for f in plan.files],
+          "projector": plan.projector.path if plan.projector else None,
+          "total_bytes": plan.total_bytes})
+    local: list[Path] = []
+    for index, remote in enumerate(plan.all_files, 1):
+        local.append(_fetch(plan, remote, index, emit))
+    try:
+        done = register(paths, local[0], model_id=model_id, name=name, repo=repo,
+                        projector=local[-1] if plan.projector else None,
+                        description=f"pulled from {repo} ({plan.label}) at "
+                        f"{(plan.revision or 'main')[:12]}")
+    except AlreadyRegistered as e:  # pulled before: the same files, verified again
+        emit({"event": "done", "id": e.model_id, "already": True,
+              "next": f"llmctl switch {e.model_id}"})
+        return None
+    except RegisterError as e:
+        raise PullError("register_failed", f"downloaded, but not registered: {e}") from None
+    emit({"event": "done", "id": done.id, "name": done.name, "config_file": str(done.config_file),
+          "next": f"llmctl switch {done.id}"})
+    return done
+
+
+def _fetch(plan: Plan, remote: RemoteFile, index: int, emit: Emit) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    count = len(plan.all_files)
+    emit({"event": "download", "file": remote.path, "index": index, "count": count,
+          "size": remote.size})
+    try:
+        path = Path(hf_hub_download(plan.repo, remote.path, revision=plan.revision,
+                                    tqdm_class=_reporter(remote, emit)))
+    except Exception as e:  # HTTP, connection and disk errors alike: report, never register
+        raise PullError("download_failed", f"downloading {remote.path} failed: {_short(e)}. "
+                        "Run the same pull again to retry") from None
+    if remote.sha256:
+        emit({"event": "verifying", "file": remote.path})
+        digest = _sha256(path)
+        if digest != remote.sha256:
+            _evict(path)
+            raise PullError("checksum", f"{remote.path} does not match the hub's checksum "
+                            f"(sha256 {digest[:16]}…, expected {remote.sha256[:16]}…); the bad "
+                            "copy was removed from the cache. Run the same pull again")
+        emit({"event": "verified", "file": remote.path, "sha256": digest})
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _evict(pointer: Path) -> None:
+    """Remove a bad file from the Hugging Face cache: the blob and the snapshot's link to it,
+    so the next pull downloads it again instead of trusting it."""
+    blob = pointer.resolve()
+    for p in (pointer, blob):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _reporter(remote: RemoteFile, emit: Emit) -> type:
+    """A progress-bar class for huggingface_hub (it accepts any class shaped like tqdm) that
+    turns byte counts into throttled `progress` events."""
+
+    class Reporter:
+        def __init__(self, *args: Any, total: int | None = None, initial: int = 0,
+                     **kwargs: Any):
+            self.total = total or remote.size
+            self.n = initial
+            self.started = time.monotonic()
+            self.start_n = initial
+            self.last = 0.0
+
+        def __enter__(self) -> Reporter:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.close()
+
+        def update(self, n: int | float = 1) -> None:
+            self.n += int(n)
+            now = time.monotonic()
+            if now - self.last >= PROGRESS_EVERY or (self.total and self.n >= self.total):
+                self.last = now
+                self._emit(now)
+
+        def _emit(self, now: float) -> None:
+            elapsed = max(now - self.started, 1e-6)
+            rate = (self.n - self.start_n) / elapsed
+            left = (self.total - self.n) / rate if self.total and rate > 0 else None
+            emit({"event": "progress", "file": remote.path, "bytes": self.n,
+                  "total": self.total, "rate": round(rate),
+                  "percent": round(100 * self.n / self.total, 1) if self.total else None,
+                  "eta_s": round(left, 1) if left is not None else None})
+
+        def close(self) -> None:
+            pass
+
+    return Reporter
