@@ -76,6 +76,7 @@ def serve(args: argparse.Namespace) -> int:
                 f"{paths.config_file} if you really mean it.")
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
     _prepare_dirs(paths)
+    clear_store(paths.runtime)  # a new daemon's counters start from zero (daemon/metrics.py)
     lock_fd = _lock_pidfile(paths.pid_file)
     try:
         listener = _bind(host, port)

@@ -1,0 +1,190 @@
+"""Prometheus metrics of llmctld, kept with prometheus_client and served at GET /metrics.
+
+Where the counters live: they must survive a proxy-worker restart (upgrade, crash, leak), and
+the proxy worker is the only process that sees requests. So they use prometheus_client's
+multiprocess mode: every increment is written at once to a memory-mapped file of the worker
+that made it, `$LLMCTL_RUNTIME_HOME/metrics/<kind>_<pid>.db`. The file outlives its worker
+(even a `kill -9`: the pages belong to the file, not the process), and a scrape sums the files
+of every proxy worker since the daemon started, so the totals carry on across restarts and
+nothing is rebuilt or estimated. The directory is emptied when the daemon starts: a daemon
+restart starts the counters from zero, as Prometheus expects of a restarted target.
+
+Gauges (in flight, backend state, worker restarts, GPU memory) are read live at scrape time
+from the hub and the GPU probe, so they need no files. Worker restarts come from the
+supervisor's own count, which no worker restart resets.
+
+Backend figures (switches by outcome, load seconds, idle unloads) are counted from the
+lifecycle worker's replies and events, which reach exactly one proxy worker each (the one that
+asked, or the current one), so a graceful restart with two workers alive counts nothing twice.
+
+Import this module only in the proxy worker, after `open_store`: prometheus_client picks its
+storage when it is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STORE_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                    600, float("inf"))
+TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                float("inf"))
+TOKENS_PER_S_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, float("inf"))
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+
+
+def store(runtime: Path) -> Path:
+    return runtime / "metrics"
+
+
+def clear_store(runtime: Path) -> None:
+    """Called by llmctld at start-up, before any worker exists."""
+    shutil.rmtree(store(runtime), ignore_errors=True)
+
+
+def open_store(runtime: Path) -> None:
+    """Point prometheus_client at the counters' directory; before it is first imported."""
+    directory = store(runtime)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ[STORE_ENV] = str(directory)
+
+
+class Metrics:
+    """The metric objects, and the figures of one request or backend event turned into
+    increments. Children are cached per label set: `labels()` is the slow part of an update."""
+
+    def __init__(self, hub: Any, gpu: Any):
+        from prometheus_client import CollectorRegistry, Counter, Histogram, values
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        store = os.environ.get(STORE_ENV)
+        if not store or not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError("metrics.open_store() must run before prometheus_client is "
+                               "imported")
+        self.registry = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(self.registry, path=store)
+        self.registry.register(LiveCollector(hub, gpu))
+        self.requests = Counter(
+            "llmctl_requests", "Proxied requests by route family (v1, native, api), HTTP "
+            "status and model", ["family", "status", "model"], registry=None)
+        self.duration = Histogram(
+            "llmctl_request_duration_seconds", "Time from the request's arrival to the end of "
+            "its response", ["family"], buckets=DURATION_BUCKETS, registry=None)
+        self.ttfb = Histogram(
+            "llmctl_time_to_first_byte_seconds", "Time from the request's arrival to the first "
+            "byte of its response body", ["family"], buckets=TTFB_BUCKETS, registry=None)
+        self.prompt_tokens = Counter(
+            "llmctl_prompt_tokens", "Prompt tokens, as llama-server reported them",
+            ["model"], registry=None)
+        self.cached_tokens = Counter(
+            "llmctl_cached_prompt_tokens", "Prompt tokens llama-server reused from its cache",
+            ["model"], registry=None)
+        self.generated_tokens = Counter(
+            "llmctl_generated_tokens", "Generated tokens, as llama-server reported them",
+            ["model"], registry=None)
+        self.tokens_per_s = Histogram(
+            "llmctl_generation_tokens_per_second", "Generation speed of each request, as "
+            "llama-server measured it", ["model"], buckets=TOKENS_PER_S_BUCKETS, registry=None)
+        self.switches = Counter(
+            "llmctl_switches", "Switches by outcome (loaded, already_active, or the error "
+            "code)", ["outcome"], registry=None)
+        self.load_seconds = Histogram(
+            "llmctl_load_seconds", "How long each model load took", ["model"],
+            buckets=LOAD_BUCKETS, registry=None)
+        self.idle_unloads = Counter(
+            "llmctl_idle_unloads", "Models unloaded because they sat idle", ["model"],
+            registry=None)
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._last_load: tuple[str, Any] | None = None
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def count_request(self, family: str, status: int, model: str, duration: float,
+                      ttfb: float | None, usage: Any) -> None:
+        self.child(self.requests, family, str(status), model).inc()
+        self.child(self.duration, family).observe(duration)
+        if ttfb is not None:
+            self.child(self.ttfb, family).observe(ttfb)
+        if usage.prompt:
+            self.child(self.prompt_tokens, model).inc(usage.prompt)
+        if usage.cached:
+            self.child(self.cached_tokens, model).inc(usage.cached)
+        if usage.generated:
+            self.child(self.generated_tokens, model).inc(usage.generated)
+        if usage.tokens_per_s:
+            self.child(self.tokens_per_s, model).observe(usage.tokens_per_s)
+
+    def count_backend_message(self, message: dict[str, Any]) -> None:
+        """A lifecycle reply or event: switch outcomes, load times, idle unloads."""
+        kind, event = message.get("type"), message.get("event")
+        model = str(message.get("model") or "")
+        if kind == "reply" and event == "ready":
+            if message.get("already_active"):
+                self.child(self.switches, "already_active").inc()
+                return
+            self.child(self.switches, "loaded").inc()
+            seconds = message.get("load_seconds")
+            # switches that joined one load each get a reply: the load counts once
+            if isinstance(seconds, (int, float)) and (model, seconds) != self._last_load:
+                self._last_load = (model, seconds)
+                self.child(self.load_seconds, model).observe(seconds)
+        elif kind == "reply" and event == "error":
+            self.child(self.switches, str(message.get("code") or "error")).inc()
+        elif kind == "event" and event == "stopping" and message.get("reason") == "idle":
+            self.child(self.idle_unloads, model).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class LiveCollector:
+    """Gauges read at scrape time: nothing to store, nothing to lose in a restart."""
+
+    STATES = ("stopped", "starting", "ready", "stopping", "failed")
+
+    def __init__(self, hub: Any, gpu: Any):
+        self.hub, self.gpu = hub, gpu
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        hub = self.hub
+        yield GaugeMetricFamily("llmctl_requests_in_flight",
+                                "Proxied requests being answered now", value=hub.in_flight)
+        backend = hub.backend
+        state = GaugeMetricFamily("llmctl_backend_state", "1 for the backend's current state",
+                                  labels=["state"])
+        for name in self.STATES:
+            state.add_metric([name], 1.0 if backend.get("state") == name else 0.0)
+        yield state
+        model = GaugeMetricFamily("llmctl_backend_model_info",
+                                  "1 for the model the backend state is about",
+                                  labels=["model"])
+        if backend.get("model"):
+            model.add_metric([str(backend["model"])], 1.0)
+        yield model
+        progress = backend.get("progress") or {}
+        if backend.get("state") == "starting" and progress.get("percent") is not None:
+            yield GaugeMetricFamily("llmctl_backend_load_progress_ratio",
+                                    "How far the model load has come (0-1)",
+                                    value=float(progress["percent"]) / 100)
+        restarts = CounterMetricFamily("llmctl_worker_restarts",
+                                       "Worker restarts since the daemon started (the "
+                                       "supervisor's count)", labels=["worker"])
+        for role, info in sorted(hub.workers.items()):
+            restarts.add_metric([role], float(info.get("restarts") or 0))
+        yield restarts
+        yield from self.gpu.collect()
