@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("client", choices=CLIENT_NAMES)
     cmd.add_argument("--write", action="store_true",
                      help="merge it into the client's configuration file (with a backup)")
+    from llmctl.cli import activity, top
+
+    activity.add_arguments(add("activity", "recent requests: route, model, status, timings, "
+                               "tokens, tokens/s", json_flag=True))
+    top.add_arguments(add("top", "a live view: model, state, in flight, requests/min, "
+                          "tokens/s, the last requests"))
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -269,9 +275,22 @@ def cmd_reload(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_activity(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import activity
+
+    return activity.run(client, args)
+
+
+def cmd_top(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import top
+
+    return top.run(client, args)
+
+
 COMMANDS = {
     "switch": cmd_switch, "stop": cmd_stop, "status": cmd_status, "active": cmd_active,
     "models": cmd_models, "inspect": cmd_inspect, "logs": cmd_logs, "reload": cmd_reload,
+    "activity": cmd_activity, "top": cmd_top,
 }
 
 
