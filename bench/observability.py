@@ -1,0 +1,113 @@
+"""What metrics and the activity log cost the proxy: llmctld with them on against llmctld
+with them off (`observability.metrics/activity: false`), in one run, interleaved.
+
+    .venv/bin/python bench/observability.py [--rounds 8] [--seconds 4] [--latency-n 400]
+
+Two daemons with identical homes (tiny-a on their own llama-server each, -np 4) take turns in
+rotated order, round after round: a 16-client keep-alive throughput run (non-streaming, 4
+tokens) and a 1-client sequential latency run. It prints requests/s and p50 latency for each,
+and checks the targets: throughput with observability on within 2 % of off, and its added p50
+latency within 0.05 ms. Every process it starts is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: import `bench` from the checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from bench import loadgen  # noqa: E402
+from bench.stack import BenchDaemon, Ports, make_home, stop_daemon, write_models  # noqa: E402
+
+CLIENTS = 16
+TOKENS = 4
+MAX_THROUGHPUT_LOSS = 0.02
+MAX_ADDED_P50_MS = 0.05
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds (default 8)")
+    p.add_argument("--seconds", type=float, default=4.0,
+                   help="seconds of each throughput run (default 4)")
+    p.add_argument("--latency-n", type=int, default=400,
+                   help="sequential requests per side and round (default 400)")
+    p.add_argument("--parallel", type=int, default=4, help="llama-server slots (default 4)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ports = Ports()
+    daemons: dict[str, BenchDaemon] = {}
+    with tempfile.TemporaryDirectory(prefix="llmctl-bench-observability-") as work:
+        root = Path(work)
+        ggufs = {"tiny-a": write_models(root / "models", paced=False)["tiny-a"]}
+        try:
+            for side, on in (("on", True), ("off", False)):
+                home = make_home(root / side, ggufs, ports.take(), args.parallel)
+                home.write_config(observability={"metrics": on, "activity": on})
+                daemon = BenchDaemon(home, root / f"{side}.log", ports.take())
+                daemons[side] = daemon.start()
+                assert daemon.switch("tiny-a").status_code == 200, daemon.log.read_text()
+            results = run(daemons, args)
+        finally:
+            for daemon in daemons.values():
+                stop_daemon(daemon)
+    return report(results)
+
+
+def run(daemons: dict[str, BenchDaemon], args: argparse.Namespace) -> dict[str, Any]:
+    body = loadgen.chat_body(TOKENS, False)
+    names = list(daemons)
+    conns = {n: loadgen.Conn(d.port) for n, d in daemons.items()}
+    for name, daemon in daemons.items():  # warm-up: connections, pools, prompt cache
+        loadgen.concurrent(daemon.port, body, CLIENTS, 1.0)
+        loadgen.sequential(daemon.port, body, 50, 10, conns[name])
+    rps: dict[str, list[float]] = {n: [] for n in names}
+    p50: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        order = names[r % 2:] + names[:r % 2]
+        for name in order:
+            load = loadgen.concurrent(daemons[name].port, body, CLIENTS, args.seconds)
+            rps[name].append(load.rate)
+        for name in order:
+            replies = loadgen.sequential(daemons[name].port, body, args.latency_n, 60,
+                                         conns[name])
+            p50[name].append(loadgen.median([x.total * 1000 for x in replies]))
+        print(f"round {r + 1}/{args.rounds}: " + "  ".join(
+            f"{n}: {rps[n][-1]:.0f} req/s, p50 {p50[n][-1]:.3f} ms" for n in names), flush=True)
+    for conn in conns.values():
+        conn.close()
+    return {"rps": rps, "p50": p50}
+
+
+def report(results: dict[str, Any]) -> int:
+    rps = {n: statistics.median(v) for n, v in results["rps"].items()}
+    p50 = {n: statistics.median(v) for n, v in results["p50"].items()}
+    # each round's on/off pair ran back to back, so their ratio cancels the machine's drift
+    ratios = [on / off for on, off in zip(results["rps"]["on"], results["rps"]["off"], strict=True)]
+    deltas = [on - off for on, off in zip(results["p50"]["on"], results["p50"]["off"], strict=True)]
+    ratio, delta = statistics.median(ratios), statistics.median(deltas)
+    print()
+    print(f"{'':28}{'on':>10}{'off':>10}")
+    print(f"{'16 clients requests/s':28}{rps['on']:>10.1f}{rps['off']:>10.1f}")
+    print(f"{'1 client p50 latency (ms)':28}{p50['on']:>10.3f}{p50['off']:>10.3f}")
+    print()
+    ok_rps = ratio >= 1 - MAX_THROUGHPUT_LOSS
+    ok_p50 = delta <= MAX_ADDED_P50_MS
+    print(f"throughput on/off (median of per-round ratios): {ratio:.4f}  "
+          f"target >= {1 - MAX_THROUGHPUT_LOSS:.2f}  {'PASS' if ok_rps else 'MISS'}")
+    print(f"added p50 latency (median of per-round differences): {delta:+.4f} ms  "
+          f"target <= {MAX_ADDED_P50_MS} ms  {'PASS' if ok_p50 else 'MISS'}")
+    return 0 if ok_rps and ok_p50 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
