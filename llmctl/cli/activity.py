@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-HEADER = ("TIME", "CLIENT", "ROUTE", "MODEL", "STATUS", "TIME", "TTFB", "TOKENS", "TOK/S")
+HEADER = ("TIME", "CLIENT", "ROUTE", "MODEL", "STATUS", "DUR", "TTFB", "TOKENS", "TOK/S")
 
 
 def add_arguments(cmd: argparse.ArgumentParser) -> None:

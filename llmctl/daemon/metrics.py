@@ -2,12 +2,16 @@
 
 Where the counters live: they must survive a proxy-worker restart (upgrade, crash, leak), and
 the proxy worker is the only process that sees requests. So they use prometheus_client's
-multiprocess mode: every increment is written at once to a memory-mapped file of the worker
-that made it, `$LLMCTL_RUNTIME_HOME/metrics/<kind>_<pid>.db`. The file outlives its worker
-(even a `kill -9`: the pages belong to the file, not the process), and a scrape sums the files
-of every proxy worker since the daemon started, so the totals carry on across restarts and
-nothing is rebuilt or estimated. The directory is emptied when the daemon starts: a daemon
-restart starts the counters from zero, as Prometheus expects of a restarted target.
+multiprocess mode: each worker's values are kept in its own memory-mapped file,
+`$LLMCTL_RUNTIME_HOME/metrics/<kind>_<pid>.db`, which outlives the worker (even a `kill -9`:
+the pages belong to the file, not to the process), and a scrape sums the files of every proxy
+worker since the daemon started, so the totals carry on across restarts. Writing a file value
+costs microseconds (a lock and a struct write per value, ten values per request), too much
+for every request, so a request only adds to plain dicts and `flush()` moves the sums into the
+files: every FLUSH_SECONDS, before every scrape, and when the worker exits. A worker that
+crashes loses at most its last FLUSH_SECONDS of counts; nothing is estimated or rebuilt. The
+directory is emptied when the daemon starts: a daemon restart starts the counters from zero,
+as Prometheus expects of a restarted target.
 
 Gauges (in flight, backend state, worker restarts, GPU memory) are read live at scrape time
 from the hub and the GPU probe, so they need no files. Worker restarts come from the
@@ -23,6 +27,7 @@ storage when it is first imported.
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 STORE_ENV = "PROMETHEUS_MULTIPROC_DIR"
+FLUSH_SECONDS = 1.0
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600, float("inf"))
@@ -57,7 +63,8 @@ def open_store(runtime: Path) -> None:
 
 class Metrics:
     """The metric objects, and the figures of one request or backend event turned into
-    increments. Children are cached per label set: `labels()` is the slow part of an update."""
+    increments. Children are cached per label set (`labels()` is slow), and increments wait
+    in `pending` until the next flush()."""
 
     def __init__(self, hub: Any, gpu: Any):
         from prometheus_client import CollectorRegistry, Counter, Histogram, values
@@ -101,6 +108,10 @@ class Metrics:
             "llmctl_idle_unloads", "Models unloaded because they sat idle", ["model"],
             registry=None)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Any, ...]] = {}
+        self.pending = Pending()
+        self.inc, self.observe, self.flush = (self.pending.inc, self.pending.observe,
+                                              self.pending.flush)
         self._last_load: tuple[str, Any] | None = None
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -112,18 +123,28 @@ class Metrics:
 
     def count_request(self, family: str, status: int, model: str, duration: float,
                       ttfb: float | None, usage: Any) -> None:
-        self.child(self.requests, family, str(status), model).inc()
-        self.child(self.duration, family).observe(duration)
+        key = (family, status, model)
+        children = self._request_children.get(key)
+        if children is None:
+            child = self.child
+            children = self._request_children[key] = (
+                child(self.requests, family, str(status), model), child(self.duration, family),
+                child(self.ttfb, family), child(self.prompt_tokens, model),
+                child(self.cached_tokens, model), child(self.generated_tokens, model),
+                child(self.tokens_per_s, model))
+        requests, durations, ttfbs, prompt, cached, generated, speed = children
+        self.inc(requests)
+        self.observe(durations, duration)
         if ttfb is not None:
-            self.child(self.ttfb, family).observe(ttfb)
+            self.observe(ttfbs, ttfb)
         if usage.prompt:
-            self.child(self.prompt_tokens, model).inc(usage.prompt)
+            self.inc(prompt, usage.prompt)
         if usage.cached:
-            self.child(self.cached_tokens, model).inc(usage.cached)
+            self.inc(cached, usage.cached)
         if usage.generated:
-            self.child(self.generated_tokens, model).inc(usage.generated)
+            self.inc(generated, usage.generated)
         if usage.tokens_per_s:
-            self.child(self.tokens_per_s, model).observe(usage.tokens_per_s)
+            self.observe(speed, usage.tokens_per_s)
 
     def count_backend_message(self, message: dict[str, Any]) -> None:
         """A lifecycle reply or event: switch outcomes, load times, idle unloads."""
@@ -131,23 +152,74 @@ class Metrics:
         model = str(message.get("model") or "")
         if kind == "reply" and event == "ready":
             if message.get("already_active"):
-                self.child(self.switches, "already_active").inc()
+                self.inc(self.child(self.switches, "already_active"))
                 return
-            self.child(self.switches, "loaded").inc()
+            self.inc(self.child(self.switches, "loaded"))
             seconds = message.get("load_seconds")
             # switches that joined one load each get a reply: the load counts once
             if isinstance(seconds, (int, float)) and (model, seconds) != self._last_load:
                 self._last_load = (model, seconds)
-                self.child(self.load_seconds, model).observe(seconds)
+                self.observe(self.child(self.load_seconds, model), seconds)
         elif kind == "reply" and event == "error":
-            self.child(self.switches, str(message.get("code") or "error")).inc()
+            error = message.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            self.inc(self.child(self.switches, str(code or "error")))
         elif kind == "event" and event == "stopping" and message.get("reason") == "idle":
-            self.child(self.idle_unloads, model).inc()
+            self.inc(self.child(self.idle_unloads, model))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        self.flush()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def flush_periodically(self) -> None:
+        """A greenlet's loop in the proxy worker."""
+        import gevent
+
+        while True:
+            gevent.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # a full disk must not end the flushing for good
+                import logging
+
+                logging.getLogger("llmctld.proxy").exception("writing the metrics failed")
+
+
+class Pending:
+    """Increments not yet written: plain dict updates per request, one file write per value
+    and flush."""
+
+    def __init__(self) -> None:
+        self._counts: dict[Any, float] = {}  # counter child -> pending increment
+        self._observed: dict[Any, list[float]] = {}  # histogram child -> [per bucket..., sum]
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        self._counts[child] = self._counts.get(child, 0.0) + amount
+
+    def observe(self, child: Any, value: float) -> None:
+        pending = self._observed.get(child)
+        if pending is None:
+            pending = self._observed[child] = [0.0] * (len(child._upper_bounds) + 1)
+        # the bucket Histogram.observe() would count it in: the first bound >= value
+        pending[bisect.bisect_left(child._upper_bounds, value)] += 1
+        pending[-1] += value
+
+    def flush(self) -> None:
+        """Move the pending increments into the metrics. A histogram's per-bucket values are
+        prometheus_client internals (`_buckets`, `_sum`, `_upper_bounds`);
+        tests/unit/test_observability.py checks that a flushed histogram equals one fed with
+        observe()."""
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        observed, self._observed = self._observed, {}
+        for child, pending in observed.items():
+            for bucket, count in zip(child._buckets, pending, strict=False):
+                if count:
+                    bucket.inc(count)
+            child._sum.inc(pending[-1])
 
 
 class LiveCollector:

@@ -3,10 +3,11 @@
 `Observer` is WSGI middleware around the App. For the routes that reach llama-server (the
 route families `v1`, `native`, `api`; control routes pass through untouched) it notes the
 arrival time, the status and content type from start_response, and the time of the first
-body chunk. The response bytes go through unchanged and are not held: a stream keeps only
-its last TAIL_BYTES (where llama-server puts `usage` and `timings`), a JSON body is kept whole
-only up to JSON_BYTES, anything else not at all. Everything else happens in close(), after
-the server has written the response's last byte, so a client never waits for it.
+body chunk. The response bytes go through unchanged and are not copied or held: the observer
+keeps references to the last TAIL_CHUNKS chunks only (llama-server puts `usage` and `timings`
+at the very end), so a stream of any length costs the same few kilobytes. The rest happens
+in close(), after the server has written the response's last byte: reading the token figures
+(usage.py) and recording the request.
 
 Observation must never break a response: a failure in the accounting is logged once and
 swallowed.
@@ -14,8 +15,6 @@ swallowed.
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -26,9 +25,8 @@ from llmctl.daemon import usage
 
 log = logging.getLogger("llmctld.proxy")
 
-TAIL_BYTES = 8 * 1024
-JSON_BYTES = 256 * 1024
-ERROR_TEXT = 300
+TAIL_CHUNKS = 4  # SSE: the finish event with `timings`, the `usage` event, `[DONE]`, slack
+TAIL_BYTES = 16 * 1024  # of those chunks, at most this much is searched
 
 # llama-server's own routes that the proxy forwards as they are (besides /v1)
 NATIVE_ROUTES = frozenset((
@@ -36,6 +34,7 @@ NATIVE_ROUTES = frozenset((
     "/reranking", "/tokenize", "/detokenize", "/apply-template", "/chat/completions",
 ))
 NATIVE_PREFIXES = ("/backend/",)
+TEXT_TYPES = ("application/json", "text/event-stream", "application/x-ndjson")
 
 
 def route_family(path: str) -> str | None:
@@ -50,10 +49,11 @@ def route_family(path: str) -> str | None:
 
 
 def client_kind(address: str | None) -> str:
-    try:
-        return "loopback" if address and ipaddress.ip_address(address).is_loopback else "lan"
-    except ValueError:
-        return "lan"
+    """`loopback` or `lan`, from the client's address (string tests: this runs per request)."""
+    if address and (address.startswith("127.") or address in ("::1", "localhost")
+                    or address.startswith("::ffff:127.")):
+        return "loopback"
+    return "lan"
 
 
 class Observer:
@@ -62,20 +62,16 @@ class Observer:
         self._failed = False
         if metrics is not None:
             hub.listeners.append(self._backend_message)
+            import gevent
+
+            gevent.spawn(metrics.flush_periodically)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         family = route_family(environ["PATH_INFO"])
         if family is None:
             return self.app(environ, start_response)
         exchange = Exchange(self, family, environ, start_response)
-        result = self.app(environ, exchange.start_response)
-        if isinstance(result, list):  # an answer made here (an error): record it at once
-            exchange.first_byte = time.perf_counter()
-            if exchange.mode:
-                exchange.kept += b"".join(result)[-JSON_BYTES:]
-            self.finish(exchange)
-            return result
-        return ObservedBody(result, exchange)
+        return ObservedBody(self.app(environ, exchange.start_response), exchange)
 
     def finish(self, exchange: Exchange) -> None:
         try:
@@ -84,6 +80,11 @@ class Observer:
             if not self._failed:  # say it once; the response itself was unaffected
                 self._failed = True
                 log.exception("recording a request for metrics/activity failed")
+
+    def flush(self) -> None:
+        """Write what the metrics hold in memory to their files (at the worker's exit)."""
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def _backend_message(self, message: dict[str, Any]) -> None:
         if message.get("type") in ("reply", "event") and self.metrics is not None:
@@ -96,19 +97,18 @@ class Observer:
 class Exchange:
     """One request and its response, as far as the observer follows it."""
 
-    __slots__ = ("observer", "family", "environ", "_start_response", "started", "at",
-                 "first_byte", "status", "mode", "kept", "model")
+    __slots__ = ("observer", "family", "environ", "_start_response", "started", "first_byte",
+                 "status", "content_type", "tail", "model")
 
     def __init__(self, observer: Observer, family: str, environ: dict[str, Any],
                  start_response: Any):
         self.observer, self.family, self.environ = observer, family, environ
         self._start_response = start_response
         self.started = time.perf_counter()
-        self.at = time.time()
         self.first_byte: float | None = None
         self.status = 0
-        self.mode = ""  # "sse", "ndjson", "json" or "" (kept nothing)
-        self.kept = bytearray()
+        self.content_type = ""
+        self.tail: tuple[bytes, ...] = ()
         self.model: str | None = None
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
@@ -117,10 +117,7 @@ class Exchange:
         self.model = self.observer.hub.backend.get("model")
         for name, value in headers:
             if name.lower() == "content-type":
-                value = value.lower()
-                self.mode = "sse" if value.startswith("text/event-stream") else (
-                    "ndjson" if "ndjson" in value else (
-                        "json" if value.startswith("application/json") else ""))
+                self.content_type = value.lower()
                 break
         return self._start_response(status, headers, exc_info)
 
@@ -128,39 +125,39 @@ class Exchange:
         end = time.perf_counter()
         duration = end - self.started
         ttfb = self.first_byte - self.started if self.first_byte is not None else None
-        kept = bytes(self.kept)
-        if self.mode == "sse":
-            figures = usage.from_sse_tail(kept)
-        elif self.mode == "ndjson":
-            figures = usage.from_ndjson_tail(kept)
-        elif self.mode == "json" and kept:
-            figures = usage.from_json(kept)
-        else:
-            figures = usage.Usage()
+        text = self.content_type.startswith(TEXT_TYPES)
+        tail = _join_tail(self.tail) if text else b""
+        figures = usage.from_tail(tail) if tail else usage.Usage()
+        stream = text and not self.content_type.startswith("application/json")
+        error = None
+        if self.status >= 400:
+            error = (usage.error_message(tail) or f"HTTP {self.status}")[:300]
+        elif stream and b'"error"' in tail:  # a stream that ended with an error event
+            error = usage.error_message(tail)
         model = self.model or ""
         observer = self.observer
         if observer.metrics is not None:
             observer.metrics.count_request(self.family, self.status, model, duration, ttfb,
                                            figures)
         if observer.activity is not None:
+            environ = self.environ
             observer.activity.append({
-                "time": round(self.at, 3),
-                "client": client_kind(self.environ.get("REMOTE_ADDR")),
-                "method": self.environ["REQUEST_METHOD"], "route": self.environ["PATH_INFO"],
+                "time": round(time.time() - (end - self.started), 3),
+                "client": client_kind(environ.get("REMOTE_ADDR")),
+                "method": environ["REQUEST_METHOD"], "route": environ["PATH_INFO"],
                 "family": self.family, "model": self.model, "status": self.status,
-                "stream": self.mode in ("sse", "ndjson"),
-                "duration_ms": round(duration * 1000, 2),
+                "stream": stream, "duration_ms": round(duration * 1000, 2),
                 "ttfb_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
                 "prompt_tokens": figures.prompt, "generated_tokens": figures.generated,
                 "cached_tokens": figures.cached,
                 "tokens_per_s": round(figures.tokens_per_s, 2)
                 if figures.tokens_per_s is not None else None,
-                "error": _error_text(self.status, self.mode, kept),
+                "error": error,
             })
 
 
 class ObservedBody:
-    """The response iterable: passes every chunk on, keeps the bounded part, and records the
+    """The response iterable: passes every chunk on, remembers the last few, and records the
     exchange when the server closes it."""
 
     __slots__ = ("inner", "exchange", "_closed")
@@ -170,20 +167,18 @@ class ObservedBody:
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self.exchange
-        kept = exchange.kept
-        for data in self.inner:
-            if exchange.first_byte is None:
+        chunks = iter(self.inner)
+        a = b = c = d = b""
+        try:
+            for d in chunks:
                 exchange.first_byte = time.perf_counter()
-            if exchange.mode in ("sse", "ndjson"):
-                kept += data
-                if len(kept) > 2 * TAIL_BYTES:  # trim now and then, not on every chunk
-                    del kept[:-TAIL_BYTES]
-            elif exchange.mode == "json" and len(kept) + len(data) <= JSON_BYTES:
-                kept += data
-            elif exchange.mode == "json":  # too big to be worth parsing: let it go
-                exchange.mode = ""
-                kept.clear()
-            yield data
+                yield d
+                break
+            for data in chunks:
+                a, b, c, d = b, c, d, data
+                yield data
+        finally:
+            exchange.tail = (a, b, c, d)
 
     def close(self) -> None:
         if self._closed:
@@ -197,24 +192,15 @@ class ObservedBody:
             self.exchange.observer.finish(self.exchange)
 
 
-def _error_text(status: int, mode: str, kept: bytes) -> str | None:
-    """The message of an error answer, or of an error event that ended a stream."""
-    if status < 400 and not (mode == "sse" and b'"error"' in kept[-2048:]):
-        return None
-    text = kept[-2048:] if mode == "sse" else kept
-    for line in reversed(text.split(b"\n")):
-        line = line.removeprefix(b"data:").strip()
-        if line.startswith(b"{"):
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            err = doc.get("error") if isinstance(doc, dict) else None
-            if isinstance(err, dict):
-                return str(err.get("message") or err.get("type") or status)[:ERROR_TEXT]
-            if isinstance(err, str):
-                return err[:ERROR_TEXT]
-    return f"HTTP {status}" if status >= 400 else None
+def _join_tail(chunks: tuple[bytes, ...]) -> bytes:
+    """The last TAIL_BYTES of the remembered chunks, copying no more than that."""
+    parts, size = [], 0
+    for chunk in reversed(chunks):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= TAIL_BYTES:
+            break
+    return b"".join(reversed(parts))[-TAIL_BYTES:]
 
 
 def install(app: Any, hub: Any, runtime: Path, settings: dict[str, Any]) -> Any:

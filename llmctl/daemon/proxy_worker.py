@@ -82,6 +82,8 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     except ChannelClosed:
         stop()
     stopped.wait()
+    if hasattr(app, "flush"):  # the observer: write the metrics still in memory
+        app.flush()
     return 0
 
 

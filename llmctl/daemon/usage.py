@@ -1,17 +1,26 @@
-"""Token figures of one response, read from what llama-server (or an Ollama-style stream) puts
-at its end: `usage` and `timings` in an OpenAI JSON body or in the last SSE events, the
-`tokens_*`/`timings` of a native /completion answer, or the `*_count`/`*_duration` fields of
-the last NDJSON line of an Ollama-style answer.
+"""Token figures (and the error message) of one response, read from its last bytes.
 
-It only ever sees the bytes the observer kept (a whole small JSON body, or the bounded tail of
-a stream), and never raises: a body it cannot read simply has no token figures.
+llama-server ends every answer with what it counted: `usage` and `timings` at the end of an
+OpenAI JSON body or in the last SSE events, `tokens_predicted`/`tokens_evaluated` and
+`timings` in a native /completion answer; an Ollama-style NDJSON stream ends with a line of
+`eval_count`/`prompt_eval_count`/`eval_duration`. So the observer keeps only a response's
+tail, and this module finds the last occurrence of each field in it and decodes just that
+small object, never the whole body: it runs once per request and must be cheap.
+
+It never raises: a tail it cannot read has no figures (a stream cut off before its end has
+none, and that is the truth).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+_DECODER = json.JSONDecoder()
+_SCALARS = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*([0-9.eE+]+)') for name in (
+    "tokens_predicted", "tokens_evaluated", "eval_count", "prompt_eval_count", "eval_duration")}
 
 
 @dataclass
@@ -25,79 +34,78 @@ class Usage:
         return self.prompt is None and self.generated is None
 
 
-def from_json(body: bytes) -> Usage:
-    """A complete JSON response body."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return Usage()
-    return _from_doc(doc) if isinstance(doc, dict) else Usage()
-
-
-def from_sse_tail(tail: bytes) -> Usage:
-    """The last bytes of a text/event-stream: the figures of the last events that carry them
-    (with `stream_options.include_usage`, `usage` comes in its own chunk after the one with
-    `timings`, so both are merged)."""
-    usage = Usage()
-    for line in reversed(tail.split(b"\n")):
-        if not line.startswith(b"data:"):
-            continue
-        payload = line[5:].strip()
-        if not payload.startswith(b"{"):
-            continue
-        found = from_json(payload)
-        _fill(usage, found)
-        if usage.prompt is not None and usage.generated is not None and \
-                usage.tokens_per_s is not None:
-            break
-    return usage
-
-
-def from_ndjson_tail(tail: bytes) -> Usage:
-    """The last bytes of an NDJSON stream: its last complete line."""
-    for line in reversed(tail.split(b"\n")):
-        if line.strip():
-            return from_json(line)
-    return Usage()
-
-
-def _fill(into: Usage, found: Usage) -> None:
-    for name in ("prompt", "generated", "cached", "tokens_per_s"):
-        if getattr(into, name) is None:
-            setattr(into, name, getattr(found, name))
-
-
-def _from_doc(doc: dict[str, Any]) -> Usage:
-    usage = Usage()
-    openai = doc.get("usage")
-    if isinstance(openai, dict):
-        usage.prompt = _int(openai.get("prompt_tokens", openai.get("input_tokens")))
-        usage.generated = _int(openai.get("completion_tokens", openai.get("output_tokens")))
+def from_tail(tail: bytes) -> Usage:
+    figures = Usage()
+    openai = _last_object(tail, b'"usage":')
+    if openai is not None:
+        figures.prompt = _int(openai.get("prompt_tokens", openai.get("input_tokens")))
+        figures.generated = _int(openai.get("completion_tokens", openai.get("output_tokens")))
         details = openai.get("prompt_tokens_details") or openai.get("input_tokens_details")
         if isinstance(details, dict):
-            usage.cached = _int(details.get("cached_tokens"))
-    timings = doc.get("timings")
-    if isinstance(timings, dict):
-        # llama-server counts the prompt tokens it had to evaluate (prompt_n) apart from the
-        # ones it reused from the KV cache (cache_n)
+            figures.cached = _int(details.get("cached_tokens"))
+    timings = _last_object(tail, b'"timings":')
+    if timings is not None:
+        # llama-server counts the prompt tokens it evaluated (prompt_n) apart from those it
+        # reused from its cache (cache_n); OpenAI's prompt_tokens is their sum
         cache_n, prompt_n = _int(timings.get("cache_n")), _int(timings.get("prompt_n"))
-        if usage.cached is None:
-            usage.cached = cache_n
-        if usage.prompt is None and prompt_n is not None:
-            usage.prompt = prompt_n + (cache_n or 0)
-        if usage.generated is None:
-            usage.generated = _int(timings.get("predicted_n"))
-        usage.tokens_per_s = _float(timings.get("predicted_per_second"))
-    if usage.generated is None and "tokens_predicted" in doc:  # native /completion
-        usage.generated = _int(doc.get("tokens_predicted"))
-        usage.prompt = _int(doc.get("tokens_evaluated"))
-    if usage.generated is None and "eval_count" in doc:  # Ollama-style final line
-        usage.generated = _int(doc.get("eval_count"))
-        usage.prompt = _int(doc.get("prompt_eval_count"))
-        duration = _float(doc.get("eval_duration"))
-        if usage.generated and duration:
-            usage.tokens_per_s = usage.generated / (duration / 1e9)
-    return usage
+        if figures.cached is None:
+            figures.cached = cache_n
+        if figures.prompt is None and prompt_n is not None:
+            figures.prompt = prompt_n + (cache_n or 0)
+        if figures.generated is None:
+            figures.generated = _int(timings.get("predicted_n"))
+        figures.tokens_per_s = _float(timings.get("predicted_per_second"))
+    if figures.generated is None:  # native /completion
+        figures.generated = _int(_last_scalar(tail, "tokens_predicted"))
+        if figures.prompt is None:
+            figures.prompt = _int(_last_scalar(tail, "tokens_evaluated"))
+    if figures.generated is None:  # an Ollama-style last line
+        figures.generated = _int(_last_scalar(tail, "eval_count"))
+        figures.prompt = _int(_last_scalar(tail, "prompt_eval_count"))
+        nanoseconds = _float(_last_scalar(tail, "eval_duration"))
+        if figures.generated and nanoseconds:
+            figures.tokens_per_s = figures.generated / (nanoseconds / 1e9)
+    return figures
+
+
+def error_message(tail: bytes) -> str | None:
+    """The message of the last `"error": {...}` (or `"error": "..."`) in the tail."""
+    found = _last_value(tail, b'"error":')
+    if isinstance(found, dict):
+        message = found.get("message") or found.get("type")
+        return str(message) if message is not None else None
+    return found if isinstance(found, str) else None
+
+
+def _last_value(tail: bytes, key: bytes) -> Any:
+    at = tail.rfind(key)
+    if at < 0:
+        return None
+    try:
+        text = tail[at + len(key):].decode("utf-8", "replace").lstrip()
+        value, _ = _DECODER.raw_decode(text)
+    except ValueError:
+        return None
+    return value
+
+
+def _last_object(tail: bytes, key: bytes) -> dict[str, Any] | None:
+    value = _last_value(tail, key)
+    return value if isinstance(value, dict) else None
+
+
+def _last_scalar(tail: bytes, name: str) -> float | int | None:
+    matches = _SCALARS[name].findall(tail)
+    if not matches:
+        return None
+    text = matches[-1]
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return None
 
 
 def _int(value: Any) -> int | None:

@@ -37,7 +37,7 @@ def sse(*events: Any) -> bytes:
 
 
 def test_usage_from_a_json_body() -> None:
-    figures = usage.from_json(json.dumps(CHAT_BODY).encode())
+    figures = usage.from_tail(json.dumps(CHAT_BODY).encode())
     assert (figures.prompt, figures.generated, figures.cached) == (12, 8, 3)
     assert figures.tokens_per_s == 2000.0
 
@@ -49,32 +49,51 @@ def test_usage_from_the_tail_of_a_stream_merges_timings_and_usage() -> None:
     # the tail starts in the middle of an earlier event: that fragment is ignored
     tail = b'ent":"x"}}]}\n\n' + sse({"choices": [{"delta": {"content": "y"}}]}, last,
                                      usage_chunk, b"[DONE]")
-    figures = usage.from_sse_tail(tail)
+    figures = usage.from_tail(tail)
     assert (figures.prompt, figures.generated, figures.cached) == (12, 8, 3)
     assert figures.tokens_per_s == 2000.0
 
 
 def test_usage_without_include_usage_comes_from_timings() -> None:
     last = {"choices": [{"delta": {}, "finish_reason": "stop"}], "timings": CHAT_BODY["timings"]}
-    figures = usage.from_sse_tail(sse(last, b"[DONE]"))
+    figures = usage.from_tail(sse(last, b"[DONE]"))
     assert (figures.prompt, figures.generated, figures.cached) == (12, 8, 3)
 
 
 def test_usage_of_native_completion_and_ollama_style_lines() -> None:
-    native = usage.from_json(json.dumps({"content": "x", "tokens_predicted": 5,
+    native = usage.from_tail(json.dumps({"content": "x", "tokens_predicted": 5,
                                          "tokens_evaluated": 7}).encode())
     assert (native.prompt, native.generated) == (7, 5)
     tail = b'{"done":false}\n{"done":true,"eval_count":10,"prompt_eval_count":4,' \
            b'"eval_duration":500000000}\n'
-    ollama = usage.from_ndjson_tail(tail)
+    ollama = usage.from_tail(tail)
     assert (ollama.prompt, ollama.generated, ollama.tokens_per_s) == (4, 10, 20.0)
 
 
 @pytest.mark.parametrize("body", [b"", b"not json", b"[1,2]", b'{"usage": "weird"}',
                                   b'{"usage": {"prompt_tokens": -1, "completion_tokens": true}}'])
 def test_unreadable_bodies_have_no_figures(body: bytes) -> None:
-    assert usage.from_json(body).empty()
-    assert usage.from_sse_tail(b"data: " + body + b"\n\n").empty()
+    assert usage.from_tail(body).empty()
+    assert usage.from_tail(b"data: " + body + b"\n\n").empty()
+
+
+def test_generated_text_that_looks_like_figures_is_not_read_as_them() -> None:
+    """Inside a JSON string the quotes are escaped, so `"usage":` never matches there."""
+    chunk = {"choices": [{"delta": {"content": '{"usage": {"completion_tokens": 999}, '
+                                               '"error": {"message": "no"}}'}}]}
+    tail = sse(chunk, {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+    figures = usage.from_tail(tail)
+    assert (figures.prompt, figures.generated) == (2, 1)
+    assert usage.error_message(sse(chunk)) is None
+
+
+def test_the_error_of_an_answer_or_a_cut_stream() -> None:
+    body = b'{"error":{"code":400,"message":"the request exceeds the context",' \
+           b'"type":"exceed_context_size_error"}}'
+    assert usage.error_message(body) == "the request exceeds the context"
+    cut = sse({"choices": [{"delta": {"content": "x"}}]},
+              {"error": {"code": 502, "message": "llama-server stopped"}})
+    assert usage.error_message(cut) == "llama-server stopped"
 
 
 @pytest.mark.parametrize(("path", "family"), [
@@ -180,6 +199,38 @@ def test_rocm_smi_output() -> None:
                       "system": {"Driver version": "6.8"}}).encode()
     [gpu] = parse_rocm_smi(out)
     assert (gpu.index, gpu.vendor, gpu.used, gpu.total) == (0, "amd", 2**30, 17163091968)
+
+
+# --- metrics written in batches ----------------------------------------------------------------
+
+
+def test_a_flushed_batch_equals_direct_updates() -> None:
+    """Pending uses prometheus_client's histogram internals: this catches a change in them."""
+    from prometheus_client import Counter, Histogram
+
+    from llmctl.daemon.metrics import DURATION_BUCKETS, Pending
+
+    direct = Histogram("d", "d", buckets=DURATION_BUCKETS, registry=None)
+    batched = Histogram("d", "d", buckets=DURATION_BUCKETS, registry=None)
+    counted, batch_counted = (Counter("c", "c", registry=None) for _ in range(2))
+    pending = Pending()
+    values = [0.0, 0.005, 0.0051, 0.3, 2.5, 7, 599.9, 601, 1e6]
+    for v in values:
+        direct.observe(v)
+        pending.observe(batched, v)
+        counted.inc(v)
+        pending.inc(batch_counted, v)
+    assert [s.value for s in batched.collect()[0].samples
+            if s.name == "d_count"] == [0]  # nothing is written before the flush
+    pending.flush()
+    pending.flush()  # idempotent: nothing is written twice
+
+    def samples(metric: Any) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for s in metric.collect()[0].samples
+                if not s.name.endswith("_created")]
+
+    assert samples(batched) == samples(direct)
+    assert samples(batch_counted) == samples(counted)
 
 
 # --- the live gauges ---------------------------------------------------------------------------
