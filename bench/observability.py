@@ -13,6 +13,7 @@ latency within 0.05 ms. Every process it starts is stopped on the way out.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # a SIGTERM unwinds like Ctrl-C, so the daemons below are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ports = Ports()
     daemons: dict[str, BenchDaemon] = {}
     with tempfile.TemporaryDirectory(prefix="llmctl-bench-observability-") as work:

@@ -11,6 +11,8 @@ let
   pyproject = lib.importTOML ../pyproject.toml;
   dependencies = with python3Packages; [
     gevent
+    nvidia-ml-py
+    prometheus-client
     psutil
     pyyaml
     rapidfuzz
