@@ -7,7 +7,10 @@ Two daemons with identical homes (tiny-a on their own llama-server each, -np 4) 
 rotated order, round after round: a 16-client keep-alive throughput run (non-streaming, 4
 tokens) and a 1-client sequential latency run. It prints requests/s and p50 latency for each,
 and checks the targets: throughput with observability on within 2 % of off, and its added p50
-latency within 0.05 ms. Every process it starts is stopped on the way out.
+latency within 0.05 ms. It also prints the proxy worker's CPU time per request (psutil), the
+figure that moves least when other programs compete for the cores: wall-clock throughput on a
+busy 2-core machine swings far more than 2 % from run to run. Every process it starts is
+stopped on the way out.
 """
 
 from __future__ import annotations
@@ -23,8 +26,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: import `bench` from the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+import psutil  # noqa: E402
+
 from bench import loadgen  # noqa: E402
-from bench.stack import BenchDaemon, Ports, make_home, stop_daemon, write_models  # noqa: E402
+from bench.stack import (  # noqa: E402
+    BenchDaemon,
+    Ports,
+    make_home,
+    proxy_pid,
+    stop_daemon,
+    write_models,
+)
 
 CLIENTS = 16
 TOKENS = 4
@@ -75,20 +87,26 @@ def run(daemons: dict[str, BenchDaemon], args: argparse.Namespace) -> dict[str, 
         loadgen.sequential(daemon.port, body, 50, 10, conns[name])
     rps: dict[str, list[float]] = {n: [] for n in names}
     p50: dict[str, list[float]] = {n: [] for n in names}
+    cpu_us: dict[str, list[float]] = {n: [] for n in names}
+    proxies = {n: psutil.Process(proxy_pid(d)) for n, d in daemons.items()}
     for r in range(args.rounds):
         order = names[r % 2:] + names[:r % 2]
         for name in order:
+            before = sum(proxies[name].cpu_times()[:2])
             load = loadgen.concurrent(daemons[name].port, body, CLIENTS, args.seconds)
+            used = sum(proxies[name].cpu_times()[:2]) - before
             rps[name].append(load.rate)
+            cpu_us[name].append(used * 1e6 / max(len(load.replies), 1))
         for name in order:
             replies = loadgen.sequential(daemons[name].port, body, args.latency_n, 60,
                                          conns[name])
             p50[name].append(loadgen.median([x.total * 1000 for x in replies]))
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-            f"{n}: {rps[n][-1]:.0f} req/s, p50 {p50[n][-1]:.3f} ms" for n in names), flush=True)
+            f"{n}: {rps[n][-1]:.0f} req/s, p50 {p50[n][-1]:.3f} ms, proxy CPU "
+            f"{cpu_us[n][-1]:.0f} us/req" for n in names), flush=True)
     for conn in conns.values():
         conn.close()
-    return {"rps": rps, "p50": p50}
+    return {"rps": rps, "p50": p50, "cpu_us": cpu_us}
 
 
 def report(results: dict[str, Any]) -> int:
@@ -102,6 +120,8 @@ def report(results: dict[str, Any]) -> int:
     print(f"{'':28}{'on':>10}{'off':>10}")
     print(f"{'16 clients requests/s':28}{rps['on']:>10.1f}{rps['off']:>10.1f}")
     print(f"{'1 client p50 latency (ms)':28}{p50['on']:>10.3f}{p50['off']:>10.3f}")
+    cpu = {n: statistics.median(v) for n, v in results["cpu_us"].items()}
+    print(f"{'proxy CPU per request (us)':28}{cpu['on']:>10.1f}{cpu['off']:>10.1f}")
     print()
     ok_rps = ratio >= 1 - MAX_THROUGHPUT_LOSS
     ok_p50 = delta <= MAX_ADDED_P50_MS
