@@ -9,8 +9,11 @@ tokens) and a 1-client sequential latency run. It prints requests/s and p50 late
 and checks the targets: throughput with observability on within 2 % of off, and its added p50
 latency within 0.05 ms. It also prints the proxy worker's CPU time per request (psutil), the
 figure that moves least when other programs compete for the cores: wall-clock throughput on a
-busy 2-core machine swings far more than 2 % from run to run. Every process it starts is
-stopped on the way out.
+busy 2-core machine swings far more than 2 % from run to run. First it times the observer
+alone, in this process (`--in-process-only` stops there): the WSGI wrapping, the tail kept,
+the token figures read and recorded, per request, against the same app unwrapped; that figure
+does not depend on llama-server or the network. Every process it starts is stopped on the
+way out.
 """
 
 from __future__ import annotations
@@ -52,11 +55,86 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-n", type=int, default=400,
                    help="sequential requests per side and round (default 400)")
     p.add_argument("--parallel", type=int, default=4, help="llama-server slots (default 4)")
+    p.add_argument("--in-process-only", action="store_true",
+                   help="only time the observer in this process (a few seconds)")
     return p.parse_args(argv)
+
+
+# A final chat answer as llama-server writes it (build b11434), for the in-process timing
+ANSWER = (b'{"choices":[{"finish_reason":"length","index":0,"message":{"role":"assistant",'
+          b'"content":"abcd"}}],"created":1,"model":"tiny-a","system_fingerprint":"b11434",'
+          b'"object":"chat.completion","usage":{"completion_tokens":4,"prompt_tokens":56,'
+          b'"total_tokens":60,"prompt_tokens_details":{"cached_tokens":55}},"id":"chatcmpl-x",'
+          b'"timings":{"cache_n":55,"prompt_n":1,"prompt_ms":0.5,"predicted_n":4,'
+          b'"predicted_ms":2.0,"predicted_per_second":2000.0}}')
+
+
+def in_process_cost(n: int = 20000) -> dict[str, float]:
+    """Microseconds per request of a trivial WSGI app, bare and inside the Observer with
+    metrics and activity on (best of five runs: the least disturbed by other programs)."""
+    import os
+    import time
+
+    from llmctl.daemon.metrics import open_store
+
+    open_store(Path(tempfile.mkdtemp(prefix="llmctl-bench-metrics-")), fresh=True)
+    from llmctl.daemon.activity import ActivityLog
+    from llmctl.daemon.gpu import GpuProbe
+    from llmctl.daemon.metrics import Metrics
+    from llmctl.daemon.observe import Observer
+
+    class Hub:
+        backend = {"model": "tiny-a", "state": "ready"}
+        workers: dict[str, Any] = {}
+        in_flight = 0
+        listeners: list[Any] = []
+
+    class Body:  # like the proxy's Relay: an iterable with close()
+        def __iter__(self) -> Any:
+            yield ANSWER
+
+        def close(self) -> None:
+            pass
+
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(ANSWER)))]
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", headers)
+        return Body()
+
+    hub = Hub()
+    metrics = Metrics(hub, GpuProbe())
+    observed = Observer(app, hub, metrics, ActivityLog(500))
+    environ = {"PATH_INFO": "/v1/chat/completions", "REQUEST_METHOD": "POST",
+               "REMOTE_ADDR": "127.0.0.1"}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    out = {}
+    for label, wsgi in (("bare", app), ("observed", observed)):
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                body = wsgi(environ, start_response)
+                for _chunk in body:
+                    pass
+                body.close()
+            best = min(best, (time.perf_counter() - t0) / n * 1e6)
+        out[label] = best
+    metrics.flush()
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cost = in_process_cost()
+    print(f"in process: {cost['bare']:.2f} us/request bare, {cost['observed']:.2f} observed: "
+          f"the observer adds {cost['observed'] - cost['bare']:.2f} us", flush=True)
+    if args.in_process_only:
+        return 0
     # a SIGTERM unwinds like Ctrl-C, so the daemons below are stopped on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ports = Ports()
