@@ -91,11 +91,11 @@ def summary(view: View, now: float) -> list[str]:
         bar = "#" * filled + "." * (BAR - filled)
         lines.append(f"load   [{bar}] {progress.get('phase', 'loading')}"
                      + (f" {percent:.0f}%" if percent is not None else ""))
-    idle = status.get("idle") or {}
-    if idle.get("pinned"):
-        lines.append("idle   pinned: never unloaded for idleness")
-    elif idle.get("unload_in_s") is not None:
-        lines.append(f"idle   unloads in {duration(idle['unload_in_s'])} without requests")
+    idle = status.get("idle") or {}  # the daemon's idle unload: countdown, pin, unloaded
+    if idle.get("unloads_in_s") is not None:
+        lines.append(f"idle   unloads in {duration(idle['unloads_in_s'])} without requests")
+    elif idle.get("text"):
+        lines.append(f"idle   {idle['text']}")
     rates = view.rates(now)
     speed = rates["tokens_per_s"]
     lines.append(f"now    in flight {status.get('in_flight', 0)}   requests/min "

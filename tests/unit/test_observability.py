@@ -282,7 +282,7 @@ def test_top_screen_shows_state_progress_rates_and_requests() -> None:
     view = top.View()
     view.status = {"backend": {"state": "starting", "model": "tiny-beta",
                                "progress": {"phase": "loading", "percent": 50.0}},
-                   "in_flight": 1, "idle": {"unload_in_s": 125.0}}
+                   "in_flight": 1, "idle": {"unloads_in_s": 125.0, "text": "unloads in 2m05s"}}
     view.entries.extend([{**ENTRY, "seq": n, "time": 1000.0 + n} for n in range(1, 4)])
     lines = top.screen(view, "http://127.0.0.1:1", 1010.0, 120, 40)
     text = "\n".join(lines)
@@ -292,3 +292,6 @@ def test_top_screen_shows_state_progress_rates_and_requests() -> None:
     assert "in flight 1   requests/min 3   tokens/s 95.2" in text
     assert sum("/v1/chat/completions" in line for line in lines) == 3
     assert len(top.screen(view, "u", 1010.0, 120, 6)) == 6  # fits the terminal
+    view.status["idle"] = {"pinned": True, "unloads_in_s": None,
+                           "text": "pinned — never unloaded for idleness"}
+    assert "idle   pinned — never unloaded" in "\n".join(top.screen(view, "u", 1010.0, 120, 40))

@@ -112,10 +112,10 @@ function renderStatus() {
   const progress = backend.progress || {};
   $("load").hidden = backend.state !== "starting";
   if (backend.state === "starting") showProgress(progress.phase, progress.percent);
-  const idle = state.status.idle;  // present when the daemon has idle unload (pin, countdown)
-  const idleText = !idle ? null : idle.pinned ? "pinned — never unloaded"
-    : idle.unload_in_s !== null && idle.unload_in_s !== undefined
-      ? `unloads in ${seconds(idle.unload_in_s)}` : null;
+  const idle = state.status.idle;  // the daemon's idle unload: countdown, pin, unloaded
+  const idleText = !idle ? null
+    : idle.unloads_in_s !== null && idle.unloads_in_s !== undefined
+      ? `unloads in ${seconds(idle.unloads_in_s)}` : idle.text || null;
   $("idle-label").hidden = $("idle").hidden = idleText === null;
   $("idle").textContent = idleText || "";
   $("backend-error").hidden = !(backend.state === "failed" && backend.error);
@@ -183,9 +183,10 @@ async function switchTo(model, force) {
   state.switching = true;
   document.querySelectorAll("#models button").forEach((b) => { b.disabled = true; });
   $("switch-events").replaceChildren();
-  switchEvent(`switch to ${model}${force ? " (forced)" : ""}…`);
+  const pin = $("pin").checked;
+  switchEvent(`switch to ${model}${pin ? ", pinned" : ""}${force ? " (forced)" : ""}…`);
   try {
-    const response = await fetch(`/switch/${encodeURIComponent(model)}?stream=1${force ? "&force=1" : ""}`,
+    const response = await fetch(`/switch/${encodeURIComponent(model)}?stream=1${force ? "&force=1" : ""}${pin ? "&pin=1" : ""}`,
                                  { method: "POST" });
     if (!response.ok) {
       const err = await errorOf(response);
