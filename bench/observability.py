@@ -74,19 +74,19 @@ def in_process_cost(n: int = 20000) -> dict[str, float]:
     metrics and activity on (best of five runs: the least disturbed by other programs)."""
     import os
     import time
+    import types
 
+    from llmctl.core.state import Backend
     from llmctl.daemon.metrics import open_store
 
-    open_store(Path(tempfile.mkdtemp(prefix="llmctl-bench-metrics-")), fresh=True)
+    open_store(Path(tempfile.mkdtemp(prefix="llmctl-bench-metrics-")))
     from llmctl.daemon.activity import ActivityLog
     from llmctl.daemon.gpu import GpuProbe
     from llmctl.daemon.metrics import Metrics
     from llmctl.daemon.observe import Observer
 
-    class Hub:
-        backend = {"model": "tiny-a", "state": "ready"}
-        workers: dict[str, Any] = {}
-        in_flight = 0
+    class Hub:  # what the Observer reads of daemon/hub.py's Hub
+        backend = types.SimpleNamespace(backend=Backend(state="ready", model="tiny-a"))
         listeners: list[Any] = []
 
     class Body:  # like the proxy's Relay: an iterable with close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from llmctl import __version__
 from llmctl.core.config import ConfigError, is_loopback, load_global
 from llmctl.core.paths import Paths, env_address
+from llmctl.daemon.metrics import clear_store
 
 log = logging.getLogger("llmctld")
 
@@ -76,8 +77,9 @@ def serve(args: argparse.Namespace) -> int:
                 f"{paths.config_file} if you really mean it.")
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
     _prepare_dirs(paths)
-    clear_store(paths.runtime)  # a new daemon's counters start from zero (daemon/metrics.py)
     lock_fd = _lock_pidfile(paths.pid_file)
+    # ours alone now (the lock): a new daemon's counters start from zero (daemon/metrics.py)
+    clear_store(paths.runtime)
     try:
         listener = _bind(host, port)
     except StartupError:

@@ -18,11 +18,13 @@ from the hub and the GPU probe, so they need no files. Worker restarts come from
 supervisor's own count, which no worker restart resets.
 
 Backend figures (switches by outcome, load seconds, idle unloads) are counted from the
-lifecycle worker's replies and events, which reach exactly one proxy worker each (the one that
-asked, or the current one), so a graceful restart with two workers alive counts nothing twice.
+lifecycle worker's replies, which reach exactly one proxy worker each (the one that sent the
+command: the scheduler sends the idle unload's Stop), so a graceful restart with two workers
+alive counts nothing twice.
 
-Import this module only in the proxy worker, after `open_store`: prometheus_client picks its
-storage when it is first imported.
+prometheus_client is imported only inside Metrics, in the proxy worker, after `open_store`:
+it picks its storage when it is first imported. (llmctld's start-up imports this module only
+for clear_store.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from llmctl.core.state import BACKEND_STATES
 
 STORE_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_SECONDS = 1.0
@@ -113,6 +117,8 @@ class Metrics:
         self.inc, self.observe, self.flush = (self.pending.inc, self.pending.observe,
                                               self.pending.flush)
         self._last_load: tuple[str, Any] | None = None
+        self._last_unload: Any = None
+        self.hub = hub
 
     def child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
@@ -146,26 +152,36 @@ class Metrics:
         if usage.tokens_per_s:
             self.observe(speed, usage.tokens_per_s)
 
-    def count_backend_message(self, message: dict[str, Any]) -> None:
-        """A lifecycle reply or event: switch outcomes, load times, idle unloads."""
-        kind, event = message.get("type"), message.get("event")
-        model = str(message.get("model") or "")
-        if kind == "reply" and event == "ready":
-            if message.get("already_active"):
+    def count_backend_message(self, message: Any) -> None:
+        """A lifecycle Reply (a protocol record): switch outcomes, load times, idle unloads.
+        Each reply reaches only the proxy worker whose command it answers."""
+        from llmctl.daemon import protocol as p
+
+        if not isinstance(message, p.Reply):
+            return
+        data = message.data
+        model = str(data.get("model") or "")
+        if data.get("event") == "ready":
+            if data.get("already_active"):
                 self.inc(self.child(self.switches, "already_active"))
                 return
             self.inc(self.child(self.switches, "loaded"))
-            seconds = message.get("load_seconds")
+            seconds = data.get("load_seconds")
             # switches that joined one load each get a reply: the load counts once
             if isinstance(seconds, (int, float)) and (model, seconds) != self._last_load:
                 self._last_load = (model, seconds)
                 self.observe(self.child(self.load_seconds, model), seconds)
-        elif kind == "reply" and event == "error":
-            error = message.get("error")
-            code = error.get("code") if isinstance(error, dict) else None
+        elif data.get("event") == "error":
+            code = (message.error or {}).get("code")
             self.inc(self.child(self.switches, str(code or "error")))
-        elif kind == "event" and event == "stopping" and message.get("reason") == "idle":
-            self.inc(self.child(self.idle_unloads, model))
+        elif message.ok and data.get("stopped"):
+            # a stop's reply comes after the State broadcast of its end: the record then
+            # says whether it was an idle unload (the scheduler's Stop(idle_seconds))
+            unloaded = self.hub.backend.backend.unloaded
+            if unloaded and unloaded.get("model") == data["stopped"] and \
+                    unloaded.get("at") != self._last_unload:
+                self._last_unload = unloaded.get("at")
+                self.inc(self.child(self.idle_unloads, str(data["stopped"])))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -225,8 +241,6 @@ class Pending:
 class LiveCollector:
     """Gauges read at scrape time: nothing to store, nothing to lose in a restart."""
 
-    STATES = ("stopped", "starting", "ready", "stopping", "failed")
-
     def __init__(self, hub: Any, gpu: Any):
         self.hub, self.gpu = hub, gpu
 
@@ -235,24 +249,26 @@ class LiveCollector:
 
         hub = self.hub
         yield GaugeMetricFamily("llmctl_requests_in_flight",
-                                "Proxied requests being answered now", value=hub.in_flight)
-        backend = hub.backend
+                                "Proxied requests being answered now", value=hub.gate.in_flight)
+        backend = hub.backend.backend  # core.state.Backend
         state = GaugeMetricFamily("llmctl_backend_state", "1 for the backend's current state",
                                   labels=["state"])
-        for name in self.STATES:
-            state.add_metric([name], 1.0 if backend.get("state") == name else 0.0)
+        for name in BACKEND_STATES:
+            state.add_metric([name], 1.0 if backend.state == name else 0.0)
         yield state
         model = GaugeMetricFamily("llmctl_backend_model_info",
                                   "1 for the model the backend state is about",
                                   labels=["model"])
-        if backend.get("model"):
-            model.add_metric([str(backend["model"])], 1.0)
+        if backend.model:
+            model.add_metric([str(backend.model)], 1.0)
         yield model
-        progress = backend.get("progress") or {}
-        if backend.get("state") == "starting" and progress.get("percent") is not None:
+        progress = backend.progress or {}
+        if backend.state == "starting" and progress.get("percent") is not None:
             yield GaugeMetricFamily("llmctl_backend_load_progress_ratio",
                                     "How far the model load has come (0-1)",
                                     value=float(progress["percent"]) / 100)
+        yield GaugeMetricFamily("llmctl_backend_pinned", "1 when the model is pinned (never "
+                                "unloaded for idleness)", value=1.0 if backend.pinned else 0.0)
         restarts = CounterMetricFamily("llmctl_worker_restarts",
                                        "Worker restarts since the daemon started (the "
                                        "supervisor's count)", labels=["worker"])

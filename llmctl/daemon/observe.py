@@ -86,8 +86,8 @@ class Observer:
         if self.metrics is not None:
             self.metrics.flush()
 
-    def _backend_message(self, message: dict[str, Any]) -> None:
-        if message.get("type") in ("reply", "event") and self.metrics is not None:
+    def _backend_message(self, message: Any) -> None:
+        if self.metrics is not None:
             try:
                 self.metrics.count_backend_message(message)
             except Exception:
@@ -114,7 +114,7 @@ class Exchange:
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
         self.status = int(status[:3])
-        self.model = self.observer.hub.backend.get("model")
+        self.model = self.observer.hub.backend.backend.model
         for name, value in headers:
             if name.lower() == "content-type":
                 self.content_type = value.lower()

@@ -248,3 +248,20 @@ def test_a_page_from_an_allowed_origin_can_drive_the_daemon(dash_home: Home, mak
     assert result.startswith("switch:200:") and " | stop:200:" in result
     assert " | activity:200:" in result
     assert daemon.backend()["state"] == "stopped"
+
+
+def test_the_dashboard_shows_the_idle_countdown_and_pins(real_home: Home, make_daemon,
+                                                         browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    real_home.write_config(daemon={"idle_unload": "10m"})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    browser.get(daemon.url + "/")
+    countdown = until(browser, lambda: text(browser, "#idle"), "the idle countdown")
+    assert countdown.startswith("unloads in 9m") or countdown == "unloads in 10m00s"
+    browser.find_element(By.ID, "pin").click()
+    click_switch(browser, "tiny-beta")
+    until(browser, lambda: text(browser, "#idle") == "pinned — never unloaded for idleness",
+          "the pin")
+    assert daemon.status()["backend"]["pinned"] is True

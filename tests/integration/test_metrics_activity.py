@@ -127,6 +127,24 @@ def test_a_failed_switch_is_counted_by_its_outcome(real_home: Home, tiny_gguf: P
     assert value(samples, "llmctl_backend_state", state="failed") == 1
 
 
+def test_an_idle_unload_is_counted(real_home: Home, make_daemon) -> None:
+    real_home.write_config(daemon={"idle_unload": "2s"})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    chat(client(daemon), max_tokens=2)
+    idle = daemon.status()["idle"]
+    assert idle["idle_unload_s"] == 2
+    samples = wait_for(lambda: (s := scrape(daemon)) and value(
+        s, "llmctl_idle_unloads_total", model="tiny-alpha") == 1 and s, 20, "the idle unload",
+        daemon.log)
+    assert value(samples, "llmctl_backend_state", state="stopped") == 1
+    assert daemon.backend()["unloaded"]["model"] == "tiny-alpha"
+    # an explicit stop is not an idle unload
+    chat(client(daemon), max_tokens=2)  # wakes the unloaded model
+    assert daemon.post("/stop").status_code == 200
+    assert value(scrape(daemon), "llmctl_idle_unloads_total", model="tiny-alpha") == 1
+
+
 def proxy_pid(daemon: Daemon) -> int:
     return daemon.status()["daemon"]["proxy_pid"]
 

@@ -237,10 +237,15 @@ def test_a_flushed_batch_equals_direct_updates() -> None:
 
 
 class StubHub:
-    in_flight = 2
-    backend = {"state": "starting", "model": "tiny-alpha",
-               "progress": {"phase": "loading", "percent": 40.0}}
-    workers = {"proxy": {"restarts": 3}, "lifecycle": {"restarts": 0}}
+    """What the collector reads of daemon/hub.py's Hub."""
+
+    def __init__(self) -> None:
+        from llmctl.core.state import Backend
+
+        self.gate = types.SimpleNamespace(in_flight=2)
+        self.backend = types.SimpleNamespace(backend=Backend(
+            state="starting", model="tiny-alpha", progress={"phase": "loading", "percent": 40.0}))
+        self.workers = {"proxy": {"restarts": 3}, "lifecycle": {"restarts": 0}}
 
 
 def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.MonkeyPatch
@@ -254,6 +259,7 @@ def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.Mon
     assert states == {"stopped": 0, "starting": 1, "ready": 0, "stopping": 0, "failed": 0}
     assert families["llmctl_backend_model_info"].samples[0].labels == {"model": "tiny-alpha"}
     assert families["llmctl_backend_load_progress_ratio"].samples[0].value == 0.4
+    assert families["llmctl_backend_pinned"].samples[0].value == 0
     restarts = {s.labels["worker"]: s.value for s in families["llmctl_worker_restarts"].samples
                 if s.name.endswith("_total")}
     assert restarts == {"proxy": 3, "lifecycle": 0}
