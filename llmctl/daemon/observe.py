@@ -22,18 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.daemon import usage
+from llmctl.daemon.native_routes import backend_path
 
 log = logging.getLogger("llmctld.proxy")
 
 TAIL_CHUNKS = 4  # SSE: the finish event with `timings`, the `usage` event, `[DONE]`, slack
 TAIL_BYTES = 16 * 1024  # of those chunks, at most this much is searched
 
-# llama-server's own routes that the proxy forwards as they are (besides /v1)
-NATIVE_ROUTES = frozenset((
-    "/completion", "/completions", "/infill", "/embedding", "/embeddings", "/rerank",
-    "/reranking", "/tokenize", "/detokenize", "/apply-template", "/chat/completions",
-))
-NATIVE_PREFIXES = ("/backend/",)
 TEXT_TYPES = ("application/json", "text/event-stream", "application/x-ndjson")
 
 
@@ -43,7 +38,7 @@ def route_family(path: str) -> str | None:
         return None if path == "/v1/models" else "v1"
     if path.startswith("/api/"):
         return "api"
-    if path in NATIVE_ROUTES or path.startswith(NATIVE_PREFIXES):
+    if backend_path(path) is not None:  # llama-server's own routes, /backend/<path>
         return "native"
     return None
 

@@ -99,6 +99,7 @@ def test_the_error_of_an_answer_or_a_cut_stream() -> None:
 @pytest.mark.parametrize(("path", "family"), [
     ("/v1/chat/completions", "v1"), ("/v1/models", None), ("/api/chat", "api"),
     ("/completion", "native"), ("/infill", "native"), ("/backend/metrics", "native"),
+    ("/slots/0", "native"),
     ("/status", None), ("/", None), ("/metrics", None), ("/activity", None)])
 def test_route_families(path: str, family: str | None) -> None:
     assert route_family(path) == family
