@@ -12,6 +12,8 @@ let
   dependencies = with python3Packages; [
     gevent
     huggingface-hub
+    nvidia-ml-py
+    prometheus-client
     psutil
     pyyaml
     rapidfuzz

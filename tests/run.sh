@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 log() { printf '\n=== %s\n' "$*"; }
 
 # System tools the packaging tests drive (runit, s6, OpenRC, systemd-analyze, shellcheck,
-# nix-instantiate, git), node for the Pi extension, and the shells completion is tested in.
+# nix-instantiate, git), node for the Pi extension, the shells completion is tested in, tmux
+# (`llmctl top` in a real terminal) and Chromium with its driver (the dashboard).
 need=()
 for tool in shellcheck:shellcheck runsv:runit s6-supervise:s6 openrc:openrc \
             systemd-analyze:systemd nix-instantiate:nix-bin git:git node:nodejs npm:npm \
-            zsh:zsh fish:fish; do
+            zsh:zsh fish:fish tmux:tmux chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

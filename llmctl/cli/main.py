@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. unsloth/Qwen3-8B-GGUF:Q4_K_M (default quantisation Q4_K_M)")
     cmd.add_argument("--id", help="model id (default: from the repository and file)")
     cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
+    from llmctl.cli import activity, top
+
+    activity.add_arguments(add("activity", "recent requests: route, model, status, timings, "
+                               "tokens, tokens/s", json_flag=True))
+    top.add_arguments(add("top", "a live view: model, state, in flight, requests/min, "
+                          "tokens/s, the last requests"))
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -286,9 +292,22 @@ def cmd_reload(client: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_activity(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import activity
+
+    return activity.run(client, args)
+
+
+def cmd_top(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import top
+
+    return top.run(client, args)
+
+
 COMMANDS = {
     "switch": cmd_switch, "stop": cmd_stop, "status": cmd_status, "active": cmd_active,
     "models": cmd_models, "inspect": cmd_inspect, "logs": cmd_logs, "reload": cmd_reload,
+    "activity": cmd_activity, "top": cmd_top,
 }
 
 

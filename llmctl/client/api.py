@@ -138,3 +138,18 @@ class Client:
                                  params={"lines": str(lines), "follow": int(follow)})
         with response:
             yield from response.iter_content(chunk_size=None)
+
+    def activity(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        return self.get("/activity", since=str(since),
+                        limit=None if limit is None else str(limit))
+
+    def follow_activity(self, since: int = 0, limit: int | None = None,
+                        ) -> Iterator[dict[str, Any]]:
+        """Each new activity entry as it happens (after the newest `limit` already there).
+        No read timeout: the daemon writes a blank line every 15 s of quiet."""
+        response = self._request("GET", "/activity", stream=True, timeout=None, params={
+            "since": str(since), "limit": None if limit is None else str(limit), "follow": 1})
+        with response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)

@@ -64,6 +64,11 @@ DEFAULTS: dict[str, Any] = {
         "pooling": None,
         "extra_args": [],
     },
+    "observability": {  # daemon/observe.py: off means not even the middleware is installed
+        "metrics": True,
+        "activity": True,
+        "activity_size": 500,
+    },
     "pi": {
         "model": {
             "reasoning": False,
@@ -280,6 +285,11 @@ SECTIONS: dict[str, Any] = {
         "reranking": _bool,
         "pooling": _optional(_choice("none", "mean", "cls", "last", "rank")),
         "extra_args": _str_list,
+    },
+    "observability": {
+        "metrics": _bool,
+        "activity": _bool,
+        "activity_size": _int(1, 100_000),
     },
     "pi": {
         "model": {

@@ -27,7 +27,7 @@ from llmctl.core.aliases import name_index
 from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.resolve import resolve
-from llmctl.daemon import anthropic_stream
+from llmctl.daemon import anthropic_stream, observe_routes, ui
 from llmctl.daemon import protocol as p
 from llmctl.daemon.commands import Pending
 from llmctl.daemon.errors import error_body
@@ -59,6 +59,10 @@ ROUTES = Map([
     Rule("/restart-proxy", endpoint="restart_proxy", methods=["POST"]),
     Rule("/pull", endpoint="pull", methods=["POST"]),
     Rule("/v1/models", endpoint="v1_models", methods=["GET"]),
+    Rule("/metrics", endpoint="metrics", methods=["GET"]),
+    Rule("/activity", endpoint="activity", methods=["GET"]),
+    Rule("/", endpoint="dashboard", methods=["GET"]),
+    Rule("/ui/<asset>", endpoint="dashboard", methods=["GET"]),
 ], strict_slashes=False)
 
 
@@ -80,6 +84,7 @@ class App:
         self.router = RouterApi(hub, failure=_reply_response)
         self.ollama = OllamaAPI(hub, self.proxy)
         self.started = time.time()
+        self.observer: Any = None  # daemon/observe.py's, when metrics or activity are on
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
@@ -251,6 +256,19 @@ class App:
 
     def on_router_events(self, request: Request) -> Response:
         return self.router.events(request)
+
+    def on_metrics(self, request: Request) -> Response:
+        return observe_routes.metrics(self.observer, error)
+
+    def on_activity(self, request: Request) -> Response:
+        return observe_routes.activity(self.observer, request, error, json_response)
+
+    def on_dashboard(self, request: Request, asset: str = "index.html") -> Response:
+        found = ui.asset(asset)
+        if found is None:
+            return error(404, "not_found", f"the dashboard has no file {asset!r}; open / "
+                         "for the dashboard")
+        return found
 
     # --- commands --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ the proxy receives means adding one entry there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -37,6 +38,9 @@ class Hub:
         self.paths = paths
         self.daemon_info = daemon_info
         self.workers: dict[str, Any] = {}
+        # called with every channel message before it is dispatched (daemon/observe.py's
+        # metrics count switch outcomes, load times and idle unloads from them)
+        self.listeners: list[Callable[[p.Message], None]] = []
         self.closed = Event()
         self.backend = BackendView(paths)
         self.config = ConfigView(paths, daemon_info, config)
@@ -67,6 +71,8 @@ class Hub:
         try:
             while True:
                 for message in self.channel.messages():
+                    for listener in self.listeners:
+                        listener(message)
                     p.dispatch(self._table, message, "proxy worker")
         except ChannelClosed as e:
             log.warning("the channel to the supervisor ended (%s); the proxy worker stops", e)

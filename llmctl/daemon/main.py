@@ -19,6 +19,7 @@ from pathlib import Path
 from llmctl import __version__
 from llmctl.core.config import ConfigError, GlobalConfig, is_loopback, load_global
 from llmctl.core.paths import Paths, env_address
+from llmctl.daemon.metrics import clear_store
 
 log = logging.getLogger("llmctld")
 
@@ -78,6 +79,8 @@ def serve(args: argparse.Namespace) -> int:
     _prepare_dirs(paths)
     lock_fd = _lock_pidfile(paths.pid_file)
     _prepare_starter(paths, cfg)
+    # ours alone now (the lock): a new daemon's counters start from zero (daemon/metrics.py)
+    clear_store(paths.runtime)
     try:
         listener = _bind(host, port)
     except StartupError:

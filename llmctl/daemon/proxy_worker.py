@@ -42,12 +42,14 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     from llmctl.daemon.app import App
     from llmctl.daemon.channel import Channel, ChannelClosed
     from llmctl.daemon.hub import Hub
+    from llmctl.daemon.observe import install as observe
 
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
     hub = Hub(channel, paths, daemon_info, config)
     # a Pool, unbounded: without one, server.stop() does not wait for requests in progress
-    server = _server_class()(server_sock, App(hub), handler_class=_handler_class(),
+    app = observe(App(hub), hub, paths.runtime, hub.config.config.data["observability"])
+    server = _server_class()(server_sock, app, handler_class=_handler_class(),
                              spawn=gevent.pool.Pool(), log=None, error_log=_ErrorLog())
     hub.start()
     stopped = gevent.event.Event()
@@ -80,6 +82,8 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     except ChannelClosed:
         stop()
     stopped.wait()
+    if hasattr(app, "flush"):  # the observer: write the metrics still in memory
+        app.flush()
     return 0
 
 

@@ -67,7 +67,7 @@ def test_print_mode_answers_in_words_with_the_starter(daemon: Daemon, pi: PiEnv)
     assert daemon.get("/status").json()["default_model"] == "gemma3-270m"
     assert daemon.get("/active").json()["pi"]["model"]["maxTokens"] == 12
     res = pi.run("--model", "llmctl/local", *PI_LEAN_ARGS, "--mode", "json", "-p",
-                 "Name three colours.", timeout=300)
+                 "Write one sentence about the sea.", timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     events = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     ends = [e["message"] for e in events
