@@ -18,10 +18,11 @@ import ipaddress
 import logging
 import select
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
+from llmctl.daemon.chunked import ChunkFollower, FramingError
 from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
@@ -38,6 +39,8 @@ BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 READ_SIZE = 65536
+_BROKEN_OFF = (b'data: {"error":{"code":502,"type":"upstream_error","message":'
+               b'"llama-server stopped in the middle of the response"}}\n\n')
 
 
 class UpstreamConnection(http.client.HTTPConnection):
@@ -163,7 +166,7 @@ class OpenAIProxy:
         if length is not None:
             out_headers.append(("Content-Length", length))
         start_response(f"{response.status} {response.reason}", out_headers)
-        return Relay(self, lease, conn, response)
+        return Relay(self, lease, conn, response, environ["REQUEST_METHOD"])
 
     def _read_body(self, environ: dict[str, Any], whole_up_to: int) -> bytes | _Body | None:
         """The body: in memory up to `whole_up_to` bytes, else streamed through."""
@@ -241,16 +244,27 @@ class Relay:
     generation."""
 
     def __init__(self, proxy: OpenAIProxy, lease: Lease,
-                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 method: str = "GET"):
         self.proxy, self.addr, self.conn, self.response = proxy, lease.address, conn, response
         self.lease = lease
         self.sse = (response.getheader("Content-Type") or "").startswith("text/event-stream")
         self.done = False
         self.released = False
+        # A chunked upstream body can go to a chunked client as it is (see pass_framing)
+        self.upstream_chunked = bool(response.chunked) and method != "HEAD" \
+            and response.status >= 200 and response.status not in (204, 304)
+        # Set before iterating, by a server that writes what it is given as it is and answers
+        # chunked itself (proxy_worker's handler): then the iteration yields llama-server's
+        # own chunked framing, terminator included, instead of decoded data. framing_complete
+        # says whether it got that far (else the client connection must be closed).
+        self.pass_framing = False
+        self.framing_complete = False
         lease.hand_to(self)
 
     def __iter__(self) -> Iterator[bytes]:
-        read = self.response.read1
+        framing = ChunkFollower()
+        read = self._framed_reader(framing) if self.pass_framing else self.response.read1
         try:
             while True:
                 data = read(READ_SIZE)
@@ -258,11 +272,50 @@ class Relay:
                     break
                 yield data
             self.done = True
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, FramingError) as e:
             log.warning("llama-server broke off a response: %s", e)
             if self.sse:  # tell a streaming client why its stream ends, in llama-server's form
-                yield (b'data: {"error":{"code":502,"type":"upstream_error","message":'
-                       b'"llama-server stopped in the middle of the response"}}\n\n')
+                if not self.pass_framing:
+                    yield _BROKEN_OFF
+                elif framing.at_boundary:
+                    yield b"%x\r\n%s\r\n0\r\n\r\n" % (len(_BROKEN_OFF), _BROKEN_OFF)
+                    self.framing_complete = True
+
+    def _framed_reader(self, framing: ChunkFollower) -> Callable[[int], bytes]:
+        """read(size): what llama-server has sent by now, framing and all, through its last
+        chunk: one recv, so events waiting together go out together and one that is alone
+        goes at once. After the first read it reads into one buffer (no allocation per read)
+        and returns memoryviews of it: the handler that asked for pass_framing sends each
+        one before it asks for the next."""
+        fp = self.response.fp
+        assert fp is not None
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        first = True
+
+        def read(size: int) -> bytes:
+            nonlocal first
+            if self.framing_complete:
+                return b""
+            if first:  # what came in with the head is buffered in fp: take it as it is
+                first = False  # (readinto1 would wait for more before returning it)
+                data: bytes | bytearray = fp.read1(size)
+                piece: Any = data  # bytes, or (below) a memoryview of the buffer
+                n = len(data)
+            else:
+                data, n = buffer, fp.readinto1(view)
+                piece = view
+            if not n:
+                raise http.client.IncompleteRead(b"")
+            end = framing.feed(data, n)
+            if end < 0:
+                return piece[:n]
+            self.framing_complete = True
+            if end < n:  # bytes after the body: the connection is out of step, do not reuse it
+                self.response.will_close = True
+            return piece[:end]
+
+        return read
 
     def abort(self) -> None:
         """Disconnect from llama-server now (a forced switch or stop). Shut the socket down
