@@ -287,23 +287,24 @@ class Relay:
         goes at once. After the first read it reads into one buffer (no allocation per read)
         and returns memoryviews of it: the handler that asked for pass_framing sends each
         one before it asks for the next."""
-        fp = self.response.fp
-        assert fp is not None
+        fp, sock = self.response.fp, self.conn.sock
+        assert fp is not None and sock is not None
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
+        recv_into = sock.recv_into  # after the first read, fp holds nothing: skip its layers
         first = True
 
         def read(size: int) -> bytes:
             nonlocal first
             if self.framing_complete:
                 return b""
-            if first:  # what came in with the head is buffered in fp: take it as it is
-                first = False  # (readinto1 would wait for more before returning it)
+            if first:  # what came in with the head is buffered in fp: take it, all of it
+                first = False  # (fp's buffer is smaller than size)
                 data: bytes | bytearray = fp.read1(size)
                 piece: Any = data  # bytes, or (below) a memoryview of the buffer
                 n = len(data)
             else:
-                data, n = buffer, fp.readinto1(view)
+                data, n = buffer, recv_into(view)
                 piece = view
             if not n:
                 raise http.client.IncompleteRead(b"")
