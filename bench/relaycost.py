@@ -56,7 +56,8 @@ def _build_helper(work: Path) -> Path:
     return lib
 
 
-def measure(code: Path, chunks: int, interval: float, work: Path) -> dict[str, float]:
+def measure(code: Path, chunks: int, interval: float, work: Path, nonstream: bool = False,
+            ) -> dict[str, float]:
     import requests
 
     ports = Ports()
@@ -107,7 +108,14 @@ def measure(code: Path, chunks: int, interval: float, work: Path) -> dict[str, f
         os.kill(proxy, signal.SIGUSR1)  # zero
         time.sleep(0.5)
         t0 = time.perf_counter()
-        events = chat(chunks)
+        if nonstream:  # `chunks` short non-streaming requests instead, on one connection
+            for _ in range(chunks):
+                r = session.post(url + "/v1/chat/completions", timeout=600,
+                                 json={**body, "stream": False, "max_tokens": 4})
+                assert r.status_code == 200, r.text
+            events = chunks
+        else:
+            events = chat(chunks)
         seconds = time.perf_counter() - t0
         os.kill(proxy, signal.SIGWINCH)  # dump
         dumps = wait_for(lambda: sorted(out.glob(f"callgrind.out.{proxy}.*")), 120,
@@ -129,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--code", type=Path, default=ROOT, help="directory holding llmctl/")
     p.add_argument("--chunks", type=int, default=1000)
     p.add_argument("--interval", type=float, default=0.02)
+    p.add_argument("--nonstream", action="store_true",
+                   help="measure --chunks short non-streaming requests instead (per request)")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     if not shutil.which("valgrind"):
@@ -136,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="llmctl-relaycost-"))
     try:
-        res = measure(args.code.resolve(), args.chunks, args.interval, work)
+        res = measure(args.code.resolve(), args.chunks, args.interval, work, args.nonstream)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     res.update(code=str(args.code), interval=args.interval)
     print(json.dumps(res))
-    print(f"{res['events']} SSE events in {res['seconds']:.1f} s: proxy worker "
+    unit = "requests" if args.nonstream else "SSE events"
+    print(f"{res['events']} {unit} in {res['seconds']:.1f} s: proxy worker "
           f"{res['ir'] / 1e6:.1f} M instructions, {res['ir_per_event']:.0f} per event, "
           f"{res['ir_per_event'] * 1000 / 1e6:.1f} M per 1,000 chunks")
     return 0
