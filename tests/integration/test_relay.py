@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import openai
@@ -109,3 +110,17 @@ def test_error_mid_stream_is_a_complete_chunked_body(fake_home: Home, make_daemo
     assert b'"upstream_error"' in stream[-1]
     assert b"[DONE]" not in b"".join(stream)
     assert requests.get(daemon.url + "/health", timeout=10).status_code == 200
+
+
+def test_an_event_alone_is_not_held_back(fake_home: Home, make_daemon) -> None:
+    """Nothing waits for the next event (which comes 1.5 s later) before sending one.
+    (The head-and-first-event-in-one-read case: tests/unit/test_relay_reader.py.)"""
+    fake_home.add_model("slow", script={"chunk_interval": 1.5, "stream_chunks": 2})
+    daemon = make_daemon()
+    assert daemon.switch("slow").status_code == 200
+    sent = time.monotonic()
+    r = daemon.post("/v1/chat/completions", stream=True, json={
+        "model": "local", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    arrivals = [time.monotonic() - sent for line in r.iter_lines() if line]
+    assert len(arrivals) >= 3
+    assert arrivals[0] < 1.0 < 1.4 < arrivals[-1]  # the first came at once, not with the rest
