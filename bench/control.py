@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 from bench.loadgen import Conn, HTTPError, chat_body, median, summary_ms
-from bench.plan import SEQ_TOKENS, Ctx
+from bench.plan import ROUTER_MODEL, SEQ_TOKENS, Ctx
 from bench.stack import (
     DEFAULT_MODEL,
     MODELS,
@@ -370,7 +370,6 @@ def switch(ctx: Ctx) -> None:
         "cli_hot": median(rows["cli_hot"]) * 1000 - ready_ms - stop_ms,
     }
     out["argv"] = argv[DEFAULT_MODEL]
-
     # the default model, loaded by the first /v1 request
     body = chat_body(SEQ_TOKENS, False)
     base, through = [], []
@@ -389,3 +388,14 @@ def switch(ctx: Ctx) -> None:
             f"overhead API {o['api_cold']:.0f} ms, CLI {o['cli_cold']:.0f} ms, "
             f"A->B API {o['api_hot']:.0f} ms, default-on-first-request {o['default']:.0f} ms")
     _api_switch(ctx, DEFAULT_MODEL)  # leave the model loaded
+    if ctx.router is not None:  # the peer: A -> B in llama-server's router mode
+        from bench import router
+
+        out["router"] = router.switch(ctx.router, MODELS, plan.switch_n, ctx.ports.take(),
+                                      ctx.reaper, ctx.work)
+        ctx.router.load(ROUTER_MODEL)  # where the other sections expect it
+        ctx.targets["router_child"] = wait_for(ctx.router.child_port, 30, "the router child")
+        ro = out["router"]["overhead_ms"]
+        ctx.say(f"switch (router): A->B by request {ro['request']:+.0f} ms, by "
+                f"/models/unload+load {ro['api']:+.0f} ms over its bare child")
+

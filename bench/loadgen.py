@@ -22,9 +22,11 @@ TIMEOUT = 60.0
 JSON = {"Content-Type": "application/json"}
 
 
-def chat_body(max_tokens: int, stream: bool, timings: bool = False) -> bytes:
-    """A chat request that generates exactly `max_tokens` tokens (greedy, EOS ignored)."""
-    body: dict[str, Any] = {"model": "local", "messages": [{"role": "user", "content": "Hi"}],
+def chat_body(max_tokens: int, stream: bool, timings: bool = False,
+              model: str = "local") -> bytes:
+    """A chat request that generates exactly `max_tokens` tokens (greedy, EOS ignored).
+    `model`: what llmctld and llama-server ignore, and llama-server's router routes by."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "Hi"}],
                             "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
                             "stream": stream}
     if timings:  # llama-server adds its own per-chunk generation time to every SSE chunk

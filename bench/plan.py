@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench.noise import Meter
 from bench.stack import Daemon, Home, Nginx, Ports, Reaper
+
+if TYPE_CHECKING:
+    from bench.router import Router
 
 
 @dataclass(frozen=True)
@@ -28,20 +32,22 @@ class Plan:
     cold_n: int
     cli_runs: int
     profile_s: float
+    real_n: int  # generations per path and concurrency of the real (starter) model
 
 
-QUICK = Plan("quick", latency_n=400, latency_rounds=3, latency_max_s=8, tput_s=3,
-             tput_rounds=1, stream_s=3, stream_rounds=1, paced_n=4, switch_n=4, default_n=3, kills=1,
-             graceful=1, cold_n=3, cli_runs=10, profile_s=5)
-FULL = Plan("full", latency_n=3000, latency_rounds=5, latency_max_s=30, tput_s=8,
-            tput_rounds=3, stream_s=6, stream_rounds=3, paced_n=10, switch_n=16, default_n=12, kills=2,
-            graceful=2, cold_n=8, cli_runs=30, profile_s=12)
+QUICK = Plan("quick", latency_n=500, latency_rounds=5, latency_max_s=10, tput_s=1.5,
+             tput_rounds=5, stream_s=1.5, stream_rounds=5, paced_n=4, switch_n=4, default_n=3,
+             kills=1, graceful=1, cold_n=3, cli_runs=10, profile_s=5, real_n=2)
+FULL = Plan("full", latency_n=3000, latency_rounds=7, latency_max_s=35, tput_s=5,
+            tput_rounds=7, stream_s=5, stream_rounds=7, paced_n=10, switch_n=16, default_n=12,
+            kills=2, graceful=2, cold_n=8, cli_runs=30, profile_s=12, real_n=6)
 
 SEQ_TOKENS = 4  # max_tokens of the latency and throughput requests
 STREAM_TOKENS = 384  # the long generations
 CLIENTS = 16
 STREAMS = 4
 PACED_TOKENS = 96
+ROUTER_MODEL = "tiny-a"  # the model the router's figures are measured with
 
 
 @dataclass
@@ -59,5 +65,15 @@ class Ctx:
     say: Callable[[str], None]
     daemon_module: str = "llmctl.daemon.main"
     targets: dict[str, int] = field(default_factory=dict)  # path name -> port
+    router: Router | None = None
+    meter: Meter = field(default_factory=Meter)
     argv: dict[str, list[str]] = field(default_factory=dict)  # model -> llama-server argv
     results: dict[str, Any] = field(default_factory=dict)
+
+    def baseline(self, name: str) -> str:
+        """What a path is measured against: its own stack's llama-server."""
+        return "router_child" if name.startswith("router") else "direct"
+
+    def request_model(self, name: str) -> str:
+        """The request's "model": the router routes by it, the others ignore it."""
+        return ROUTER_MODEL if name.startswith("router") else "local"

@@ -7,7 +7,8 @@ from typing import Any
 
 from bench.report import PATHS, _get
 
-COLORS = {"direct": "#7f7f7f", "llmctld": "#1f77b4", "nginx": "#2ca02c"}
+COLORS = {"direct": "#7f7f7f", "llmctld": "#1f77b4", "nginx": "#2ca02c",
+          "router_child": "#c7c7c7", "router": "#ff7f0e"}
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -20,7 +21,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(14, 9.5))
     meta = doc["meta"]
     fig.suptitle(f"llmctl bench ({meta['mode']}, {meta['date']}, {meta['cpus']} CPUs, "
-                 f"llama-server -np {meta['parallel']}): everything against direct llama-server "
+                 f"llama-server -np {meta['parallel']}): each proxy against its own llama-server "
                  "in the same run", fontsize=11)
     _latency(axes[0][0], r)
     _ratios(axes[0][1], r)
@@ -40,14 +41,14 @@ def _latency(ax: Any, r: dict[str, Any]) -> None:
               ("stream\ntotal", ("latency", "stream", "{p}", "total")),
               ("paced stream\nTTFB", ("stream", "paced", "{p}", "ttfb")),
               ("paced stream\nchunk lag", ("stream", "paced", "{p}", "lag_ms"))]
-    width = 0.26
+    width = 0.8 / len(PATHS)
     for i, p in enumerate(PATHS):
         xs, p50, p99 = [], [], []
         for g, (_, keys) in enumerate(groups):
             path = [k.format(p=p) for k in keys]
             v = _get(r, *path, "p50")
             if v is not None:
-                xs.append(g + (i - 1) * width)
+                xs.append(g + (i - (len(PATHS) - 1) / 2) * width)
                 p50.append(max(v, 0.01))
                 p99.append(_get(r, *path, "p99") or v)
         if xs:
@@ -66,24 +67,29 @@ def _latency(ax: Any, r: dict[str, Any]) -> None:
 
 
 def _ratios(ax: Any, r: dict[str, Any]) -> None:
-    groups = [("16-client\nrequests/s", "throughput", "rps", 0.75),
-              ("4-stream\nSSE chunks/s", "stream", "chunks_per_s", 0.90)]
-    width = 0.35
-    for i, p in enumerate(("llmctld", "nginx")):
-        for g, (_, section, key, _t) in enumerate(groups):
-            v, d = _get(r, section, p, key), _get(r, section, "direct", key)
-            if v is None or not d:
+    """Each proxy's share of its own llama-server's rate: the median over rounds, with the
+    range of the rounds as an error bar."""
+    groups = [("16-client\nrequests/s", "throughput", 0.90),
+              ("4-stream\nSSE chunks/s", "stream", 0.95)]
+    proxies = ("llmctld", "nginx", "router")
+    width = 0.8 / len(proxies)
+    for i, p in enumerate(proxies):
+        for g, (_, section, _t) in enumerate(groups):
+            vs = _get(r, section, "vs", p)
+            if not vs or vs.get("median") is None:
                 continue
-            x = g + (i - 0.5) * width
-            ax.bar(x, v / d, width, color=COLORS[p], label=p if g == 0 else None)
-            ax.text(x, v / d, f"{v / d:.2f}", ha="center", va="bottom", fontsize=8)
+            x = g + (i - (len(proxies) - 1) / 2) * width
+            med = vs["median"]
+            ax.bar(x, med, width, color=COLORS[p], label=p if g == 0 else None,
+                   yerr=[[med - vs["min"]], [vs["max"] - med]], capsize=3)
+            ax.text(x, med, f"{med:.2f}", ha="center", va="bottom", fontsize=8)
     for g, (*_, target) in enumerate(groups):
         ax.hlines(target, g - 0.45, g + 0.45, colors="red", linestyles="dashed",
                   label="target" if g == 0 else None)
     ax.axhline(1.0, color="gray", linewidth=0.8)
     ax.set_xticks(range(len(groups)), [g[0] for g in groups])
-    ax.set_ylabel("ratio to direct (1.0 = no cost)")
-    ax.set_title("Concurrency: share of direct throughput kept")
+    ax.set_ylabel("ratio to its own llama-server (1.0 = no cost)")
+    ax.set_title("Concurrency: share kept (median of rounds; bars: range of rounds)")
     ax.legend(fontsize=8)
 
 
@@ -118,7 +124,7 @@ def _targets(ax: Any, ts: list[dict[str, Any]]) -> None:
     rows = []
     for t in ts:
         v, bound = t["value"], t["target"]
-        if v is None or bound == 0:
+        if v is None or bound <= 0:  # (a bound taken from a peer can be zero or negative)
             continue
         norm = (v / bound) if t["op"] == "<=" else (bound / v if v else float("inf"))
         rows.append((t["metric"], max(norm, 1e-3), t["verdict"], v, t["unit"]))

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 NA = "n/a"
-PATHS = ("direct", "llmctld", "nginx")
+PATHS = ("direct", "llmctld", "nginx", "router_child", "router")
+# the paths compared, each with its own stack's llama-server
+VERSUS = (("llmctld", "direct"), ("nginx", "direct"), ("router", "router_child"))
 
 
 def _get(d: Any, *keys: Any) -> Any:
@@ -43,21 +45,30 @@ def table(headers: list[str], rows: list[list[str]], title: str = "") -> str:
 # --- the per-path comparison ------------------------------------------------------------------
 
 
-def _path_row(label: str, values: dict[str, Any], mode: str, fmt: str = "{:.2f}") -> list[str]:
-    """One metric for the three paths, and llmctld's and nginx's difference (`delta`) or
-    ratio (`ratio`) to direct."""
-    d = values.get("direct")
+def _versus(v: Any, base: Any, mode: str, vs: dict[str, Any] | None) -> str:
+    """A path against its baseline: the median over rounds with the range of the rounds when
+    per-round figures exist, else the difference or ratio of the pooled values."""
+    if mode == "none":
+        return ""
+    if vs and vs.get("median") is not None:
+        med, lo, hi = vs["median"], vs["min"], vs["max"]
+        if mode == "delta":
+            return f"{med:+.2f} ms [{lo:+.2f}..{hi:+.2f}]"
+        return f"{med:.3f}x [{lo:.2f}-{hi:.2f}]"
+    if v is None or base is None:
+        return NA
+    if mode == "delta":
+        return f"{v - base:+.2f} ms"
+    return f"{v / base:.3f}x" if base else NA
+
+
+def _path_row(label: str, values: dict[str, Any], mode: str, fmt: str = "{:.2f}",
+              vs: dict[str, Any] | None = None) -> list[str]:
+    """One metric for every path, and each proxy's difference (`delta`) or ratio (`ratio`)
+    to its own llama-server (`vs`: per-round medians and spreads, by path)."""
     row = [label] + [_f(values.get(p), fmt) for p in PATHS]
-    for p in ("llmctld", "nginx"):
-        v = values.get(p)
-        if mode == "none":
-            row.append("")
-        elif v is None or d is None:
-            row.append(NA)
-        elif mode == "delta":
-            row.append(f"{v - d:+.2f} ms")
-        else:
-            row.append(f"{v / d:.3f}x" if d else NA)
+    for p, base in VERSUS:
+        row.append(_versus(values.get(p), values.get(base), mode, (vs or {}).get(p)))
     return row
 
 
@@ -74,16 +85,19 @@ def comparison(r: dict[str, Any]) -> str:
                 if kind == "nonstream" and stat == "ttfb" and q == "p99":
                     continue
                 values = {p: _get(lat, kind, p, stat, q) for p in PATHS}
-                rows.append(_path_row(f"1 client {label} {name} {q} (ms)", values, "delta"))
+                vs = _get(lat, kind, "vs") if (stat, q) == ("total", "p50") else None
+                rows.append(_path_row(f"1 client {label} {name} {q} (ms)", values, "delta",
+                                      vs=vs))
     if lat:
         rows.append(["1 client errors (non-stream/stream)", *[
             NA if _get(lat, "nonstream", p) is None else
             f"{_get(lat, 'nonstream', p, 'errors')}/{_get(lat, 'stream', p, 'errors')}"
-            for p in PATHS], "", ""])
+            for p in PATHS], "", "", ""])
     tp = r.get("throughput") or {}
     if tp:
         rows.append(_path_row(f"{tp.get('clients')} clients requests/s",
-                              per_path(lambda p: _get(tp, p, "rps")), "ratio", "{:.0f}"))
+                              per_path(lambda p: _get(tp, p, "rps")), "ratio", "{:.0f}",
+                              vs=tp.get("vs")))
         rows.append(_path_row(f"{tp.get('clients')} clients latency p50 (ms)",
                               per_path(lambda p: _get(tp, p, "latency", "p50")), "delta"))
         rows.append(_path_row(f"{tp.get('clients')} clients proxy CPU ms/request",
@@ -94,12 +108,13 @@ def comparison(r: dict[str, Any]) -> str:
         rows.append(_path_row(f"{tp.get('clients')} clients client CPU (cores)",
                               per_path(lambda p: _get(tp, p, "client_cpu")), "none"))
         rows.append([f"{tp.get('clients')} clients errors",
-                     *[_f(_get(tp, p, "errors"), "{:d}") for p in PATHS], "", ""])
+                     *[_f(_get(tp, p, "errors"), "{:d}") for p in PATHS], "", "", ""])
     st = r.get("stream") or {}
     if st:
         n = f"{st.get('streams')}x{st.get('max_tokens')} tok"
         rows.append(_path_row(f"stream {n}: SSE chunks/s",
-                              per_path(lambda p: _get(st, p, "chunks_per_s")), "ratio", "{:.0f}"))
+                              per_path(lambda p: _get(st, p, "chunks_per_s")), "ratio", "{:.0f}",
+                              vs=st.get("vs")))
         rows.append(_path_row(f"stream {n}: TTFB p50 (ms)",
                               per_path(lambda p: _get(st, p, "ttfb", "p50")), "delta"))
         rows.append(_path_row(f"stream {n}: proxy CPU us/chunk",
@@ -121,11 +136,13 @@ def comparison(r: dict[str, Any]) -> str:
                 rows.append(_path_row(f"{one}: chunk lag {q} (ms)", values, "delta"))
             rows.append(_path_row(f"{one}: inter-chunk gap p50 (ms)", per_path(
                 lambda p: _get(pc, p, "gap_ms", "p50")), "delta"))
-    rows = [row for row in rows if any(c != NA for c in row[1:4])]
+    rows = [row for row in rows if any(c != NA for c in row[1:1 + len(PATHS)])]
     if not rows:
         return ""
-    return table(["metric", *PATHS, "llmctld vs direct", "nginx vs direct"], rows,
-                 "== proxy path (same llama-server; ratios/differences against direct) ==")
+    return table(["metric", *PATHS, "llmctld vs direct", "nginx vs direct",
+                  "router vs its child"], rows,
+                 "== proxy path (each against its own llama-server: direct is llmctld's, "
+                 "router_child the router's; [range over rounds]) ==")
 
 
 def control_tables(r: dict[str, Any]) -> str:
@@ -154,6 +171,19 @@ def control_tables(r: dict[str, Any]) -> str:
              _f(_get(sw, "default_llmctld", "p50"), "{:.1f}"),
              _f(_get(sw, "overhead_ms", "default"), "{:+.1f}")],
         ]
+        rt = sw.get("router") or {}
+        if rt:
+            rows += [
+                ["router: its child's argv spawned bare -> /health 200",
+                 _f(_get(rt, "bare_ready", "p50"), "{:.1f}"), ""],
+                ["router: bare child SIGTERM -> exit", _f(_get(rt, "bare_stop", "p50"), "{:.1f}"),
+                 ""],
+                ["router A -> B by a request naming B (vs bare stop + spawn + request)",
+                 _f(_get(rt, "request", "p50"), "{:.1f}"),
+                 _f(_get(rt, "overhead_ms", "request"), "{:+.1f}")],
+                ["router A -> B by /models/unload + /models/load (vs bare stop + spawn)",
+                 _f(_get(rt, "api", "p50"), "{:.1f}"), _f(_get(rt, "overhead_ms", "api"), "{:+.1f}")],
+            ]
         status_ms = _get(r, "cli", "llmctl_status", "median_ms")
         cli_over = _get(sw, "overhead_ms", "cli_cold")
         if status_ms is not None and cli_over is not None:
@@ -186,15 +216,42 @@ def control_tables(r: dict[str, Any]) -> str:
                            ("load_stream", "llmctld 4 streams"),
                            ("after", "llmctld idle, after all loads"),
                            ("nginx_idle", "nginx idle"),
-                           ("nginx_load_throughput", "nginx 16 clients")):
+                           ("nginx_load_throughput", "nginx 16 clients"),
+                           ("router_idle", "router idle (its child excluded)"),
+                           ("router_load_throughput", "router 16 clients"),
+                           ("router_load_stream", "router 4 streams")):
             m = mem.get(key)
             if not m:
                 continue
-            procs = " ".join(f"{k}={v['pss_mb']:.1f}/{v['rss_mb']:.1f}"
-                             for k, v in m["processes"].items())
-            rows.append([label, f"{m['pss_mb']:.1f}", f"{m['rss_mb']:.1f}", procs])
-        parts.append(table(["memory", "PSS MB", "RSS MB", "per process PSS/RSS MB"], rows,
+            procs = " ".join(f"{k}={v['pss_mb']:.1f}/{_f(v.get('uss_mb'), '{:.1f}')}/"
+                             f"{v['rss_mb']:.1f}" for k, v in m["processes"].items())
+            rows.append([label, f"{m['pss_mb']:.1f}", _f(m.get("uss_mb"), "{:.1f}"),
+                         f"{m['rss_mb']:.1f}", procs])
+        parts.append(table(["memory", "PSS MB", "USS MB", "RSS MB",
+                            "per process PSS/USS/RSS MB"], rows,
                            "== memory (supervisor + proxy + lifecycle; llama-server excluded) =="))
+    real = r.get("real")
+    if real and real.get("skipped"):
+        parts.append(f"real model: {real['skipped']}")
+    elif real:
+        rows = []
+        for key in sorted(k for k in real if k.startswith("streams_")):
+            x = real[key]
+            n = key.split("_")[1]
+            rows.append([f"{n} stream(s): decode tokens/s per stream",
+                         _f(_get(x, "direct", "tokens_per_s"), "{:.1f}"),
+                         _f(_get(x, "llmctld", "tokens_per_s"), "{:.1f}"),
+                         _versus(None, None, "ratio", x.get("ratio"))])
+            rows.append([f"{n} stream(s): tokens/s, all streams",
+                         _f(_get(x, "direct", "aggregate_tokens_per_s"), "{:.1f}"),
+                         _f(_get(x, "llmctld", "aggregate_tokens_per_s"), "{:.1f}"), ""])
+            rows.append([f"{n} stream(s): time to first token p50 (ms)",
+                         _f(_get(x, "direct", "ttft", "p50"), "{:.1f}"),
+                         _f(_get(x, "llmctld", "ttft", "p50"), "{:.1f}"),
+                         _versus(None, None, "delta", x.get("added_ttft_ms"))])
+        parts.append(table(["real model", "direct", "llmctld", "llmctld vs direct"], rows,
+                           f"== real model: {real.get('model')} "
+                           f"({real.get('gguf_mb', 0):.0f} MB), {real.get('tokens')} tokens =="))
     cs = r.get("cold_start")
     if cs:
         parts.append(table(["cold start", "p50 ms", "min ms", "max ms"], [[
@@ -218,22 +275,45 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"metric": name, "value": value, "op": op, "target": bound, "unit": unit,
                     "verdict": verdict, "note": note})
 
-    def added(kind: str, q: str) -> float | None:
-        a = _get(r, "latency", kind, "llmctld", "total", q)
-        b = _get(r, "latency", kind, "direct", "total", q)
-        return None if a is None or b is None else a - b
+    def vs(section: str, path: str, *keys: str) -> float | None:
+        return _get(r, section, *keys, "vs", path, "median")
 
-    add("added latency p50, non-streaming", added("nonstream", "p50"), "<=", 0.5, "ms")
-    tp_l, tp_d = _get(r, "throughput", "llmctld", "rps"), _get(r, "throughput", "direct", "rps")
-    add("16-client throughput ratio", tp_l / tp_d if tp_l and tp_d else None, ">=", 0.75, "x")
-    st_l = _get(r, "stream", "llmctld", "chunks_per_s")
-    st_d = _get(r, "stream", "direct", "chunks_per_s")
-    add("streaming chunk-rate ratio", st_l / st_d if st_l and st_d else None, ">=", 0.90, "x")
+    lat_l, lat_r = vs("latency", "llmctld", "nonstream"), vs("latency", "router", "nonstream")
+    add("added latency p50, non-streaming", lat_l, "<=", 0.3, "ms")
+    if lat_r is not None:
+        add("added latency p50, non-streaming, vs the router's", lat_l, "<=", lat_r, "ms")
+    tp_l, tp_r = vs("throughput", "llmctld"), vs("throughput", "router")
+    add("16-client throughput ratio", tp_l, ">=", 0.90, "x")
+    if tp_r is not None:
+        add("16-client throughput ratio, vs the router's", tp_l, ">=", tp_r, "x")
+    st_l, st_r = vs("stream", "llmctld"), vs("stream", "router")
+    add("streaming chunk-rate ratio (4 streams)", st_l, ">=", 0.95, "x")
+    if st_r is not None:
+        add("streaming chunk-rate ratio, vs the router's", st_l, ">=", st_r, "x")
+    cpu_l = _get(r, "stream", "llmctld", "proxy_cpu_us_per_chunk")
+    cpu_r = _get(r, "stream", "router", "proxy_cpu_us_per_chunk")
+    if cpu_r is not None:
+        add("proxy CPU per 1,000 chunks, vs the router's", cpu_l, "<=", cpu_r, "ms")
+    lag = [_get(r, "stream", "paced", p, "lag_ms", "p99") for p in ("llmctld", "direct")]
+    add("paced stream chunk lag p99, added", lag[0] - lag[1] if None not in lag else None,
+        "<=", 0.2, "ms")
     add("switch overhead (API)", _get(r, "switch", "overhead_ms", "api_cold"), "<=", 50, "ms")
     add("switch overhead (llmctl switch)", _get(r, "switch", "overhead_ms", "cli_cold"), "<=", 50,
         "ms", "includes the CLI's own start-up")
+    hot = _get(r, "switch", "overhead_ms", "api_hot")
+    add("switch A -> B over our own stop + spawn", hot, "<=", 10, "ms")
+    router_hot = [v for v in (_get(r, "switch", "router", "overhead_ms", k)
+                              for k in ("request", "api")) if v is not None]
+    if router_hot:
+        add("switch A -> B overhead, vs the router's (best of its two ways)", hot, "<=",
+            min(router_hot), "ms")
     add("default model on first request overhead", _get(r, "switch", "overhead_ms", "default"),
         "<=", 50, "ms")
+    for streams in (1, 4):
+        add(f"real model, {streams} stream(s): tokens/s ratio",
+            _get(r, "real", f"streams_{streams}", "ratio", "median"), ">=", 0.99, "x")
+        add(f"real model, {streams} stream(s): added TTFT",
+            _get(r, "real", f"streams_{streams}", "added_ttft_ms", "median"), "<=", 1.0, "ms")
     events = _get(r, "restart", "events") or []
     for kind in ("graceful", "kill"):
         ev = [e for e in events if e["kind"] == kind]
@@ -245,9 +325,9 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"keep-alive resets {sum(e['resets'] for e in ev)}" if ev else "")
     add("llmctl status vs import requests", _get(r, "cli", "ratio"), "<=", 1.3, "x")
     mem = r.get("memory") or {}
-    add("daemon memory PSS, idle", _get(mem, "idle", "pss_mb"), "<=", 60, "MB")
+    add("daemon memory PSS, idle", _get(mem, "idle", "pss_mb"), "<=", 45, "MB")
     loaded = [m["pss_mb"] for k, m in mem.items() if k.startswith("load_") or k == "after"]
-    add("daemon memory PSS, under load / after", max(loaded) if loaded else None, "<=", 60, "MB")
+    add("daemon memory PSS, under load / after", max(loaded) if loaded else None, "<=", 45, "MB")
     add("cold start to /health 200", _get(r, "cold_start", "ms", "p50"), "<=", 500, "ms")
     return out
 

@@ -25,8 +25,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: import `bench` from the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench import control, profiling, report, workloads  # noqa: E402
-from bench.plan import FULL, QUICK, Ctx  # noqa: E402
+from bench import control, profiling, realmodel, report, workloads  # noqa: E402
+from bench.plan import FULL, QUICK, ROUTER_MODEL, Ctx  # noqa: E402
 from bench.stack import (  # noqa: E402
     DAEMON_MODULE,
     DEFAULT_MODEL,
@@ -50,6 +50,7 @@ SECTIONS: dict[str, Callable[[Ctx], None]] = {
     "cli": control.cli,
     "restart": control.restart,
     "switch": control.switch,
+    "real": realmodel.real_model,
 }
 # cold start runs first, before anything else is running
 ALL = ["cold", *SECTIONS]
@@ -63,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="llama-server -np (llama.parallel); each slot gets 512 tokens of "
                    "context (default 4)")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx reference")
+    p.add_argument("--no-router", action="store_true",
+                   help="skip the llama-server router-mode peer")
     p.add_argument("--only", help=f"comma-separated sections: {','.join(ALL)}")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench.png")
@@ -172,6 +175,20 @@ def start_stack(ctx: Ctx, args: argparse.Namespace) -> None:
         ctx.nginx.start()
         ctx.targets["nginx"] = ctx.nginx.port
     proxy = f"nginx :{ctx.nginx.port}" if ctx.nginx is not None else "nginx n/a"
+    if not args.no_router:
+        from bench.router import Router, router_flags
+        from bench.stack import llama_server_binary
+
+        ctx.router = Router(ctx.work / "router", llama_server_binary(),
+                            {m: ctx.ggufs[m] for m in MODELS}, router_flags(ctx.argv[ROUTER_MODEL]),
+                            ctx.ports.take(), ctx.reaper)
+        ctx.router.start()
+        ctx.router.load(ROUTER_MODEL)
+        child = ctx.router.child_port()
+        assert child is not None
+        ctx.targets["router_child"] = child
+        ctx.targets["router"] = ctx.router.port
+        proxy += f", router :{ctx.router.port} (child :{child})"
     ctx.say(f"stack: llama-server :{ctx.backend_port}, llmctld :{ctx.daemon.port}, {proxy}")
 
 
@@ -221,7 +238,8 @@ def finish(ctx: Ctx, args: argparse.Namespace, errors: dict[str, str], seconds: 
                  "ctx_size": 512 * ctx.parallel, "versions": _versions(ctx),
                  "plan": dataclasses.asdict(ctx.plan), "nginx": ctx.nginx is not None,
                  "daemon_module": ctx.daemon_module, "git": _git(),
-                 "errors": errors},
+                 "router": ctx.router.argv if ctx.router is not None else None,
+                 "noise": ctx.meter.summary(), "errors": errors},
         "results": r,
         "targets": ts,
     }
@@ -235,6 +253,11 @@ def finish(ctx: Ctx, args: argparse.Namespace, errors: dict[str, str], seconds: 
           f"llama-server -np {ctx.parallel} -c {512 * ctx.parallel} "
           f"({v.get('llama_server')}); nginx {v.get('nginx') or 'n/a'}; "
           f"python {v['python']}, gevent {v.get('gevent')}")
+    n = doc["meta"]["noise"]
+    if n["rounds"]:
+        print(f"noise: {n['rounds']} measured rounds, {n['disturbed']} disturbed (processes "
+              f"outside the run above {n['threshold_cores']} cores); outside CPU median "
+              f"{n['outside_cores_median']:.2f}, max {n['outside_cores_max']:.2f} cores")
     for part in (report.comparison(r), report.control_tables(r), report.targets_table(ts),
                  report.profile_text(r)):
         if part:

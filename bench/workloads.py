@@ -1,11 +1,13 @@
 """The proxy-path workloads: sequential latency, 16-client throughput, concurrent streaming,
-and the daemon's memory. Each runs every path (direct, llmctld, nginx) in interleaved rounds,
-rotating the order, so drift on a shared machine hits all paths alike."""
+and the daemon's memory. Each runs every path (direct, llmctld, nginx, llama-server's router
+and its child) in interleaved rounds, rotating the order, so drift on a shared machine hits all
+paths alike; each path is compared with its own stack's llama-server round by round."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ import psutil
 
 from bench import loadgen
 from bench.loadgen import Conn, chat_body, pct, summary_ms
+from bench.noise import spread
 from bench.plan import CLIENTS, PACED_TOKENS, SEQ_TOKENS, STREAM_TOKENS, STREAMS, Ctx
 from bench.stack import DEFAULT_MODEL, PACED_MODEL, PACED_PARAMS, daemon_pids
 
@@ -30,15 +33,18 @@ def rotated(names: list[str], r: int) -> list[str]:
 
 
 def memory_of(pids: dict[str, int]) -> dict[str, Any]:
-    """PSS and RSS (MB) per process and in total (PSS adds up; RSS double-counts the pages the
-    forked workers share with the supervisor)."""
+    """PSS, USS and RSS (MB) per process and in total. PSS adds up (a page shared by n
+    processes counts 1/n in each); USS is what only that process holds (what it would free by
+    exiting); RSS double-counts the pages the forked workers share with the supervisor."""
     out: dict[str, Any] = {"processes": {}}
     for role, pid in pids.items():
         with contextlib.suppress(psutil.Error):
             info = psutil.Process(pid).memory_full_info()
-            out["processes"][role] = {"pid": pid, "pss_mb": info.pss / MB, "rss_mb": info.rss / MB}
+            out["processes"][role] = {"pid": pid, "pss_mb": info.pss / MB,
+                                      "uss_mb": info.uss / MB, "rss_mb": info.rss / MB}
     procs = out["processes"].values()
     out["pss_mb"] = sum(p["pss_mb"] for p in procs)
+    out["uss_mb"] = sum(p["uss_mb"] for p in procs)
     out["rss_mb"] = sum(p["rss_mb"] for p in procs)
     return out
 
@@ -74,6 +80,8 @@ def memory_idle(ctx: Ctx) -> None:
     mem["idle"] = memory_of(daemon_pids(ctx.daemon))
     if ctx.nginx is not None and ctx.nginx.proc is not None:
         mem["nginx_idle"] = memory_of(ctx.nginx.pids())
+    if ctx.router is not None:
+        mem["router_idle"] = memory_of(ctx.router.pids())
     ctx.say(f"memory idle: llmctld PSS {mem['idle']['pss_mb']:.1f} MB, "
             f"RSS {mem['idle']['rss_mb']:.1f} MB")
 
@@ -103,6 +111,8 @@ def observe(ctx: Ctx, target: str, label: str) -> Iterator[dict[str, float]]:
         pids: Callable[[], dict[str, int]] = lambda: daemon_pids(ctx.daemon)  # noqa: E731
     elif target == "nginx" and ctx.nginx is not None:
         pids = ctx.nginx.pids
+    elif target == "router" and ctx.router is not None:
+        pids = ctx.router.pids
     else:
         yield {}
         return
@@ -114,7 +124,7 @@ def observe(ctx: Ctx, target: str, label: str) -> Iterator[dict[str, float]]:
     stats["cpu_s"] = _cpu_seconds(before) - cpu0
     if sampler.peak is None:
         return
-    key = f"{label}" if target == "llmctld" else f"nginx_{label}"
+    key = f"{label}" if target == "llmctld" else f"{target}_{label}"
     mem = ctx.results.setdefault("memory", {})
     if key not in mem or sampler.peak["pss_mb"] > mem[key]["pss_mb"]:
         mem[key] = sampler.peak
@@ -123,23 +133,48 @@ def observe(ctx: Ctx, target: str, label: str) -> Iterator[dict[str, float]]:
 # --- 1. sequential latency --------------------------------------------------------------------
 
 
+def _vs_baseline(ctx: Ctx, per_round: dict[str, list[float]], mode: str,
+                 ) -> dict[str, dict[str, Any]]:
+    """Each path against its baseline (its own stack's llama-server) round by round: the
+    difference (`delta`) or ratio (`ratio`) per round, and their median and spread."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in per_round.items():
+        base = per_round.get(ctx.baseline(name))
+        if base is None or name == ctx.baseline(name):
+            continue
+        pairs = [(v, b) for v, b in zip(values, base, strict=False)
+                 if v is not None and b is not None]
+        if mode == "delta":
+            series = [v - b for v, b in pairs]
+        else:
+            series = [v / b for v, b in pairs if b]
+        out[name] = {**spread(series), "rounds": series, "mode": mode,
+                     "against": ctx.baseline(name)}
+    return out
+
+
 def latency(ctx: Ctx) -> None:
     plan = ctx.plan
     names = list(ctx.targets)
     out: dict[str, Any] = {"max_tokens": SEQ_TOKENS}
     for kind, stream in (("nonstream", False), ("stream", True)):
-        body = chat_body(SEQ_TOKENS, stream)
+        bodies = {n: chat_body(SEQ_TOKENS, stream, model=ctx.request_model(n)) for n in names}
         conns = {n: Conn(p) for n, p in ctx.targets.items()}
         for name in names:  # warm-up: connection, prompt cache, pools
-            loadgen.sequential(ctx.targets[name], body, 20, 10, conns[name])
+            loadgen.sequential(ctx.targets[name], bodies[name], 20, 10, conns[name])
         samples: dict[str, list[loadgen.Reply]] = {n: [] for n in names}
+        round_p50: dict[str, list[float | None]] = {n: [] for n in names}
         errors: dict[str, list[str]] = {n: [] for n in names}
         per_round = max(1, plan.latency_n // plan.latency_rounds)
         for r in range(plan.latency_rounds):
             for name in rotated(names, r):
-                samples[name] += loadgen.sequential(ctx.targets[name], body, per_round,
-                                                    plan.latency_max_s / plan.latency_rounds,
-                                                    conns[name], errors=errors[name])
+                with ctx.meter.round(f"latency {kind} {name}"):
+                    replies = loadgen.sequential(
+                        ctx.targets[name], bodies[name], per_round,
+                        plan.latency_max_s / plan.latency_rounds, conns[name],
+                        errors=errors[name])
+                samples[name] += replies
+                round_p50[name].append(pct([x.total * 1000 for x in replies], 50))
         for c in conns.values():
             c.close()
         res: dict[str, Any] = {}
@@ -147,7 +182,8 @@ def latency(ctx: Ctx) -> None:
             res[name] = {"total": summary_ms([r.total for r in replies]),
                          "ttfb": summary_ms([r.ttfb for r in replies]),
                          "errors": len(errors[name]), "first_errors": errors[name][:3],
-                         "retries": conns[name].retries}
+                         "retries": conns[name].retries, "round_p50_ms": round_p50[name]}
+        res["vs"] = _vs_baseline(ctx, round_p50, "delta")  # type: ignore[arg-type]
         out[kind] = res
         line = ", ".join(f"{n} p50 {res[n]['total']['p50']:.2f} ms" for n in names)
         ctx.say(f"latency {kind}: {line}")
@@ -157,41 +193,63 @@ def latency(ctx: Ctx) -> None:
 # --- 2. throughput ----------------------------------------------------------------------------
 
 
-def interleaved_load(ctx: Ctx, body: bytes, clients: int, warmup_s: float, rounds: int,
-                     seconds: float, label: str,
-                     ) -> tuple[dict[str, list[loadgen.LoadResult]], dict[str, float]]:
-    """`clients` concurrent keep-alive clients against every target, warmed up once, then for
-    `rounds` rounds in rotated order (so no path always runs first). Returns the runs and the
-    proxy CPU seconds per target."""
+def interleaved_load(ctx: Ctx, bodies: dict[str, bytes], clients: int, warmup_s: float,
+                     rounds: int, seconds: float, label: str,
+                     ) -> tuple[list[dict[str, loadgen.LoadResult]], list[dict[str, float]], int]:
+    """`clients` concurrent keep-alive clients against every target, warmed up once, then
+    `rounds` rounds, each running every target once in rotated order (so no path always runs
+    first). A round in which processes outside the run used more than the noise threshold is
+    run again (at most rounds // 2 times). Returns per kept round the results and the proxy
+    CPU seconds per target, and how many rounds were repeated."""
     names = list(ctx.targets)
-    runs: dict[str, list[loadgen.LoadResult]] = {n: [] for n in names}
     for name in names:
-        loadgen.concurrent(ctx.targets[name], body, clients, warmup_s)
-    cpu: dict[str, float] = {n: 0.0 for n in names}
-    for r in range(rounds):
+        loadgen.concurrent(ctx.targets[name], bodies[name], clients, warmup_s)
+    kept: list[dict[str, loadgen.LoadResult]] = []
+    cpu: list[dict[str, float]] = []
+    repeats_left, repeated, r = max(1, rounds // 2), 0, 0
+    while len(kept) < rounds:
+        results: dict[str, loadgen.LoadResult] = {}
+        round_cpu: dict[str, float] = {}
+        outside = 0.0
         for name in rotated(names, r):
-            with observe(ctx, name, label) as stats:
-                runs[name].append(loadgen.concurrent(ctx.targets[name], body, clients, seconds))
-            cpu[name] += stats.get("cpu_s", 0.0)
-    return runs, cpu
+            with ctx.meter.round(f"{label} {name}") as rd, observe(ctx, name, label) as stats:
+                results[name] = loadgen.concurrent(ctx.targets[name], bodies[name], clients,
+                                                   seconds)
+            round_cpu[name] = stats.get("cpu_s", 0.0)
+            outside = max(outside, rd.outside_cores)
+        r += 1
+        if outside > ctx.meter.threshold and repeats_left:
+            repeats_left -= 1
+            repeated += 1
+            ctx.say(f"  {label}: round {r} disturbed (processes outside the run used "
+                    f"{outside:.2f} cores); running it again")
+            continue
+        kept.append(results)
+        cpu.append(round_cpu)
+    return kept, cpu, repeated
 
 
 def throughput(ctx: Ctx) -> None:
     names = list(ctx.targets)
-    runs, cpu = interleaved_load(ctx, chat_body(SEQ_TOKENS, False), CLIENTS, 0.5,
-                                 ctx.plan.tput_rounds, ctx.plan.tput_s, "load_throughput")
+    bodies = {n: chat_body(SEQ_TOKENS, False, model=ctx.request_model(n)) for n in names}
+    rounds, cpu, repeated = interleaved_load(ctx, bodies, CLIENTS, 0.5, ctx.plan.tput_rounds,
+                                             ctx.plan.tput_s, "load_throughput")
     out: dict[str, Any] = {"clients": CLIENTS, "max_tokens": SEQ_TOKENS,
-                           "parallel": ctx.parallel}
-    for name, rs in runs.items():
+                           "parallel": ctx.parallel, "rounds": len(rounds),
+                           "repeated_rounds": repeated}
+    for name in names:
+        rs = [x[name] for x in rounds]
         ok = sum(len(x.replies) for x in rs)
         elapsed = sum(x.elapsed for x in rs)
-        out[name] = {"rps": ok / elapsed if elapsed else 0.0, "requests": ok,
+        cpu_s = sum(c[name] for c in cpu)
+        out[name] = {"rps": statistics.median(x.rate for x in rs), "requests": ok,
                      "errors": sum(x.errors for x in rs),
                      "client_cpu": sum(x.client_cpu for x in rs) / len(rs),
-                     "proxy_cpu_ms_per_request": cpu[name] * 1000 / ok if ok else None,
-                     "proxy_cores": cpu[name] / elapsed if elapsed else None,
+                     "proxy_cpu_ms_per_request": cpu_s * 1000 / ok if ok else None,
+                     "proxy_cores": cpu_s / elapsed if elapsed else None,
                      "rounds_rps": [x.rate for x in rs],
                      "latency": summary_ms([rep.total for x in rs for rep in x.replies])}
+    out["vs"] = _vs_baseline(ctx, {n: out[n]["rounds_rps"] for n in names}, "ratio")
     ctx.results["throughput"] = out
     ctx.say("throughput: " + ", ".join(f"{n} {out[n]['rps']:.0f} req/s" for n in names))
 
@@ -233,20 +291,31 @@ def streaming(ctx: Ctx) -> None:
     chunks/s, what costs the proxy most); then, on the paced model, single generations one at a
     time for the per-chunk lag and gaps at a realistic token rate."""
     names = list(ctx.targets)
-    runs, cpu = interleaved_load(ctx, chat_body(STREAM_TOKENS, True), STREAMS, 0.3,
-                                 ctx.plan.stream_rounds, ctx.plan.stream_s, "load_stream")
-    out: dict[str, Any] = {"streams": STREAMS, "max_tokens": STREAM_TOKENS}
-    for name, rs in runs.items():
+    bodies = {n: chat_body(STREAM_TOKENS, True, model=ctx.request_model(n)) for n in names}
+    rounds, cpu, repeated = interleaved_load(ctx, bodies, STREAMS, 0.3, ctx.plan.stream_rounds,
+                                             ctx.plan.stream_s, "load_stream")
+    out: dict[str, Any] = {"streams": STREAMS, "max_tokens": STREAM_TOKENS,
+                           "rounds": len(rounds), "repeated_rounds": repeated}
+    for name in names:
+        rs = [x[name] for x in rounds]
         replies = [rep for x in rs for rep in x.replies]
         elapsed = sum(x.elapsed for x in rs)
         events = sum(x.events for x in rs)
-        out[name] = {"chunks_per_s": events / elapsed if elapsed else 0.0,
+        cpu_s = sum(c[name] for c in cpu)
+        out[name] = {"chunks_per_s": statistics.median(
+                         x.events / x.elapsed if x.elapsed else 0.0 for x in rs),
                      "generations": len(replies), "chunks": events,
                      "errors": sum(x.errors for x in rs),
                      "client_cpu": sum(x.client_cpu for x in rs) / len(rs),
-                     "proxy_cpu_us_per_chunk": cpu[name] * 1e6 / events if events else None,
-                     "proxy_cores": cpu[name] / elapsed if elapsed else None,
+                     "proxy_cpu_us_per_chunk": cpu_s * 1e6 / events if events else None,
+                     "rounds_proxy_cpu_us_per_chunk": [
+                         c[name] * 1e6 / x[name].events if x[name].events else None
+                         for c, x in zip(cpu, rounds, strict=False)],
+                     "proxy_cores": cpu_s / elapsed if elapsed else None,
+                     "rounds_chunks_per_s": [x.events / x.elapsed if x.elapsed else 0.0
+                                             for x in rs],
                      "ttfb": summary_ms([rep.ttfb for rep in replies])}
+    out["vs"] = _vs_baseline(ctx, {n: out[n]["rounds_chunks_per_s"] for n in names}, "ratio")
     ctx.results["stream"] = out
     ctx.say("streaming (flood): " + ", ".join(
         f"{n} {out[n]['chunks_per_s']:.0f} chunks/s" for n in names))
@@ -255,7 +324,9 @@ def streaming(ctx: Ctx) -> None:
 
 
 def paced(ctx: Ctx) -> dict[str, Any]:
-    names = list(ctx.targets)
+    """Single paced streams through llmctld (and nginx) against direct; the router is not in
+    it (its child would need this model's own --threads)."""
+    names = [n for n in ctx.targets if ctx.baseline(n) == "direct"]
     r = ctx.daemon.switch(PACED_MODEL)
     if r.status_code != 200:
         raise RuntimeError(f"switch {PACED_MODEL}: {r.status_code} {r.text}")
@@ -263,7 +334,7 @@ def paced(ctx: Ctx) -> dict[str, Any]:
         body = chat_body(PACED_TOKENS, True, timings=True)
         single: dict[str, list[loadgen.Reply]] = {n: [] for n in names}
         errors: dict[str, list[str]] = {n: [] for n in names}
-        conns = {n: Conn(p) for n, p in ctx.targets.items()}
+        conns = {n: Conn(ctx.targets[n]) for n in names}
         for name in names:  # warm-up
             loadgen.sequential(ctx.targets[name], body, 1, 60, conns[name])
         # back to back on one connection, as an agent's turns are (an idle connection gets
@@ -271,9 +342,10 @@ def paced(ctx: Ctx) -> dict[str, Any]:
         rounds = 2
         for r in range(rounds):
             for name in rotated(names, r):
-                single[name] += loadgen.sequential(
-                    ctx.targets[name], body, max(1, ctx.plan.paced_n // rounds), 120,
-                    conns[name], keep_marks=True, errors=errors[name])
+                with ctx.meter.round(f"paced {name}"):
+                    single[name] += loadgen.sequential(
+                        ctx.targets[name], body, max(1, ctx.plan.paced_n // rounds), 120,
+                        conns[name], keep_marks=True, errors=errors[name])
         for c in conns.values():
             c.close()
     finally:

@@ -9,7 +9,6 @@ Identity is pid + create time + cmdline: a pid alone could have been reused by n
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import signal
@@ -176,15 +175,27 @@ def _same_command(actual: list[str], recorded: list[str]) -> bool:
 
 
 def health(host: str, port: int, timeout: float = 1.0) -> int | None:
-    """HTTP status of GET /health, or None when nothing answers."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """HTTP status of GET /health, or None when nothing answers (or not in HTTP). On a plain
+    socket: this is all the lifecycle worker speaks HTTP for, and http.client would bring the
+    email package and ssl into a process that lives as long as the daemon (~1.5 MB)."""
+    import socket
+
+    request = f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+    head = b""
     try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    except (OSError, http.client.HTTPException):
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout) as sock:
+            sock.sendall(request.encode())
+            while b"\r\n" not in head and len(head) < 4096:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                head += data
+    except OSError:
         return None
-    finally:
-        conn.close()
+    parts = head.split(b"\r\n", 1)[0].split(None, 2)  # HTTP/1.1 200 OK
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 def port_in_use(host: str, port: int) -> bool:

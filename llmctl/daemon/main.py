@@ -1,7 +1,9 @@
 """`llmctld`: start the daemon in the foreground.
 
-Checks everything that can be checked before forking (config, runtime dir, the pid lock, the
-port) so a misconfiguration fails here with one clear message instead of in a worker loop.
+Checks everything that can be checked before forking the workers (config, runtime dir, the pid
+lock, the port) so a misconfiguration fails here with one clear message instead of in a worker
+loop. The config is read in a short-lived child (preflight), so this process, which becomes
+the supervisor, never holds the config stack.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import time
 from pathlib import Path
 
 from llmctl import __version__
-from llmctl.core.config import ConfigError, GlobalConfig, is_loopback, load_global
-from llmctl.core.paths import Paths, env_address
-from llmctl.daemon.metrics import clear_store
+from llmctl.core.paths import Paths
+from llmctl.daemon import preflight
 
 log = logging.getLogger("llmctld")
 
@@ -59,27 +60,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     paths = Paths.from_env()
-    try:
-        cfg = load_global(paths.config_file)
-    except ConfigError as e:
-        raise StartupError(f"cannot start: {e}") from None
-    try:
-        env_host, env_port = env_address()
-    except ValueError as e:
+    try:  # in a child: the supervisor never imports the config stack
+        startup = preflight.check(paths, args.host, args.port)
+    except preflight.PreflightError as e:
         raise StartupError(str(e)) from None
-    host = args.host or env_host or cfg.data["daemon"]["host"]
-    port = next(p for p in (args.port, env_port, cfg.data["daemon"]["port"]) if p is not None)
-    if not is_loopback(host):
-        if not cfg.data["daemon"]["allow_remote"]:
-            raise StartupError(
-                f"refusing to listen on {host}: llmctld has no authentication, so anyone who "
-                "can reach that address could use your GPU. Set `daemon.allow_remote: true` in "
-                f"{paths.config_file} if you really mean it.")
+    host, port = startup.host, startup.port
+    if startup.remote:
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
     _prepare_dirs(paths)
     lock_fd = _lock_pidfile(paths.pid_file)
-    _prepare_starter(paths, cfg)
+    try:  # the starter model, assembled once; never fatal
+        warning = preflight.prepare(paths, startup)
+    except preflight.PreflightError as e:
+        warning = str(e)
+    if warning:
+        log.warning("%s", warning)
     # ours alone now (the lock): a new daemon's counters start from zero (daemon/metrics.py)
+    from llmctl.daemon.metrics import clear_store
+
     clear_store(paths.runtime)
     try:
         listener = _bind(host, port)
@@ -93,8 +91,10 @@ def serve(args: argparse.Namespace) -> int:
              host if ":" not in host else f"[{host}]", port, paths.home, paths.runtime)
 
     def proxy_main(sock: socket.socket) -> int:
+        from llmctl.core.config import GlobalConfig
         from llmctl.daemon import proxy_worker  # imports gevent: only ever in the child
 
+        cfg = GlobalConfig(startup.config, paths.config_file, exists=startup.config_exists)
         return proxy_worker.run(listener, sock, paths, daemon_info, cfg)
 
     def lifecycle_main(sock: socket.socket) -> int:
@@ -102,8 +102,14 @@ def serve(args: argparse.Namespace) -> int:
 
         return lifecycle_worker.run(sock, paths, daemon_info)
 
+    import gc
+
     from llmctl.daemon.supervisor import Supervisor
 
+    # Everything allocated so far is inherited by every worker: keep the cyclic GC (in the
+    # workers and here) from writing to those objects, which would copy their pages into each
+    # process (measured: about 2 MB PSS less across the three)
+    gc.freeze()
     supervisor = Supervisor(listener, proxy_main, lifecycle_main, close_in_children=(lock_fd,))
     try:
         code = supervisor.run()
@@ -128,16 +134,6 @@ def _prepare_dirs(paths: Paths) -> None:
         os.chmod(paths.runtime, 0o700)
     except OSError:
         pass  # not ours to change (e.g. a shared dir); the files inside stay 0600
-
-
-def _prepare_starter(paths: Paths, cfg: GlobalConfig) -> None:
-    """Assemble the starter model once, before listening (so the first request finds it)."""
-    from llmctl.core import starter
-
-    try:
-        starter.ensure(paths, cfg)
-    except (OSError, ValueError) as e:  # never fatal: the daemon serves the other models
-        log.warning("could not prepare the starter model: %s", e)
 
 
 def _lock_pidfile(path: Path) -> int:

@@ -165,12 +165,15 @@ class ObservedBody:
         chunks = iter(self.inner)
         a = b = c = d = b""
         try:
-            for d in chunks:
+            for data in chunks:
                 exchange.first_byte = time.perf_counter()
-                yield d
+                # the relay may pass views of one buffer it reuses: keep copies (small: a
+                # read is one event or a few), never the view
+                d = bytes(data) if type(data) is memoryview else data
+                yield data
                 break
             for data in chunks:
-                a, b, c, d = b, c, d, data
+                a, b, c, d = b, c, d, (bytes(data) if type(data) is memoryview else data)
                 yield data
         finally:
             exchange.tail = (a, b, c, d)

@@ -20,10 +20,11 @@ import logging
 import select
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
+from llmctl.daemon.chunked import ChunkFollower, FramingError
 from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
@@ -40,6 +41,8 @@ BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 READ_SIZE = 65536
+_BROKEN_OFF = (b'data: {"error":{"code":502,"type":"upstream_error","message":'
+               b'"llama-server stopped in the middle of the response"}}\n\n')
 
 
 def upstream_failure(e: BaseException) -> str:
@@ -168,7 +171,7 @@ class OpenAIProxy:
         if length is not None:
             out_headers.append(("Content-Length", length))
         start_response(f"{response.status} {response.reason}", out_headers)
-        return Relay(self, lease, conn, response)
+        return Relay(self, lease, conn, response, environ["REQUEST_METHOD"])
 
     def open(self, method: str, path: str, body: dict[str, Any] | None, *,
              requested: str | None = None, keep_alive: float | None = None,
@@ -269,16 +272,27 @@ class Relay:
     generation."""
 
     def __init__(self, proxy: OpenAIProxy, lease: Lease,
-                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse):
+                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 method: str = "GET"):
         self.proxy, self.addr, self.conn, self.response = proxy, lease.address, conn, response
         self.lease = lease
         self.sse = (response.getheader("Content-Type") or "").startswith("text/event-stream")
         self.done = False
         self.released = False
+        # A chunked upstream body can go to a chunked client as it is (see pass_framing)
+        self.upstream_chunked = bool(response.chunked) and method != "HEAD" \
+            and response.status >= 200 and response.status not in (204, 304)
+        # Set before iterating, by a server that writes what it is given as it is and answers
+        # chunked itself (proxy_worker's handler): then the iteration yields llama-server's
+        # own chunked framing, terminator included, instead of decoded data. framing_complete
+        # says whether it got that far (else the client connection must be closed).
+        self.pass_framing = False
+        self.framing_complete = False
         lease.hand_to(self)
 
     def __iter__(self) -> Iterator[bytes]:
-        read = self.response.read1
+        framing = ChunkFollower()
+        read = self._framed_reader(framing) if self.pass_framing else self.response.read1
         try:
             while True:
                 data = read(READ_SIZE)
@@ -286,11 +300,51 @@ class Relay:
                     break
                 yield data
             self.done = True
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.client.HTTPException, FramingError) as e:
             log.warning("llama-server broke off a response: %s", e)
             if self.sse:  # tell a streaming client why its stream ends, in llama-server's form
-                yield (b'data: {"error":{"code":502,"type":"upstream_error","message":'
-                       b'"llama-server stopped in the middle of the response"}}\n\n')
+                if not self.pass_framing:
+                    yield _BROKEN_OFF
+                elif framing.at_boundary:
+                    yield b"%x\r\n%s\r\n0\r\n\r\n" % (len(_BROKEN_OFF), _BROKEN_OFF)
+                    self.framing_complete = True
+
+    def _framed_reader(self, framing: ChunkFollower) -> Callable[[int], bytes]:
+        """read(size): what llama-server has sent by now, framing and all, through its last
+        chunk: one recv, so events waiting together go out together and one that is alone
+        goes at once. After the first read it reads into one buffer (no allocation per read)
+        and returns memoryviews of it: the handler that asked for pass_framing sends each
+        one before it asks for the next."""
+        fp, sock = self.response.fp, self.conn.sock
+        assert fp is not None and sock is not None
+        buffer = bytearray(READ_SIZE)
+        view = memoryview(buffer)
+        recv_into = sock.recv_into  # after the first read, fp holds nothing: skip its layers
+        first = True
+
+        def read(size: int) -> bytes:
+            nonlocal first
+            if self.framing_complete:
+                return b""
+            if first:  # what came in with the head is buffered in fp: take it, all of it
+                first = False  # (fp's buffer is smaller than size)
+                data: bytes | bytearray = fp.read1(size)
+                piece: Any = data  # bytes, or (below) a memoryview of the buffer
+                n = len(data)
+            else:
+                data, n = buffer, recv_into(view)
+                piece = view
+            if not n:
+                raise http.client.IncompleteRead(b"")
+            end = framing.feed(data, n)
+            if end < 0:
+                return piece[:n]
+            self.framing_complete = True
+            if end < n:  # bytes after the body: the connection is out of step, do not reuse it
+                self.response.will_close = True
+            return piece[:end]
+
+        return read
 
     def abort(self) -> None:
         """Disconnect from llama-server now (a forced switch or stop). Shut the socket down

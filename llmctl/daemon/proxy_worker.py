@@ -121,6 +121,14 @@ def _handler_class() -> type:
             if len(data) > 65536:
                 super()._write_with_headers(data)
                 return
+            out = self._head()
+            if data and self.response_use_chunked:
+                out += b"%x\r\n" % len(data) + data + b"\r\n"
+            else:
+                out += data
+            self._sendall(out)
+
+        def _head(self) -> bytearray:
             self.headers_sent = True
             self.finalize_headers()
             out = bytearray(b"HTTP/1.1 ")
@@ -129,11 +137,31 @@ def _handler_class() -> type:
             for header, value in self.response_headers:
                 out += header + b": " + value + b"\r\n"
             out += b"\r\n"
-            if data and self.response_use_chunked:
-                out += b"%x\r\n" % len(data) + data + b"\r\n"
-            else:
-                out += data
-            self._sendall(out)
+            return out
+
+        def process_result(self) -> None:
+            """A chunked answer from llama-server goes to a chunked client as it is: each
+            read of the upstream socket is one write to the client, framing included (no
+            decode, re-encode, or copy). The head goes with the first bytes, as above."""
+            relay = self.result
+            if not getattr(relay, "upstream_chunked", False):
+                super().process_result()
+                return
+            head: bytearray | None = self._head()  # decides whether we answer chunked
+            relay.pass_framing = self.response_use_chunked
+            send = self.socket.send
+            for data in relay:
+                if head is not None:
+                    head += data
+                    data, head = head, None
+                sent = send(data)  # one syscall: the client's buffer is seldom full
+                if sent < len(data):
+                    self.socket.sendall(memoryview(data)[sent:])
+                self.response_length += len(data)
+            if head is not None:
+                self._sendall(head)
+            if self.response_use_chunked and not relay.framing_complete:
+                self.close_connection = True  # cut off mid-chunk: the client must see it end
 
         def start_response(self, status: str, headers: list[tuple[str, str]],
                            exc_info: Any = None) -> Any:

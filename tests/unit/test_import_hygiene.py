@@ -37,6 +37,20 @@ def test_daemon_main_and_supervisor_do_not_import_gevent() -> None:
     assert "gevent" not in top_level(loaded)
 
 
+@pytest.mark.parametrize("heavy", ["werkzeug", "yaml", "rapidfuzz", "llmctl.core.config",
+                                   "llmctl.daemon.hub"])
+def test_supervisor_holds_only_what_it_needs(supervisor_modules: set[str], heavy: str) -> None:
+    """It lives as long as the daemon: the config is read in a preflight child, the workers
+    import their own stacks after the fork."""
+    assert heavy not in supervisor_modules | top_level(supervisor_modules)
+
+
+@pytest.fixture(scope="module")
+def supervisor_modules() -> set[str]:
+    return modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
+                                "llmctl.daemon.preflight")
+
+
 @pytest.mark.parametrize("heavy", ["gevent", "werkzeug", "yaml", "rapidfuzz"])
 def test_cli_is_light(cli_modules: set[str], heavy: str) -> None:
     assert heavy not in top_level(cli_modules)

@@ -37,3 +37,29 @@ def test_http_client_sends_head_and_body_through_send_output() -> None:
     assert isinstance(conn("localhost")._buffer, list)
     assert "self._output(" in inspect.getsource(conn.putheader)
     assert "self._buffer.append(" in inspect.getsource(conn._output)
+
+
+def test_pywsgi_result_loop_and_chunking_decision_are_what_the_relay_bypass_expects() -> None:
+    """proxy_worker's process_result takes over pywsgi's result loop for a chunked upstream
+    answer: it must still be the one place results are written, and finalize_headers the
+    one place that decides chunking (the handler reads response_use_chunked after it)."""
+    handler = pywsgi.WSGIHandler
+    assert "self.process_result()" in inspect.getsource(handler.run_application)
+    assert "self.response_use_chunked =" in inspect.getsource(handler.finalize_headers)
+    assert "self.response_use_chunked = False" in inspect.getsource(handler.handle_one_response)
+    assert "b'0\\r\\n\\r\\n'" in inspect.getsource(handler.process_result)  # it ends the body
+    source = inspect.getsource(handler._sendall)
+    assert "self.socket.sendall(" in source and "self.response_length +=" in source
+
+
+def test_http_client_response_reads_through_a_small_buffered_file() -> None:
+    """The relay's first framed read takes what fp has buffered with read1, then reads the
+    socket itself: fp must be sock.makefile("rb") with a buffer smaller than READ_SIZE."""
+    import io
+
+    from llmctl.daemon.openai_proxy import READ_SIZE
+
+    assert 'self.fp = sock.makefile("rb")' in inspect.getsource(http.client.HTTPResponse.__init__)
+    assert io.DEFAULT_BUFFER_SIZE < READ_SIZE
+    for attribute in ("chunked", "will_close"):
+        assert attribute in inspect.getsource(http.client.HTTPResponse.begin), attribute

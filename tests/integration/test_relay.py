@@ -1,0 +1,126 @@
+"""The streaming relay: llama-server's chunked framing goes to a chunked client as it is
+(openai_proxy.Relay with proxy_worker's handler), and is decoded for a client that cannot take
+it (HTTP/1.0). Real llama-server where the behaviour is ordinary; the scripted fake for floods
+and breaks."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import openai
+import requests
+
+from harness import Daemon, Home
+
+
+def raw_request(daemon: Daemon, body: dict, version: str = "HTTP/1.1") -> tuple[bytes, bytes]:
+    """POST /v1/chat/completions on a plain socket, read until the daemon closes: the head and
+    the raw body bytes (framing included)."""
+    payload = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions {version}\r\nHost: 127.0.0.1:{daemon.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as s:
+        s.sendall(head + payload)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    return head_bytes, rest
+
+
+def dechunk(body: bytes) -> bytes:
+    """Decode a complete chunked body; fails (AssertionError) if it is cut short."""
+    out, pos = b"", 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol], 16)
+        pos = eol + 2
+        if size == 0:
+            assert body[pos:pos + 2] == b"\r\n", "no end of the chunked body"
+            return out
+        out += body[pos:pos + size]
+        assert body[pos + size:pos + size + 2] == b"\r\n"
+        pos += size + 2
+
+
+def events(text: bytes) -> list[bytes]:
+    return [e for e in text.split(b"\n\n") if e.strip()]
+
+
+def test_real_stream_keeps_framing_and_connection(real_home: Home, make_daemon) -> None:
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    body = {"model": "local", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40, "ignore_eos": True, "stream": True}
+    head, raw = raw_request(daemon, body)
+    assert b"transfer-encoding: chunked" in head.lower()
+    stream = events(dechunk(raw))  # a complete chunked body, terminator included
+    assert stream[-1] == b"data: [DONE]"
+    assert all(json.loads(e[6:]) for e in stream[:-1])
+    # the kept-alive client connection goes on to the next request, streamed or not
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="none", max_retries=0)
+    for _ in range(3):
+        pieces = [c for c in client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+            stream=True)]
+        assert pieces and pieces[-1].choices[0].finish_reason is not None
+        reply = client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        assert reply.choices[0].message is not None
+
+
+def test_http10_client_gets_the_stream_decoded(real_home: Home, make_daemon) -> None:
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    body = {"model": "local", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 20, "ignore_eos": True, "stream": True}
+    head, raw = raw_request(daemon, body, "HTTP/1.0")
+    assert b"chunked" not in head.lower()
+    stream = events(raw)  # plain SSE until the close: no chunk-size lines in it
+    assert stream[0].startswith(b"data: {") and stream[-1] == b"data: [DONE]"
+
+
+def test_a_flood_of_events_arrives_whole(fake_home: Home, make_daemon) -> None:
+    """Events that wait together upstream go out together: none lost, split or merged."""
+    fake_home.add_model("flood", script={"chunk_interval": 0, "stream_chunks": 3000})
+    daemon = make_daemon()
+    assert daemon.switch("flood").status_code == 200
+    r = daemon.post("/v1/chat/completions", stream=True, json={
+        "model": "local", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "max_tokens": 3000})
+    lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    deltas = [json.loads(line[6:]) for line in lines[:-1]]
+    assert len(deltas) >= 3000
+    assert daemon.status()["in_flight"] == 0
+
+
+def test_error_mid_stream_is_a_complete_chunked_body(fake_home: Home, make_daemon,
+                                                     tmp_path: Path) -> None:
+    fake_home.add_model("crashy", script={"crash_after_chunks": 3, "chunk_interval": 0.02})
+    daemon = make_daemon()
+    assert daemon.switch("crashy").status_code == 200
+    head, raw = raw_request(daemon, {"model": "local", "stream": True, "max_tokens": 50,
+                                     "messages": [{"role": "user", "content": "hi"}]})
+    stream = events(dechunk(raw))  # the client is told why, in valid framing
+    assert b'"upstream_error"' in stream[-1]
+    assert b"[DONE]" not in b"".join(stream)
+    assert requests.get(daemon.url + "/health", timeout=10).status_code == 200
+
+
+def test_an_event_alone_is_not_held_back(fake_home: Home, make_daemon) -> None:
+    """Nothing waits for the next event (which comes 1.5 s later) before sending one.
+    (The head-and-first-event-in-one-read case: tests/unit/test_relay_reader.py.)"""
+    fake_home.add_model("slow", script={"chunk_interval": 1.5, "stream_chunks": 2})
+    daemon = make_daemon()
+    assert daemon.switch("slow").status_code == 200
+    sent = time.monotonic()
+    r = daemon.post("/v1/chat/completions", stream=True, json={
+        "model": "local", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+    arrivals = [time.monotonic() - sent for line in r.iter_lines() if line]
+    assert len(arrivals) >= 3
+    assert arrivals[0] < 1.0 < 1.4 < arrivals[-1]  # the first came at once, not with the rest
