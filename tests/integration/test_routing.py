@@ -38,7 +38,9 @@ def switches(daemon: Daemon) -> list[str]:
 class LongStream:
     """A long streamed completion on the current model, read to its end in a thread."""
 
-    def __init__(self, daemon: Daemon, tokens: int = 40):
+    # the slow model makes ~150 tokens/s on an idle 2-core machine: 400 last well over the
+    # second or two the checks during the stream take
+    def __init__(self, daemon: Daemon, tokens: int = 400):
         self.tokens = tokens
         self.chunks: list[Any] = []
         self.ended_at = 0.0
@@ -165,7 +167,7 @@ def test_the_queue_is_bounded_by_depth_and_time(routed: Home, make_daemon,
     routed.add_model("wordy", slow_gguf, llama={"ctx_size": 512})
     daemon = make_daemon()
     assert daemon.switch("wordy").status_code == 200
-    stream = LongStream(daemon, tokens=60)
+    stream = LongStream(daemon)  # over 2 s: past the 1 s queue timeout
     first, first_answer = in_background(lambda: daemon.post("/v1/chat/completions", json={
         "model": "tiny-beta", "messages": [{"role": "user", "content": "hi"}]}))
     wait_for(lambda: queued(daemon, "tiny-beta"), 10, "the first request to queue")
