@@ -255,7 +255,8 @@ def cmd_inspect(client: Any, args: argparse.Namespace) -> int:
         if match.kind != "match" or match.model is None:
             code = "ambiguous" if match.kind == "ambiguous" else "not_found"
             what = "matches several models" if code == "ambiguous" else "matches no model"
-            hint = f": {', '.join(match.candidates)}" if match.candidates else ""
+            hint = (f": {', '.join(match.candidates)}" if match.candidates else
+                    "; run `llmctl models` to see what is available")  # as `switch` says
             return fail(f"{args.model!r} {what}{hint}", code,
                         {"candidates": match.candidates}, args.json)
         data = client.model(match.model)

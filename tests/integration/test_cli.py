@@ -84,6 +84,8 @@ def test_models_and_inspect(fake_home: Home, make_daemon) -> None:
     assert r.returncode == 8 and "config.yaml:4: llama.ctx_size" in r.stderr
     r = daemon.cli("inspect", "broken")
     assert r.returncode == 0 and "config.yaml:4: llama.ctx_size" in r.stdout
+    r = daemon.cli("inspect", "zzz")
+    assert r.returncode == 4 and "run `llmctl models`" in r.stderr
     r = daemon.cli("logs", "tiny-gamma")  # no such model: said so, not "not started yet"
     assert r.returncode == 4 and "no model with id 'tiny-gamma'" in r.stderr
     assert "not been started" in daemon.cli("logs", "tiny-alpha").stderr
