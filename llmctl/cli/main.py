@@ -46,7 +46,8 @@ running daemon.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmctl", description="Control llmctld: one local GGUF model at a time behind "
-        "http://127.0.0.1:16384/v1 (model id `local`).", epilog=EPILOG,
+        "one OpenAI endpoint,\nmodel id `local` (by default http://127.0.0.1:16384/v1; "
+        "`llmctl status` shows the daemon's address).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"llmctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
