@@ -134,7 +134,7 @@ def _home(path: str) -> str:
 def render_inspect(data: dict[str, Any]) -> str:
     import yaml
 
-    lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file')}",
+    lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file') or '-'}",
              f"size     {size(data.get('size_bytes'))}",
              f"config   {data.get('config_file') or '(none: found as ' + source(data) + ')'}"]
     for key in ("mmproj", "draft", "note"):

@@ -84,6 +84,7 @@ def test_models_and_inspect(fake_home: Home, make_daemon) -> None:
     assert r.returncode == 8 and "config.yaml:4: llama.ctx_size" in r.stderr
     r = daemon.cli("inspect", "broken")
     assert r.returncode == 0 and "config.yaml:4: llama.ctx_size" in r.stdout
+    assert "file     -" in r.stdout  # its model file is unknown, not the string "None"
     r = daemon.cli("inspect", "zzz")
     assert r.returncode == 4 and "run `llmctl models`" in r.stderr
     r = daemon.cli("logs", "tiny-gamma")  # no such model: said so, not "not started yet"
