@@ -46,7 +46,8 @@ running daemon.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmctl", description="Control llmctld: one local GGUF model at a time behind "
-        "http://127.0.0.1:16384/v1 (model id `local`).", epilog=EPILOG,
+        "one OpenAI endpoint,\nmodel id `local` (by default http://127.0.0.1:16384/v1; "
+        "`llmctl status` shows the daemon's address).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"llmctl {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -255,7 +256,8 @@ def cmd_inspect(client: Any, args: argparse.Namespace) -> int:
         if match.kind != "match" or match.model is None:
             code = "ambiguous" if match.kind == "ambiguous" else "not_found"
             what = "matches several models" if code == "ambiguous" else "matches no model"
-            hint = f": {', '.join(match.candidates)}" if match.candidates else ""
+            hint = (f": {', '.join(match.candidates)}" if match.candidates else
+                    "; run `llmctl models` to see what is available")  # as `switch` says
             return fail(f"{args.model!r} {what}{hint}", code,
                         {"candidates": match.candidates}, args.json)
         data = client.model(match.model)

@@ -64,6 +64,9 @@ def render_status(status: dict[str, Any], url: str) -> str:
         lines.append(f"model    {b.model or '-'}  FAILED: {b.error}")
         for line in b.log_tail:
             lines.append(f"  | {line}")
+    elif (unloaded := (status.get("idle") or {}).get("unloaded")) and state == "stopped":
+        # not "load one with switch": the next request brings this one back by itself
+        lines.append(f"model    none ({unloaded['model']} unloaded for idleness)")
     else:
         lines.append(f"model    none ({state}) — load one with `llmctl switch <model>`")
     lines.append(f"requests {status['in_flight']} in flight, {status.get('requests_total', 0)}"
@@ -131,7 +134,7 @@ def _home(path: str) -> str:
 def render_inspect(data: dict[str, Any]) -> str:
     import yaml
 
-    lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file')}",
+    lines = [f"{data['id']}  ({data['name']})", f"file     {data.get('file') or '-'}",
              f"size     {size(data.get('size_bytes'))}",
              f"config   {data.get('config_file') or '(none: found as ' + source(data) + ')'}"]
     for key in ("mmproj", "draft", "note"):

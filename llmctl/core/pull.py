@@ -209,7 +209,8 @@ def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
         raise PullError("hub_error", f"the hub refused to list {repo}: {_short(e)}") from None
     except Exception as e:  # the HTTP client's own connection errors have no common base here
         raise PullError("hub_unreachable", f"cannot reach the hub to list {repo} "
-                        f"({_short(e)}); check the network, or HF_ENDPOINT") from None
+                        f"({_short(e)}); check the network or HF_ENDPOINT, or fetch the "
+                        ".gguf some other way and `llmctl add` it") from None
     files = [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None)
              for s in info.siblings or []]
     plan = pick(repo, files, selector, info.sha)

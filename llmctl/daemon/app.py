@@ -26,6 +26,7 @@ from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
+from llmctl.core.discovery import ModelEntry
 from llmctl.core.resolve import resolve
 from llmctl.daemon import anthropic_stream, observe_routes, ui
 from llmctl.daemon import protocol as p
@@ -188,7 +189,7 @@ class App:
 
     def on_model(self, request: Request, model: str) -> Response:
         self.hub.config.refresh()
-        entry = self.hub.config.entry(model)
+        entry = self._entry(model)
         if entry is None:
             match = resolve(model, self._choices())
             return error(404, "not_found", f"no model with id {model!r}",
@@ -225,6 +226,9 @@ class App:
             return error(400, "bad_model_id", f"{model!r} is not a model id")
         path = self.hub.paths.log_file(model)
         if not path.exists():
+            if self._entry(model) is None:  # a log outlives its model, so only now ask
+                return error(404, "not_found", f"no model with id {model!r} (and no log for "
+                             "it); run `llmctl models` to see the ids")
             return error(404, "no_log", f"no log for {model} yet (it has not been started)")
         lines = request.args.get("lines", "100")
         if not lines.isdigit():
@@ -273,7 +277,15 @@ class App:
     # --- commands --------------------------------------------------------------------------------
 
     def _choices(self) -> dict[str, str]:
-        return {e.id: e.name or e.id for e in self.hub.config.catalog.entries if e.id}
+        # A model whose config.yaml is broken has no id, only the key `llmctl models` lists it
+        # by; it is a choice too, so naming it says why it cannot load instead of "no match".
+        return {e.id or e.key: e.name or e.id or e.key for e in self.hub.config.catalog.entries}
+
+    def _entry(self, name: str) -> ModelEntry | None:
+        """The model with this id, else the broken one `llmctl models` lists under this name."""
+        view = self.hub.config
+        return view.entry(name) or next(
+            (e for e in view.catalog.entries if e.id is None and e.key == name), None)
 
     def _aliases(self) -> dict[str, str]:
         return {name: model for name, model in name_index(self.hub.config.catalog).items()
@@ -293,7 +305,7 @@ class App:
             return error(409, "ambiguous", f"{query!r} matches several models: "
                          f"{', '.join(match.candidates)}; be more specific",
                          candidates=match.candidates)
-        entry = hub.config.entry(match.model)
+        entry = self._entry(match.model) if match.model else None
         assert entry is not None and match.model is not None
         if not entry.available:
             return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")

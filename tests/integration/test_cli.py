@@ -78,6 +78,18 @@ def test_models_and_inspect(fake_home: Home, make_daemon) -> None:
     assert "tiny-beta" in r.stdout and "ctx_size: 4096" in r.stdout
     assert json.loads(daemon.cli("inspect", "tiny-beta", "--json").stdout)["config"]["llama"][
         "ctx_size"] == 4096
+
+    # the broken model is named as `llmctl models` lists it: both commands say what is wrong
+    r = daemon.cli("switch", "broken")
+    assert r.returncode == 8 and "config.yaml:4: llama.ctx_size" in r.stderr
+    r = daemon.cli("inspect", "broken")
+    assert r.returncode == 0 and "config.yaml:4: llama.ctx_size" in r.stdout
+    assert "file     -" in r.stdout  # its model file is unknown, not the string "None"
+    r = daemon.cli("inspect", "zzz")
+    assert r.returncode == 4 and "run `llmctl models`" in r.stderr
+    r = daemon.cli("logs", "tiny-gamma")  # no such model: said so, not "not started yet"
+    assert r.returncode == 4 and "no model with id 'tiny-gamma'" in r.stderr
+    assert "not been started" in daemon.cli("logs", "tiny-alpha").stderr
     assert daemon.cli("inspect", "nothing-like-it").returncode == EXIT_NOT_FOUND
     assert daemon.cli("inspect", "tiny").returncode == EXIT_AMBIGUOUS
 

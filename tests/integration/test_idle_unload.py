@@ -58,7 +58,8 @@ def test_idle_unload_frees_the_process_and_the_next_request_wakes_that_model(
     assert status["idle"]["unloaded"]["model"] == "tiny-alpha"
     assert status["idle"]["text"] == "unloaded after 2s idle — wakes on the next request"
     assert not any(p.pid == pid for p in owned_backends(real_home.runtime))
-    assert "unloaded after 2s idle" in daemon.cli("status").stdout
+    out = daemon.cli("status").stdout
+    assert "unloaded after 2s idle" in out and "none (tiny-alpha unloaded for idleness)" in out
     assert daemon.get("/active").json()["idle"]["unloaded"]["model"] == "tiny-alpha"
 
     assert chat(daemon) == "tiny-alpha", "wakes the unloaded model, not the default"

@@ -371,6 +371,15 @@ def test_pull_lists_what_the_repo_has(real: Home, tmp_path: Path, hub: FakeHub,
     assert r.returncode == 4 and "no repository someone/Nothing-GGUF" in r.stderr
 
 
+def test_pull_without_the_hub_says_what_else_to_do(real: Home, hub: FakeHub,
+                                                   make_daemon) -> None:
+    daemon = make_daemon()
+    hub.stop()  # HF_ENDPOINT now refuses connections, as when offline
+    r = pull(daemon, "someone/Tiny-GGUF")
+    assert r.returncode == 1
+    assert "cannot reach the hub" in r.stderr and "`llmctl add` it" in r.stderr
+
+
 def test_pull_through_the_daemon(real: Home, tiny_gguf: Path, hub: FakeHub,
                                  make_daemon) -> None:
     hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": tiny_gguf.read_bytes()})

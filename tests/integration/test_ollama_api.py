@@ -294,6 +294,7 @@ def test_refused_routes_name_the_llmctl_way(real_home: Home, make_daemon) -> Non
         assert "llmctl" in e.value.error, route
     assert "llmctl pull" in _error_of(lambda: oc.pull("llama3.2"))
     assert "llmctl add" in _error_of(lambda: oc.create("mine", from_="local"))
+    assert "aliases:" in _error_of(lambda: oc.copy("local", "backup"))
     assert oc.pull("local", stream=False).status == "success"  # already here
     assert [p.status for p in oc.pull("tiny-alpha", stream=True)] == ["success"]
     assert daemon.get("/api/nope").status_code == 404

@@ -305,8 +305,8 @@ REFUSED = {
     "/api/create": ("llmctl does not build models from a Modelfile: place the GGUF (or a "
                     "symlink to it) in a directory under {models} with a config.yaml, or run "
                     "`llmctl add <file.gguf>`; then `llmctl reload`"),
-    "/api/copy": ("llmctl does not copy models: to serve one under another name, give its "
-                  "directory under {models} a copy with another id in its config.yaml, then "
+    "/api/copy": ("llmctl does not copy models: to serve one under another name, list that "
+                  "name in `aliases:` in the model's config.yaml (under {models}), then "
                   "`llmctl reload`"),
     "/api/delete": ("llmctl never deletes model files: remove the model's directory under "
                     "{models} yourself, then `llmctl reload`"),
