@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any, TextIO
 
+from llmctl.cli.progress import StatusLine
 from llmctl.cli.render import duration, size
 
 BAR = 24
 
 
-class DownloadProgress:
+class DownloadProgress(StatusLine):
     def __init__(self, out: TextIO):
-        self.out = out
-        self.tty = out.isatty()
-        self.drawn = False
+        super().__init__(out)
         self.last_bucket: tuple[str, int] | None = None
 
     def update(self, event: dict[str, Any]) -> None:
@@ -45,21 +44,12 @@ class DownloadProgress:
             if percent is not None:
                 filled = int(BAR * percent / 100)
                 bar = f"[{'█' * filled}{'·' * (BAR - filled)}] {percent:5.1f}% "
-            self.out.write(f"\r\x1b[2K  {bar}{amount}  {rate}  {eta}")
-            self.out.flush()
-            self.drawn = True
+            self._draw(f"  {bar}{amount}  {rate}  {eta}")
             return
         bucket = int(percent // 10) * 10 if percent is not None else -1
         if (event["file"], bucket) != self.last_bucket:
             self.last_bucket = (event["file"], bucket)
             self._line(f"  {bucket if bucket >= 0 else '?'}% {amount} {rate} {eta}".rstrip())
-
-    def _line(self, text: str) -> None:
-        if self.drawn:
-            self.out.write("\r\x1b[2K")
-            self.drawn = False
-        self.out.write(text + "\n")
-        self.out.flush()
 
     def close(self) -> None:
         if self.drawn:

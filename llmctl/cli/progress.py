@@ -10,16 +10,36 @@ BAR = 24
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
-class Progress:
-    def __init__(self, out: TextIO, quiet: bool = False):
+class StatusLine:
+    """One line redrawn in place on a terminal (`_draw`), and plain lines printed above it
+    (`_line`); shared by the load and the download progress."""
+
+    def __init__(self, out: TextIO):
         self.out = out
-        self.quiet = quiet
         self.tty = out.isatty()
+        self.drawn = False
+
+    def _draw(self, text: str) -> None:
+        self.out.write(f"\r\x1b[2K{text}")
+        self.out.flush()
+        self.drawn = True
+
+    def _line(self, text: str) -> None:
+        if self.drawn:
+            self.out.write("\r\x1b[2K")
+            self.drawn = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+class Progress(StatusLine):
+    def __init__(self, out: TextIO, quiet: bool = False):
+        super().__init__(out)
+        self.quiet = quiet
         self.started = time.monotonic()
         self.model = ""
         self.last_plain: tuple[str, int] | None = None
         self.frame = 0
-        self.drawn = False
 
     def update(self, event: dict[str, Any]) -> None:
         if self.quiet:
@@ -59,16 +79,7 @@ class Progress:
             self._line(text)
             return
         self.frame = (self.frame + 1) % len(SPINNER)
-        self.out.write(f"\r\x1b[2K{SPINNER[self.frame]} {text}  {elapsed:4.1f}s")
-        self.out.flush()
-        self.drawn = True
-
-    def _line(self, text: str) -> None:
-        if self.drawn:
-            self.out.write("\r\x1b[2K")
-            self.drawn = False
-        self.out.write(text + "\n")
-        self.out.flush()
+        self._draw(f"{SPINNER[self.frame]} {text}  {elapsed:4.1f}s")
 
     def close(self) -> None:
         if self.drawn:

@@ -91,6 +91,14 @@ def read_facts(path: Path | str) -> dict[str, Any]:
 
 @lru_cache(maxsize=256)
 def _read_cached(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    facts = _read_header(path, size, _parse)
+    facts["size_bytes"] = size
+    return tuple(facts.items())
+
+
+def _read_header(path: str, size: int, parse: Any) -> Any:
+    """`parse(reader)` over the mapped file, once it is known to be a GGUF; every malformed
+    header becomes a GGUFError."""
     with open(path, "rb") as f:
         if size < 24:
             raise GGUFError("file too small to be GGUF")
@@ -98,11 +106,9 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, Any], 
             if buf[:4] != MAGIC:
                 raise GGUFError("not a GGUF file (bad magic)")
             try:
-                facts = _parse(_Reader(buf))
+                return parse(_Reader(buf))
             except (struct.error, GGUFError) as e:
                 raise GGUFError(f"corrupt or truncated GGUF header ({e})") from None
-    facts["size_bytes"] = size
-    return tuple(facts.items())
 
 
 def _parse(r: _Reader) -> dict[str, Any]:
@@ -158,21 +164,15 @@ def read_metadata(path: Path | str) -> dict[str, Any]:
 
 @lru_cache(maxsize=32)
 def _read_metadata_cached(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
-    with open(path, "rb") as f:
-        if size < 24:
-            raise GGUFError("file too small to be GGUF")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            if buf[:4] != MAGIC:
-                raise GGUFError("not a GGUF file (bad magic)")
-            r = _Reader(buf)
-            r.pos = 16  # magic, version, tensor count
-            kv: list[tuple[str, Any]] = []
-            try:
-                for _ in range(r.take("Q")):
-                    key = r.string()
-                    vtype = r.take("I")
-                    value = r.value(vtype, keep=True)
-                    kv.append((key, [] if vtype == _ARRAY else value))
-            except (struct.error, GGUFError) as e:
-                raise GGUFError(f"corrupt or truncated GGUF header ({e})") from None
+    return _read_header(path, size, _parse_metadata)
+
+
+def _parse_metadata(r: _Reader) -> tuple[tuple[str, Any], ...]:
+    r.pos = 16  # magic, version, tensor count
+    kv: list[tuple[str, Any]] = []
+    for _ in range(r.take("Q")):
+        key = r.string()
+        vtype = r.take("I")
+        value = r.value(vtype, keep=True)  # arrays are always skipped
+        kv.append((key, [] if vtype == _ARRAY else value))
     return tuple(kv)
