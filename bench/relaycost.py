@@ -57,13 +57,15 @@ def _build_helper(work: Path) -> Path:
 
 
 def measure(code: Path, chunks: int, interval: float, work: Path, nonstream: bool = False,
-            ) -> dict[str, float]:
+            observe: bool = True) -> dict[str, float]:
     import requests
 
     ports = Ports()
     home = Home(work / "home", ports.take())
     home.use_fake_server(readyTimeoutMs=120_000, stopTimeoutMs=10_000)
     home.add_model("talker", script={"chunk_interval": interval, "stream_chunks": chunks})
+    if not observe:
+        home.write_config(observability={"metrics": False, "activity": False})
     log = work / "llmctld.log"
     port = ports.take()
     out = work / "cg"
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=0.02)
     p.add_argument("--nonstream", action="store_true",
                    help="measure --chunks short non-streaming requests instead (per request)")
+    p.add_argument("--no-observe", action="store_true",
+                   help="with metrics and activity off (what they cost: run with and without)")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args(argv)
     if not shutil.which("valgrind"):
@@ -146,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = Path(tempfile.mkdtemp(prefix="llmctl-relaycost-"))
     try:
-        res = measure(args.code.resolve(), args.chunks, args.interval, work, args.nonstream)
+        res = measure(args.code.resolve(), args.chunks, args.interval, work, args.nonstream,
+                      not args.no_observe)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    res.update(code=str(args.code), interval=args.interval)
+    res.update(code=str(args.code), interval=args.interval, observe=not args.no_observe)
     print(json.dumps(res))
     unit = "requests" if args.nonstream else "SSE events"
     print(f"{res['events']} {unit} in {res['seconds']:.1f} s: proxy worker "
