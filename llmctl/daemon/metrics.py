@@ -112,7 +112,7 @@ class Metrics:
             "llmctl_idle_unloads", "Models unloaded because they sat idle", ["model"],
             registry=None)
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._request_children: dict[tuple[str, int, str], tuple[Any, ...]] = {}
+        self._request_sums: dict[tuple[str, int, str], RequestSums] = {}
         self.pending = Pending()
         self.inc, self.observe, self.flush = (self.pending.inc, self.pending.observe,
                                               self.pending.flush)
@@ -129,28 +129,40 @@ class Metrics:
 
     def count_request(self, family: str, status: int, model: str, duration: float,
                       ttfb: float | None, usage: Any) -> None:
-        key = (family, status, model)
-        children = self._request_children.get(key)
-        if children is None:
-            child = self.child
-            children = self._request_children[key] = (
-                child(self.requests, family, str(status), model), child(self.duration, family),
-                child(self.ttfb, family), child(self.prompt_tokens, model),
-                child(self.cached_tokens, model), child(self.generated_tokens, model),
-                child(self.tokens_per_s, model))
-        requests, durations, ttfbs, prompt, cached, generated, speed = children
-        self.inc(requests)
-        self.observe(durations, duration)
+        """Once per proxied request: a few additions to the pending sums of its labels."""
+        sums = self._request_sums.get((family, status, model))
+        if sums is None:
+            sums = self._new_request_sums(family, status, model)
+        sums.count += 1
+        pending = sums.durations
+        pending[bisect.bisect_left(sums.duration_bounds, duration)] += 1
+        pending[-1] += duration
         if ttfb is not None:
-            self.observe(ttfbs, ttfb)
+            pending = sums.ttfbs
+            pending[bisect.bisect_left(sums.ttfb_bounds, ttfb)] += 1
+            pending[-1] += ttfb
         if usage.prompt:
-            self.inc(prompt, usage.prompt)
+            sums.prompt_tokens += usage.prompt
         if usage.cached:
-            self.inc(cached, usage.cached)
+            sums.cached_tokens += usage.cached
         if usage.generated:
-            self.inc(generated, usage.generated)
-        if usage.tokens_per_s:
-            self.observe(speed, usage.tokens_per_s)
+            sums.generated_tokens += usage.generated
+        speed = usage.tokens_per_s
+        if speed:
+            pending = sums.speeds
+            pending[bisect.bisect_left(sums.speed_bounds, speed)] += 1
+            pending[-1] += speed
+
+    def _new_request_sums(self, family: str, status: int, model: str) -> RequestSums:
+        child = self.child
+        sums = RequestSums(
+            child(self.requests, family, str(status), model), child(self.duration, family),
+            child(self.ttfb, family), child(self.prompt_tokens, model),
+            child(self.cached_tokens, model), child(self.generated_tokens, model),
+            child(self.tokens_per_s, model))
+        self._request_sums[(family, status, model)] = sums
+        self.pending.requests.append(sums)
+        return sums
 
     def count_backend_message(self, message: Any) -> None:
         """A lifecycle Reply (a protocol record): switch outcomes, load times, idle unloads.
@@ -203,13 +215,64 @@ class Metrics:
                 logging.getLogger("llmctld.proxy").exception("writing the metrics failed")
 
 
+class RequestSums:
+    """What the requests of one (family, status, model) added since the last flush, with the
+    metric children it goes to. Histograms pend as [count per bucket..., sum]."""
+
+    __slots__ = ("children", "count", "prompt_tokens", "cached_tokens", "generated_tokens",
+                 "durations", "ttfbs", "speeds", "duration_bounds", "ttfb_bounds",
+                 "speed_bounds")
+
+    def __init__(self, requests: Any, duration: Any, ttfb: Any, prompt: Any, cached: Any,
+                 generated: Any, speed: Any):
+        self.children = (requests, duration, ttfb, prompt, cached, generated, speed)
+        self.duration_bounds = duration._upper_bounds
+        self.ttfb_bounds = ttfb._upper_bounds
+        self.speed_bounds = speed._upper_bounds
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = self.prompt_tokens = self.cached_tokens = self.generated_tokens = 0
+        self.durations = [0.0] * (len(self.duration_bounds) + 1)
+        self.ttfbs = [0.0] * (len(self.ttfb_bounds) + 1)
+        self.speeds = [0.0] * (len(self.speed_bounds) + 1)
+
+    def flush(self) -> None:
+        if not self.count:
+            return
+        requests, duration, ttfb, prompt, cached, generated, speed = self.children
+        requests.inc(self.count)
+        for child, amount in ((prompt, self.prompt_tokens), (cached, self.cached_tokens),
+                              (generated, self.generated_tokens)):
+            if amount:
+                child.inc(amount)
+        for child, pending in ((duration, self.durations), (ttfb, self.ttfbs),
+                               (speed, self.speeds)):
+            _add_observed(child, pending)
+        self._reset()
+
+
+def _add_observed(child: Any, pending: list[float]) -> None:
+    """Pending observations into a histogram child: its per-bucket values are
+    prometheus_client internals (`_buckets`, `_sum`, `_upper_bounds`);
+    tests/unit/test_observability.py checks that a flushed histogram equals one fed with
+    observe()."""
+    if not any(pending[:-1]):
+        return
+    for bucket, count in zip(child._buckets, pending, strict=False):
+        if count:
+            bucket.inc(count)
+    child._sum.inc(pending[-1])
+
+
 class Pending:
-    """Increments not yet written: plain dict updates per request, one file write per value
+    """Increments not yet written: plain additions per request, one file write per value
     and flush."""
 
     def __init__(self) -> None:
         self._counts: dict[Any, float] = {}  # counter child -> pending increment
         self._observed: dict[Any, list[float]] = {}  # histogram child -> [per bucket..., sum]
+        self.requests: list[RequestSums] = []  # one per label set seen, for good
 
     def inc(self, child: Any, amount: float = 1.0) -> None:
         self._counts[child] = self._counts.get(child, 0.0) + amount
@@ -223,19 +286,15 @@ class Pending:
         pending[-1] += value
 
     def flush(self) -> None:
-        """Move the pending increments into the metrics. A histogram's per-bucket values are
-        prometheus_client internals (`_buckets`, `_sum`, `_upper_bounds`);
-        tests/unit/test_observability.py checks that a flushed histogram equals one fed with
-        observe()."""
+        """Move the pending increments into the metrics."""
         counts, self._counts = self._counts, {}
         for child, amount in counts.items():
             child.inc(amount)
         observed, self._observed = self._observed, {}
         for child, pending in observed.items():
-            for bucket, count in zip(child._buckets, pending, strict=False):
-                if count:
-                    bucket.inc(count)
-            child._sum.inc(pending[-1])
+            _add_observed(child, pending)
+        for sums in self.requests:
+            sums.flush()
 
 
 class LiveCollector:

@@ -3,9 +3,9 @@
 `Observer` is WSGI middleware around the App. For the routes that reach llama-server (the
 route families `v1`, `native`, `api`; control routes pass through untouched) it notes the
 arrival time, the status and content type from start_response, and the time of the first
-body chunk. The response bytes go through unchanged and are not copied or held: the observer
-keeps references to the last TAIL_CHUNKS chunks only (llama-server puts `usage` and `timings`
-at the very end), so a stream of any length costs the same few kilobytes. The rest happens
+body chunk. The response bytes go through unchanged and are not held: the observer keeps a
+copy of the last TAIL_BYTES only (llama-server puts `usage` and `timings` at the very end), so
+a stream of any length costs the same few kilobytes. The rest happens
 in close(), after the server has written the response's last byte: reading the token figures
 (usage.py) and recording the request.
 
@@ -26,8 +26,8 @@ from llmctl.daemon.native_routes import backend_path
 
 log = logging.getLogger("llmctld.proxy")
 
-TAIL_CHUNKS = 4  # SSE: the finish event with `timings`, the `usage` event, `[DONE]`, slack
-TAIL_BYTES = 16 * 1024  # of those chunks, at most this much is searched
+TAIL_BYTES = 16 * 1024  # the end of a response that is searched for its figures
+TAIL_SLACK = 4 * TAIL_BYTES  # the kept copy is cut back to TAIL_BYTES when it grows past this
 
 TEXT_TYPES = ("application/json", "text/event-stream", "application/x-ndjson")
 
@@ -65,16 +65,43 @@ class Observer:
         family = route_family(environ["PATH_INFO"])
         if family is None:
             return self.app(environ, start_response)
-        exchange = Exchange(self, family, environ, start_response)
-        return ObservedBody(self.app(environ, exchange.start_response), exchange)
+        body = ObservedBody(self, family, environ, start_response)
+        body.inner = self.app(environ, body.start_response)
+        return body
 
-    def finish(self, exchange: Exchange) -> None:
+    def finish(self, body: ObservedBody) -> None:
         try:
-            exchange.record()
+            self.record(body)
         except Exception:
             if not self._failed:  # say it once; the response itself was unaffected
                 self._failed = True
                 log.exception("recording a request for metrics/activity failed")
+
+    def record(self, body: ObservedBody) -> None:
+        """The figures of one finished exchange, counted and logged. This runs for every
+        proxied request, so it does the least it can: the activity entry stays a tuple until
+        someone reads it (activity_entry)."""
+        end = time.perf_counter()
+        duration = end - body.started
+        first_byte = body.first_byte
+        ttfb = first_byte - body.started if first_byte else None
+        content_type, status = body.content_type, body.status
+        tail = bytes(body.tail) if content_type.startswith(TEXT_TYPES) else b""
+        figures = usage.from_tail(tail) if tail else usage.NONE
+        stream = bool(tail) and not content_type.startswith("application/json")
+        error = None
+        if status >= 400:
+            error = (usage.error_message(tail) or f"HTTP {status}")[:300]
+        elif stream and b'"error"' in tail:  # a stream that ended with an error event
+            error = usage.error_message(tail)
+        if self.metrics is not None:
+            self.metrics.count_request(body.family, status, body.model or "", duration, ttfb,
+                                       figures)
+        if self.activity is not None:
+            environ = body.environ
+            self.activity.append((time.time() - duration, environ.get("REMOTE_ADDR"),
+                                  environ["REQUEST_METHOD"], environ["PATH_INFO"], body.family,
+                                  body.model, status, stream, duration, ttfb, figures, error))
 
     def flush(self) -> None:
         """Write what the metrics hold in memory to their files (at the worker's exit)."""
@@ -89,22 +116,47 @@ class Observer:
                 log.exception("counting a backend event failed")
 
 
-class Exchange:
-    """One request and its response, as far as the observer follows it."""
+def activity_entry(record: tuple[Any, ...]) -> dict[str, Any]:
+    """An activity entry as /activity shows it, from the tuple Observer.record() logged."""
+    (at, address, method, route, family, model, status, stream, duration, ttfb, figures,
+     error) = record
+    return {
+        "time": round(at, 3), "client": client_kind(address), "method": method,
+        "route": route, "family": family, "model": model, "status": status, "stream": stream,
+        "duration_ms": round(duration * 1000, 2),
+        "ttfb_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
+        "prompt_tokens": figures.prompt, "generated_tokens": figures.generated,
+        "cached_tokens": figures.cached,
+        "tokens_per_s": round(figures.tokens_per_s, 2)
+        if figures.tokens_per_s is not None else None,
+        "error": error,
+    }
 
-    __slots__ = ("observer", "family", "environ", "_start_response", "started", "first_byte",
-                 "status", "content_type", "tail", "model")
+
+class ObservedBody:
+    """One request and its response, as far as the observer follows it: the response
+    iterable the server gets. It passes every chunk on as it is, keeps a copy of the last
+    TAIL_BYTES (a bounded bytearray: the relay may pass views of a buffer it reuses), and
+    records the exchange when the server closes it.
+
+    The relay's chunked pass-through (proxy_worker's handler asks the response whether it
+    can forward llama-server's framing as it is) goes through to the relay underneath."""
+
+    __slots__ = ("observer", "family", "environ", "_start_response", "inner", "started",
+                 "first_byte", "status", "content_type", "model", "tail", "_closed")
 
     def __init__(self, observer: Observer, family: str, environ: dict[str, Any],
                  start_response: Any):
         self.observer, self.family, self.environ = observer, family, environ
         self._start_response = start_response
+        self.inner: Iterable[bytes] = ()
         self.started = time.perf_counter()
-        self.first_byte: float | None = None
+        self.first_byte = 0.0
         self.status = 0
         self.content_type = ""
-        self.tail: tuple[bytes, ...] = ()
         self.model: str | None = None
+        self.tail = bytearray()
+        self._closed = False
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
@@ -116,67 +168,15 @@ class Exchange:
                 break
         return self._start_response(status, headers, exc_info)
 
-    def record(self) -> None:
-        end = time.perf_counter()
-        duration = end - self.started
-        ttfb = self.first_byte - self.started if self.first_byte is not None else None
-        text = self.content_type.startswith(TEXT_TYPES)
-        tail = _join_tail(self.tail) if text else b""
-        figures = usage.from_tail(tail) if tail else usage.Usage()
-        stream = text and not self.content_type.startswith("application/json")
-        error = None
-        if self.status >= 400:
-            error = (usage.error_message(tail) or f"HTTP {self.status}")[:300]
-        elif stream and b'"error"' in tail:  # a stream that ended with an error event
-            error = usage.error_message(tail)
-        model = self.model or ""
-        observer = self.observer
-        if observer.metrics is not None:
-            observer.metrics.count_request(self.family, self.status, model, duration, ttfb,
-                                           figures)
-        if observer.activity is not None:
-            environ = self.environ
-            observer.activity.append({
-                "time": round(time.time() - (end - self.started), 3),
-                "client": client_kind(environ.get("REMOTE_ADDR")),
-                "method": environ["REQUEST_METHOD"], "route": environ["PATH_INFO"],
-                "family": self.family, "model": self.model, "status": self.status,
-                "stream": stream, "duration_ms": round(duration * 1000, 2),
-                "ttfb_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
-                "prompt_tokens": figures.prompt, "generated_tokens": figures.generated,
-                "cached_tokens": figures.cached,
-                "tokens_per_s": round(figures.tokens_per_s, 2)
-                if figures.tokens_per_s is not None else None,
-                "error": error,
-            })
-
-
-class ObservedBody:
-    """The response iterable: passes every chunk on, remembers the last few, and records the
-    exchange when the server closes it."""
-
-    __slots__ = ("inner", "exchange", "_closed")
-
-    def __init__(self, inner: Iterable[bytes], exchange: Exchange):
-        self.inner, self.exchange, self._closed = inner, exchange, False
-
     def __iter__(self) -> Iterator[bytes]:
-        exchange = self.exchange
-        chunks = iter(self.inner)
-        a = b = c = d = b""
-        try:
-            for data in chunks:
-                exchange.first_byte = time.perf_counter()
-                # the relay may pass views of one buffer it reuses: keep copies (small: a
-                # read is one event or a few), never the view
-                d = bytes(data) if type(data) is memoryview else data
-                yield data
-                break
-            for data in chunks:
-                a, b, c, d = b, c, d, (bytes(data) if type(data) is memoryview else data)
-                yield data
-        finally:
-            exchange.tail = (a, b, c, d)
+        tail = self.tail
+        for data in self.inner:
+            if not self.first_byte:
+                self.first_byte = time.perf_counter()
+            tail += data  # before the next read can reuse the relay's buffer
+            if len(tail) > TAIL_SLACK:
+                del tail[:-TAIL_BYTES]
+            yield data
 
     def close(self) -> None:
         if self._closed:
@@ -187,18 +187,26 @@ class ObservedBody:
             if close is not None:
                 close()
         finally:
-            self.exchange.observer.finish(self.exchange)
+            if len(self.tail) > TAIL_BYTES:
+                del self.tail[:-TAIL_BYTES]
+            self.observer.finish(self)
 
+    # the relay's pass-through switches (daemon/openai_proxy.py's Relay)
+    @property
+    def upstream_chunked(self) -> bool:
+        return getattr(self.inner, "upstream_chunked", False)
 
-def _join_tail(chunks: tuple[bytes, ...]) -> bytes:
-    """The last TAIL_BYTES of the remembered chunks, copying no more than that."""
-    parts, size = [], 0
-    for chunk in reversed(chunks):
-        parts.append(chunk)
-        size += len(chunk)
-        if size >= TAIL_BYTES:
-            break
-    return b"".join(reversed(parts))[-TAIL_BYTES:]
+    @property
+    def pass_framing(self) -> bool:
+        return getattr(self.inner, "pass_framing", False)
+
+    @pass_framing.setter
+    def pass_framing(self, value: bool) -> None:
+        self.inner.pass_framing = value  # type: ignore[attr-defined]
+
+    @property
+    def framing_complete(self) -> bool:
+        return getattr(self.inner, "framing_complete", False)
 
 
 def install(app: Any, hub: Any, runtime: Path, settings: dict[str, Any]) -> Any:
@@ -216,7 +224,7 @@ def install(app: Any, hub: Any, runtime: Path, settings: dict[str, Any]) -> Any:
     if settings["activity"]:
         from llmctl.daemon.activity import ActivityLog
 
-        activity = ActivityLog(settings["activity_size"])
+        activity = ActivityLog(settings["activity_size"], activity_entry)
     if metrics is None and activity is None:
         return app
     observer = Observer(app, hub, metrics, activity)

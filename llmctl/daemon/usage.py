@@ -23,6 +23,10 @@ _DECODER = json.JSONDecoder()
 # once per request; a regex over its bytes costs a fraction of json)
 _TIMINGS = re.compile(rb'"(cache_n|prompt_n|predicted_n|predicted_per_second)"\s*:\s*'
                       rb'([0-9][0-9.eE+]*)')
+# ... and in one match, in the order llama-server writes them (anything else goes the long way)
+_TIMINGS_AS_WRITTEN = re.compile(
+    rb'"timings":\{"cache_n":(\d+),"prompt_n":(\d+),[^{}]*?"predicted_n":(\d+),[^{}]*?'
+    rb'"predicted_per_second":([0-9][0-9.eE+]*)')
 _SCALARS = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*([0-9.eE+]+)') for name in (
     "tokens_predicted", "tokens_evaluated", "eval_count", "prompt_eval_count", "eval_duration")}
 
@@ -38,9 +42,18 @@ class Usage:
         return self.prompt is None and self.generated is None
 
 
+NONE = Usage()  # the figures of a response without any (shared: never changed)
+
+
 def from_tail(tail: bytes) -> Usage:
     at = tail.rfind(b'"timings":')
     if at >= 0:  # llama-server's own counts: everything there is to know
+        written = _TIMINGS_AS_WRITTEN.match(tail, at)
+        if written is not None:
+            cache_n, prompt_n, predicted_n, speed = written.groups()
+            cached = int(cache_n)
+            return Usage(prompt=int(prompt_n) + cached, generated=int(predicted_n),
+                         cached=cached, tokens_per_s=_number(speed))
         found: dict[bytes, bytes] = {}
         for name, number in _TIMINGS.findall(tail, at):
             found.setdefault(name, number)

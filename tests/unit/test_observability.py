@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmctl.cli import activity as activity_cli
 from llmctl.cli import top
 from llmctl.daemon import usage
+from llmctl.daemon.activity import ActivityLog
 from llmctl.daemon.gpu import GpuProbe, parse_rocm_smi
-from llmctl.daemon.observe import client_kind, route_family
+from llmctl.daemon.observe import Observer, activity_entry, client_kind, route_family
 
 # What llama-server puts at the end of its answers (fields as of build b11434)
 CHAT_BODY = {
@@ -52,6 +53,27 @@ def test_usage_from_the_tail_of_a_stream_merges_timings_and_usage() -> None:
     figures = usage.from_tail(tail)
     assert (figures.prompt, figures.generated, figures.cached) == (12, 8, 3)
     assert figures.tokens_per_s == 2000.0
+
+
+# the end of a real answer and of a real stream (llama-server b11434, a tiny model)
+REAL_TAILS = [
+    b'"usage":{"completion_tokens":3,"prompt_tokens":56,"total_tokens":59,"prompt_tokens_detail'
+    b's":{"cached_tokens":0}},"id":"chatcmpl-rGKd","timings":{"cache_n":0,"prompt_n":56,"prompt'
+    b'_ms":2.473,"prompt_per_token_ms":0.04416071428571428,"prompt_per_second":22644.5612616255'
+    b'57,"predicted_n":3,"predicted_ms":0.447,"predicted_per_token_ms":0.2235,"predicted_per_se'
+    b'cond":4474.27293064877}}',
+    b'data: {"choices":[],"created":1796127245,"object":"chat.completion.chunk","usage":{"compl'
+    b'etion_tokens":3,"prompt_tokens":56,"total_tokens":59,"prompt_tokens_details":{"cached_tok'
+    b'ens":55}},"timings":{"cache_n":55,"prompt_n":1,"prompt_ms":0.226,"prompt_per_token_ms":0.'
+    b'226,"prompt_per_second":4424.778761061947,"predicted_n":3,"predicted_ms":1.481,"predicted'
+    b'_per_token_ms":0.7405,"predicted_per_second":1350.438892640108}}\n\ndata: [DONE]\n\n',
+]
+
+
+@pytest.mark.parametrize("tail", REAL_TAILS)
+def test_the_one_match_reading_of_timings_agrees_with_the_long_way(tail: bytes) -> None:
+    assert usage._TIMINGS_AS_WRITTEN.search(tail) is not None  # llama-server's order holds
+    assert usage.from_tail(tail) == usage._from_fields(tail)
 
 
 def test_usage_without_include_usage_comes_from_timings() -> None:
@@ -108,6 +130,52 @@ def test_route_families(path: str, family: str | None) -> None:
 def test_client_kind() -> None:
     assert client_kind("127.0.0.1") == client_kind("::1") == "loopback"
     assert client_kind("192.168.1.20") == client_kind("junk") == client_kind(None) == "lan"
+
+
+class ReusingRelay:
+    """Like openai_proxy.Relay with pass_framing: yields views of one buffer it refills."""
+
+    upstream_chunked = True
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces, self.pass_framing, self.framing_complete = pieces, False, False
+        self.closed = False
+
+    def __iter__(self) -> Any:
+        buffer = bytearray(64)
+        for piece in self.pieces:
+            buffer[:len(piece)] = piece
+            yield memoryview(buffer)[:len(piece)]
+        self.framing_complete = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_observer_keeps_the_relays_pass_through_and_copies_its_tail() -> None:
+    from llmctl.core.state import Backend
+
+    hub = types.SimpleNamespace(backend=types.SimpleNamespace(backend=Backend(
+        state="ready", model="tiny-a")), listeners=[])
+    pieces = [b"a" * 40, b"data: {}\n\n", b"data: [DONE]\n\n"]
+    relay = ReusingRelay(pieces)
+    ring = ActivityLog(4, activity_entry)
+    observer = Observer(lambda environ, start: (start("200 OK", [
+        ("Content-Type", "text/event-stream")]), relay)[1], hub, None, ring)
+    body: Any = observer({"PATH_INFO": "/v1/chat/completions", "REQUEST_METHOD": "POST",
+                          "REMOTE_ADDR": "127.0.0.1"}, lambda *a: None)
+    # what proxy_worker's handler asks of the response before it forwards framing as it is
+    assert body.upstream_chunked and not body.framing_complete
+    body.pass_framing = True
+    assert relay.pass_framing
+    assert b"".join(bytes(c) for c in body) == b"".join(pieces)
+    assert body.framing_complete
+    body.close()
+    assert relay.closed
+    assert bytes(body.tail) == b"".join(pieces)  # copies, not the reused buffer's last state
+    [entry] = ring.since(0)
+    assert (entry["model"], entry["status"], entry["stream"], entry["client"]) == (
+        "tiny-a", 200, True, "loopback")
 
 
 def test_the_activity_ring_is_bounded_and_resumable() -> None:
