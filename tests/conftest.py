@@ -74,10 +74,10 @@ def make_daemon(home: Home, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start daemons on `home`; all are stopped (and any llama-server they left killed)."""
     started: list[Daemon] = []
 
-    def make(*extra: str, wait: bool = True) -> Daemon:
+    def make(*extra: str, wait: bool = True, port_arg: bool = True) -> Daemon:
         daemon = Daemon(home, tmp_path / f"llmctld-{len(started)}.log")
         started.append(daemon)
-        return daemon.start(*extra, wait=wait)
+        return daemon.start(*extra, wait=wait, port_arg=port_arg)
 
     yield make
     for daemon in started:

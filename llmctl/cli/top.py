@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from llmctl.cli.activity import HEADER, format_row, row
 from llmctl.cli.render import duration
+from llmctl.core.durations import format_duration
 
 WINDOW = 60.0  # seconds the rates are taken over
 KEEP = 500  # requests remembered for the rates and the list
@@ -92,8 +93,9 @@ def summary(view: View, now: float) -> list[str]:
         lines.append(f"load   [{bar}] {progress.get('phase', 'loading')}"
                      + (f" {percent:.0f}%" if percent is not None else ""))
     idle = status.get("idle") or {}  # the daemon's idle unload: countdown, pin, unloaded
-    if idle.get("unloads_in_s") is not None:
-        lines.append(f"idle   unloads in {duration(idle['unloads_in_s'])} without requests")
+    if idle.get("unloads_at") is not None:
+        lines.append(f"idle   unloads in {format_duration(idle['unloads_at'] - now)} "
+                     "without requests")
     elif idle.get("text"):
         lines.append(f"idle   {idle['text']}")
     rates = view.rates(now)
@@ -129,16 +131,25 @@ def run(client: Any, args: argparse.Namespace) -> int:
     return _lines(client, view, out, interval)
 
 
+def next_tick(tick: float, interval: float, now: float) -> float:
+    """Frames are drawn at a fixed rate, each for its tick (not for when the poll returned):
+    sleeping `interval` after each poll would drift, and a countdown drawn once a second would
+    skip a second now and then. After a stall (a slow daemon), the ticks restart from now."""
+    tick += interval
+    return tick if tick > now else now
+
+
 def _lines(client: Any, view: View, out: TextIO, interval: float) -> int:
+    tick = time.time()
     while True:
         fresh = view.refresh(client)
-        now = time.time()
-        stamp = time.strftime("%H:%M:%S", time.localtime(now))
-        out.write(f"{stamp}  " + "  |  ".join(s.strip() for s in summary(view, now)) + "\n")
+        stamp = time.strftime("%H:%M:%S", time.localtime(tick))
+        out.write(f"{stamp}  " + "  |  ".join(s.strip() for s in summary(view, tick)) + "\n")
         for entry in fresh:
             out.write("  " + format_row(row(entry)) + "\n")
         out.flush()
-        time.sleep(interval)
+        tick = next_tick(tick, interval, time.time())
+        time.sleep(max(0.0, tick - time.time()))
 
 
 def _full_screen(client: Any, view: View, out: TextIO, interval: float) -> int:
@@ -150,14 +161,16 @@ def _full_screen(client: Any, view: View, out: TextIO, interval: float) -> int:
     out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, hide the cursor
     try:
         tty.setcbreak(fd)
+        tick = time.time()
         while True:
             view.refresh(client)
             size = shutil.get_terminal_size()
-            frame = screen(view, client.url, time.time(), size.columns, size.lines)
+            frame = screen(view, client.url, tick, size.columns, size.lines)
             out.write("\x1b[H" + "".join(f"{line}\x1b[K\r\n" for line in frame[:-1])
                       + (frame[-1] + "\x1b[K" if frame else "") + "\x1b[J")
             out.flush()
-            ready, _, _ = select.select([fd], [], [], interval)
+            tick = next_tick(tick, interval, time.time())
+            ready, _, _ = select.select([fd], [], [], max(0.0, tick - time.time()))
             if ready and os.read(fd, 32).lower().startswith(b"q"):
                 return 0
     finally:

@@ -54,7 +54,9 @@ def _bad(value: Any) -> float:
 
 def format_duration(seconds: float, compact: bool = False) -> str:
     """`12m 04s`, `45s`, `2h 05m`, `3d 04h`: two units at most, for countdowns. `compact`
-    drops a zero second unit, for settings (`30m`, `2h`)."""
+    drops a zero second unit, for settings (`30m`, `2h`). Rounded up, so a countdown drawn
+    once a second from a fixed deadline shows every second (rounding or truncating the time
+    left, taken at slightly uneven instants, skips one now and then)."""
     whole = max(0, int(math.ceil(seconds)))
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)

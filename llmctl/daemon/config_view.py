@@ -19,9 +19,10 @@ class ConfigView:
     def __init__(self, paths: Paths, daemon_info: dict[str, Any], config: GlobalConfig):
         self.paths = paths
         self.bound_host: str = daemon_info["host"]
+        self.bound_port: int = daemon_info["port"]
         # The configuration llmctld validated at start-up: a worker restarted after the file
         # was broken by an edit still boots, and reports the error.
-        self.config = config
+        self.config = self._effective(config)
         self.config_error: str | None = None
         self.catalog = Catalog()
         self.guard = self._guard()
@@ -32,7 +33,7 @@ class ConfigView:
         the guard and re-discover models. Cheap (a few small YAML files), so control routes
         call it freely."""
         try:
-            self.config = load_global(self.paths.config_file)
+            self.config = self._effective(load_global(self.paths.config_file))
             self.config_error = None
             self.guard = self._guard()
         except ConfigError as e:
@@ -42,6 +43,14 @@ class ConfigView:
                                     self.paths.header_cache)
         except ConfigError as e:
             self.config_error = str(e)
+
+    def _effective(self, config: GlobalConfig) -> GlobalConfig:
+        """`config` with daemon.host and daemon.port set to where llmctld really listens: the
+        file's values lose to --host/--port and LLMCTL_HOST/LLMCTL_PORT, and an edit of them
+        applies only at the next start, so what the file says would mislead `llmctl inspect`
+        and every model config merged from this one."""
+        config.data["daemon"].update(host=self.bound_host, port=self.bound_port)
+        return config
 
     def _guard(self) -> Guard:
         daemon = self.config.data["daemon"]

@@ -312,7 +312,8 @@ class Scheduler:
     def status(self) -> dict[str, Any]:
         backend = self.view.backend
         out: dict[str, Any] = {
-            "idle_unload_s": None, "unloads_in_s": None, "pinned": backend.pinned,
+            "idle_unload_s": None, "unloads_in_s": None, "unloads_at": None,
+            "pinned": backend.pinned,
             "unloaded": None, "text": None, "route_by_model": self.routing,
             "queue": [{"model": "(any)" if m == ENSURE else m, "waiting": n}
                       for m, n in self.queue.line()]}
@@ -333,8 +334,12 @@ class Scheduler:
             out["text"] = (f"unloads {format_duration(timeout, True)} after the last request "
                            "ends")
         elif due is not None:
-            out["unloads_in_s"] = round(max(0.0, due - time.monotonic()), 1)
-            out["text"] = f"unloads in {format_duration(out['unloads_in_s'])}"
+            left = max(0.0, due - time.monotonic())
+            # the deadline on the wall clock, for pollers (top, the dashboard) to count down
+            # from: time left taken at each poll jitters with the poll and skips seconds
+            out["unloads_at"] = round(time.time() + left, 3)
+            out["unloads_in_s"] = round(left, 1)
+            out["text"] = f"unloads in {format_duration(left)}"
         return out
 
     def v1_models(self, created: int) -> list[dict[str, Any]]:

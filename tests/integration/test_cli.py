@@ -94,6 +94,23 @@ def test_models_and_inspect(fake_home: Home, make_daemon) -> None:
     assert daemon.cli("inspect", "tiny").returncode == EXIT_AMBIGUOUS
 
 
+def test_inspect_shows_where_the_daemon_really_listens(fake_home: Home, make_daemon,
+                                                      ports) -> None:
+    """LLMCTL_HOST/LLMCTL_PORT beat daemon.host/daemon.port: inspect shows what is in force."""
+    file_port, env_port = ports.take(), ports.take()
+    fake_home.add_model("tiny-alpha")
+    fake_home.write_config(daemon={"host": "localhost", "port": file_port})
+    fake_home.extra_env.update(LLMCTL_HOST="127.0.0.1", LLMCTL_PORT=str(env_port))
+    daemon = make_daemon(port_arg=False)
+    assert daemon.port == env_port
+
+    config = json.loads(daemon.cli("inspect", "tiny-alpha", "--json").stdout)["config"]
+    assert (config["daemon"]["host"], config["daemon"]["port"]) == ("127.0.0.1", env_port)
+    text = daemon.cli("inspect", "tiny-alpha").stdout
+    daemon_section = text[text.index("\n  daemon:"):]
+    assert f"port: {env_port}" in daemon_section and f"port: {file_port}" not in text
+
+
 def test_exit_codes_for_failures(fake_home: Home, make_daemon) -> None:
     fake_home.add_model("tiny-alpha", script={"chunk_interval": 0.05})
     fake_home.add_model("tiny-beta")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -260,6 +261,17 @@ def test_the_dashboard_shows_the_idle_countdown_and_pins(real_home: Home, make_d
     browser.get(daemon.url + "/")
     countdown = until(browser, lambda: text(browser, "#idle"), "the idle countdown")
     assert countdown.startswith("unloads in 9m") or countdown == "unloads in 10m00s"
+    seen: list[int] = []  # the page polls once a second: it shows every second of the count
+
+    def next_value() -> bool:
+        m = re.fullmatch(r"unloads in (\d+)m(\d\d)s", text(browser, "#idle"))
+        value = int(m[1]) * 60 + int(m[2]) if m else None
+        if value is not None and (not seen or seen[-1] != value):
+            seen.append(value)
+        return len(seen) >= 5
+
+    until(browser, next_value, "five seconds of the countdown")
+    assert seen == list(range(seen[0], seen[0] - 5, -1)), seen
     browser.find_element(By.ID, "pin").click()
     click_switch(browser, "tiny-beta")
     until(browser, lambda: text(browser, "#idle") == "pinned — never unloaded for idleness",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from collections.abc import Callable
 import openai
 import pytest
 
-from harness import Daemon, Home, owned_backends, wait_for
+from harness import ROOT, Daemon, Home, owned_backends, wait_for
 
 pytestmark = pytest.mark.real_backend
 
@@ -64,6 +65,35 @@ def test_idle_unload_frees_the_process_and_the_next_request_wakes_that_model(
 
     assert chat(daemon) == "tiny-alpha", "wakes the unloaded model, not the default"
     assert daemon.backend()["state"] == "ready" and daemon.status()["idle"]["unloaded"] is None
+
+
+def test_top_polled_once_a_second_shows_every_second_of_the_countdown(
+        real_home: Home, make_daemon) -> None:
+    real_home.write_config(daemon={"idle_unload": "40s"})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    first, again = daemon.status()["idle"], daemon.status()["idle"]
+    assert abs(first["unloads_at"] - again["unloads_at"]) < 0.05, "one fixed deadline"
+    assert abs(first["unloads_at"] - time.time() - first["unloads_in_s"]) < 1
+
+    top = subprocess.Popen([str(ROOT / "bin" / "llmctl"), "top", "--interval", "1"],
+                           env=daemon.env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    shown: list[int] = []
+
+    def read() -> None:
+        assert top.stdout is not None
+        for line in top.stdout:
+            if m := re.search(r"unloads in (\d+)s without requests", line):
+                shown.append(int(m[1]))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(shown) >= 8, 30, "eight summary lines from llmctl top", daemon.log)
+    finally:
+        top.terminate()
+        top.wait(10)
+    assert shown[:8] == list(range(shown[0], shown[0] - 8, -1)), shown
 
 
 def test_explicit_stop_does_not_wake_the_model(real_home: Home, make_daemon) -> None:

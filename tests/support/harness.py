@@ -135,11 +135,13 @@ class Daemon:
 
     # --- process ---------------------------------------------------------------------------
 
-    def start(self, *extra: str, wait: bool = True) -> Daemon:
+    def start(self, *extra: str, wait: bool = True, port_arg: bool = True) -> Daemon:
+        """`port_arg=False` leaves out `--port 0`, so LLMCTL_PORT or daemon.port decides."""
         offset = self.log.stat().st_size if self.log.exists() else 0
+        port = ["--port", "0"] if port_arg else []
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llmctl.daemon.main", "--port", "0", *extra],
+                [sys.executable, "-m", "llmctl.daemon.main", *port, *extra],
                 env=self.home.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
         if wait:
             def listening() -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,21 @@ def supervisor_modules() -> set[str]:
 @pytest.mark.parametrize("heavy", ["gevent", "werkzeug", "yaml", "rapidfuzz"])
 def test_cli_is_light(cli_modules: set[str], heavy: str) -> None:
     assert heavy not in top_level(cli_modules)
+
+
+def test_no_cli_module_imports_the_process_protocol() -> None:
+    """Its 14 frozen dataclasses cost ~10 ms to create: only the supervisor pays that, once
+    (the workers inherit it through fork); the CLI speaks HTTP and needs none of it. Every
+    module of the CLI and the client is imported, and every module they import inside a
+    function (the commands import lazily)."""
+    files = sorted((ROOT / "llmctl").glob("cli/[a-z]*.py")) + \
+        sorted((ROOT / "llmctl").glob("client/[a-z]*.py"))
+    names = [f"llmctl.{f.parent.name}.{f.stem}" for f in files]
+    lazy = {m for f in files for m in re.findall(r"^\s+from (llmctl[\w.]*) import",
+                                                 f.read_text(), re.MULTILINE)}
+    loaded = modules_after_import(*names, *sorted(lazy))
+    assert set(names) <= loaded
+    assert not {"llmctl.daemon.protocol", "llmctl.core.lifecycle"} & loaded
 
 
 @pytest.fixture(scope="module")

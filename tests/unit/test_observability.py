@@ -5,6 +5,7 @@ gauges, the route families, and the CLI's rendering of activity and `top`."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from typing import Any
@@ -357,16 +358,40 @@ def test_top_screen_shows_state_progress_rates_and_requests() -> None:
     view = top.View()
     view.status = {"backend": {"state": "starting", "model": "tiny-beta",
                                "progress": {"phase": "loading", "percent": 50.0}},
-                   "in_flight": 1, "idle": {"unloads_in_s": 125.0, "text": "unloads in 2m05s"}}
+                   "in_flight": 1, "idle": {"unloads_in_s": 125.0, "unloads_at": 1135.0,
+                                            "text": "unloads in 2m 05s"}}
     view.entries.extend([{**ENTRY, "seq": n, "time": 1000.0 + n} for n in range(1, 4)])
     lines = top.screen(view, "http://127.0.0.1:1", 1010.0, 120, 40)
     text = "\n".join(lines)
     assert "tiny-beta  starting" in text
     assert "[" + "#" * 15 + "." * 15 + "] loading 50%" in text
-    assert "unloads in 2m05s" in text
+    assert "unloads in 2m 05s" in text
     assert "in flight 1   requests/min 3   tokens/s 95.2" in text
     assert sum("/v1/chat/completions" in line for line in lines) == 3
     assert len(top.screen(view, "u", 1010.0, 120, 6)) == 6  # fits the terminal
-    view.status["idle"] = {"pinned": True, "unloads_in_s": None,
+    view.status["idle"] = {"pinned": True, "unloads_in_s": None, "unloads_at": None,
                            "text": "pinned — never unloaded for idleness"}
     assert "idle   pinned — never unloaded" in "\n".join(top.screen(view, "u", 1010.0, 120, 40))
+
+
+def test_top_counts_the_idle_unload_down_without_skipping_a_second() -> None:
+    """Polled once a second, the daemon answers a little late each time (0-90 ms here): drawn
+    from the deadline at each tick, the countdown still shows every second, whatever the
+    deadline's fraction of a second."""
+    jitters = (0.0, 0.04, 0.09, 0.01, 0.06)
+    for hundredths in range(100):
+        deadline = 1030.0 + hundredths / 100
+        view, tick, shown = top.View(), 1000.0, []
+        for k in range(12):
+            answered = tick + jitters[k % len(jitters)]
+            view.status = {"backend": {"state": "ready"}, "idle": {
+                "unloads_at": deadline, "unloads_in_s": round(deadline - answered, 1)}}
+            line = next(ln for ln in top.summary(view, tick) if ln.startswith("idle"))
+            shown.append(int(re.search(r"unloads in (\d+)s", line)[1]))
+            tick = top.next_tick(tick, 1.0, answered)
+        assert shown == list(range(shown[0], shown[0] - 12, -1)), (deadline, shown)
+
+
+def test_top_ticks_at_a_fixed_rate_and_restarts_after_a_stall() -> None:
+    assert top.next_tick(100.0, 1.0, 100.2) == 101.0  # not 101.2: a slow poll does not drift
+    assert top.next_tick(100.0, 1.0, 103.5) == 103.5  # fell behind: the next frame is now

@@ -10,8 +10,8 @@ const ACTIVITY_ROWS = 50;
 const LOG_CHARS = 200000;
 const WINDOW_S = 60;
 
-const state = { status: null, models: [], activity: [], logModel: null, logAbort: null,
-                switching: false, busyRetry: null };
+const state = { status: null, statusTick: Date.now(), models: [], activity: [], logModel: null,
+                logAbort: null, switching: false, busyRetry: null };
 
 // --- small helpers ---------------------------------------------------------------------------
 
@@ -28,6 +28,15 @@ function seconds(s) {
   if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
   const m = Math.floor(s / 60);
   return m < 60 ? `${m}m${String(Math.floor(s % 60)).padStart(2, "0")}s`
+                : `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
+}
+
+// Whole seconds, rounded up: drawn once a second from a fixed deadline, it shows every second.
+function countdown(msLeft) {
+  const s = Math.max(0, Math.ceil(msLeft / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  return m < 60 ? `${m}m${String(s % 60).padStart(2, "0")}s`
                 : `${Math.floor(m / 60)}h${String(m % 60).padStart(2, "0")}m`;
 }
 
@@ -95,7 +104,10 @@ async function pollStatus() {
   } catch (e) {
     $("daemon").textContent = `llmctld does not answer (${e.message})`;
   } finally {
-    setTimeout(pollStatus, STATUS_EVERY_MS);
+    // a fixed rate, each frame drawn for its tick: waiting a second after each answer would
+    // drift, and the idle countdown would skip a second now and then
+    state.statusTick = Math.max(state.statusTick + STATUS_EVERY_MS, Date.now());
+    setTimeout(pollStatus, state.statusTick - Date.now());
   }
 }
 
@@ -114,8 +126,8 @@ function renderStatus() {
   if (backend.state === "starting") showProgress(progress.phase, progress.percent);
   const idle = state.status.idle;  // the daemon's idle unload: countdown, pin, unloaded
   const idleText = !idle ? null
-    : idle.unloads_in_s !== null && idle.unloads_in_s !== undefined
-      ? `unloads in ${seconds(idle.unloads_in_s)}` : idle.text || null;
+    : idle.unloads_at !== null && idle.unloads_at !== undefined
+      ? `unloads in ${countdown(idle.unloads_at * 1000 - state.statusTick)}` : idle.text || null;
   $("idle-label").hidden = $("idle").hidden = idleText === null;
   $("idle").textContent = idleText || "";
   $("backend-error").hidden = !(backend.state === "failed" && backend.error);
