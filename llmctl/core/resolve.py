@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rapidfuzz import fuzz, process
-
 ACCEPT = 80.0  # similarity a fuzzy winner needs
 MARGIN = 8.0  # lead over the runner-up that makes a winner clear
 SUGGEST = 40.0
@@ -56,6 +54,10 @@ def resolve(query: str, models: dict[str, str],
         return Resolution("match", loose[0])
     if loose:
         return Resolution("ambiguous", candidates=sorted(loose))
+    # imported here: rapidfuzz's compiled modules are ~2 MB of memory that the daemon's
+    # workers (which resolve every request's model name) should not hold for typos alone
+    from rapidfuzz import fuzz, process
+
     choices = {m: f"{m} {name}" for m, name in models.items()}
     scored = process.extract(q, choices, scorer=fuzz.WRatio, processor=str.casefold,
                              limit=len(choices))

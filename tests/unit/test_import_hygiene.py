@@ -46,6 +46,13 @@ def test_supervisor_holds_only_what_it_needs(supervisor_modules: set[str], heavy
     assert heavy not in supervisor_modules | top_level(supervisor_modules)
 
 
+def test_the_workers_load_rapidfuzz_only_for_a_name_that_needs_it() -> None:
+    """~2 MB of compiled modules, for typo suggestions: not held by a worker that never
+    resolves a misspelt name."""
+    loaded = modules_after_import("llmctl.daemon.app", "llmctl.daemon.lifecycle_worker")
+    assert "llmctl.core.resolve" in loaded and "rapidfuzz" not in top_level(loaded)
+
+
 @pytest.fixture(scope="module")
 def supervisor_modules() -> set[str]:
     return modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
