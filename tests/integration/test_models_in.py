@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -329,6 +330,146 @@ def test_pull_resumes_an_interrupted_download(real: Home, hub: FakeHub, make_dae
     assert Path(entry["file"]).resolve().read_bytes() == big
 
 
+CHUNK = 10 * 1024 * 1024  # huggingface_hub's http_get writes whole 10 MiB chunks
+
+
+@pytest.fixture(scope="module")
+def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, loadable model (~20 MB) bigger than one write chunk, so an interrupted pull has
+    a whole chunk on disk to resume from."""
+    return write_tiny_llama(tmp_path_factory.mktemp("big") / "Big-Q4_K_M.gguf", n_embd=256,
+                            n_layer=6, n_ff=768, name="big")
+
+
+def partial_of(daemon: Daemon, repo: str, data: bytes) -> Path:
+    """Where llmctl keeps a file's partial download (the README says so)."""
+    folder = "models--" + repo.replace("/", "--")
+    return (Path(daemon.env["HF_HOME"]) / "hub" / folder / "blobs"
+            / f"{hashlib.sha256(data).hexdigest()}.incomplete")
+
+
+def start_pull(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(ROOT / "bin" / "llmctl"), "pull", *args], env=daemon.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def size_at_least(path: Path, n: int) -> int:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    return size if size >= n else 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_an_interrupted_pull_resumes_in_the_next_run(real: Home, big_gguf: Path, hub: FakeHub,
+                                                     make_daemon, stop: signal.Signals,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")  # no in-run retry past the stall
+    big = big_gguf.read_bytes()
+    name = "Big-Q4_K_M.gguf"
+    hub.add("someone/Big-GGUF", {name: big})
+    hub.stall[name] = CHUNK + 1_000_000  # the first run gets one chunk and a bit, then silence
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Big-GGUF", big)
+
+    first = start_pull(daemon, "someone/Big-GGUF")
+    try:
+        kept = wait_for(lambda: size_at_least(partial, CHUNK), 60, "the first chunk on disk")
+        first.send_signal(stop)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert kept == CHUNK
+    if stop == signal.SIGINT:
+        assert first.returncode == 130, err
+        assert (f"{name}: interrupted; {CHUNK} of {len(big)} bytes are kept in {partial}. "
+                "Run the same pull again to resume") in err
+    else:
+        assert first.returncode == -signal.SIGKILL
+    assert partial.stat().st_size == CHUNK  # kept, whatever stopped the process
+
+    # between the runs: no half model anywhere
+    assert "big-q4_k_m" not in models(daemon)
+    listing = daemon.cli("models")
+    assert listing.returncode == 0 and "big" not in listing.stdout.lower(), listing.stdout
+    assert not (real.models_dir / "big-q4_k_m").exists()
+    snapshots = partial.parent.parent / "snapshots"
+    assert not snapshots.exists() or not list(snapshots.rglob("*.gguf"))
+
+    before = hub.served_bytes(name)
+    r = pull(daemon, "someone/Big-GGUF", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hub.ranges() == [f"bytes={CHUNK}-"]  # it asked only for the rest
+    assert hub.served_bytes(name) - before == len(big) - CHUNK
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"event": "resume", "file": name, "bytes": CHUNK, "total": len(big),
+            "partial": str(partial)} in events
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and all(e["resumed_from"] == CHUNK for e in progress)
+    assert progress[-1]["bytes"] == len(big)
+    kinds = [e["event"] for e in events]
+    assert kinds.index("resume") < kinds.index("verified") < kinds.index("done")
+    assert not partial.exists()
+
+    entry = models(daemon)["big-q4_k_m"]
+    assert entry["available"]
+    assert Path(entry["file"]).resolve().read_bytes() == big
+    assert daemon.switch("big-q4_k_m").status_code == 200
+    assert chat(daemon)["model"] == "big-q4_k_m"
+
+
+def test_a_corrupted_partial_ends_in_a_checksum_error_then_a_clean_pull(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    damaged = bytearray(data[:200_000])
+    damaged[100_000] ^= 0xFF  # a bit rotted on disk since the earlier run
+    partial.write_bytes(bytes(damaged))
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 1
+    assert hub.ranges() == ["bytes=200000-"]
+    assert "resuming: 195.3 KiB" in r.stderr
+    assert ("Tiny-F32.gguf does not match the hub's checksum (sha256 ") in r.stderr
+    assert ("(it continued 200000 bytes kept from an earlier run); the download was deleted, "
+            "nothing was registered. Run the same pull again: it starts from scratch") in r.stderr
+    assert not partial.exists() and not list(partial.parent.iterdir())
+    assert "tiny-f32" not in models(daemon)
+    assert not (real.models_dir / "tiny-f32").exists()
+
+    served = hub.served_bytes("Tiny-F32.gguf")
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert hub.ranges() == ["bytes=200000-"]  # no new Range: the whole file, from byte 0
+    assert hub.served_bytes("Tiny-F32.gguf") - served == len(data)
+    assert "resuming" not in r.stderr
+    assert models(daemon)["tiny-f32"]["available"]
+
+
+def test_a_partial_larger_than_the_file_is_discarded(real: Home, tiny_gguf: Path,
+                                                     hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data + b"trailing junk")
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert (f"starting over: the partial download {partial} holds {len(data) + 13} bytes, "
+            f"more than the {len(data)} of the file on the hub") in r.stderr
+    assert hub.ranges() == []
+    assert Path(models(daemon)["tiny-f32"]["file"]).resolve().read_bytes() == data
+
+
 def test_pull_checksum_mismatch_registers_nothing(real: Home, tiny_gguf: Path, hub: FakeHub,
                                                   make_daemon) -> None:
     hub.add("someone/Bad-GGUF", {"Bad-F32.gguf": tiny_gguf.read_bytes()})
@@ -411,6 +552,47 @@ def test_pull_through_the_daemon(real: Home, tiny_gguf: Path, hub: FakeHub,
     assert "has no Q2_K quantisation" in error["message"]
 
 
+def pull_children(daemon: Daemon, spec: str) -> list[int]:
+    """The daemon's `llmctl pull` children for `spec`."""
+    found = []
+    for child in psutil.Process(daemon.pid).children(recursive=True):
+        try:
+            if spec in child.cmdline():
+                found.append(child.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
+
+
+def test_a_pull_through_the_daemon_resumes_after_its_child_was_killed(
+        real: Home, big_gguf: Path, hub: FakeHub, make_daemon,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")
+    big = big_gguf.read_bytes()
+    name = "Big-Q4_K_M.gguf"
+    hub.add("someone/Big-GGUF", {name: big})
+    hub.stall[name] = CHUNK + 1_000_000
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Big-GGUF", big)
+
+    r = daemon.post("/pull", json={"repo": "someone/Big-GGUF"}, stream=True)
+    assert r.status_code == 200
+    wait_for(lambda: size_at_least(partial, CHUNK), 60, "the first chunk on disk", daemon.log)
+    (child,) = pull_children(daemon, "someone/Big-GGUF")
+    psutil.Process(child).kill()  # e.g. the OOM killer, or a reboot
+    events = [json.loads(line) for line in r.iter_lines() if line]
+    assert events[-1]["event"] == "error" and "exited with -9" in events[-1]["message"]
+    assert "big-q4_k_m" not in models(daemon)
+
+    r = daemon.post("/pull", json={"repo": "someone/Big-GGUF"}, stream=True)
+    events = [json.loads(line) for line in r.iter_lines() if line]
+    assert {"event": "resume", "file": name, "bytes": CHUNK, "total": len(big),
+            "partial": str(partial)} in events
+    assert events[-1]["event"] == "done" and events[-1]["id"] == "big-q4_k_m", events[-1]
+    assert hub.ranges() == [f"bytes={CHUNK}-"]
+    assert models(daemon)["big-q4_k_m"]["available"]
+
+
 def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: FakeHub,
                                             make_daemon) -> None:
     big = write_header(tmp_path / "big.gguf", name="Big", pad=8_000_000).read_bytes()
@@ -419,14 +601,7 @@ def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: Fa
     daemon = make_daemon()
 
     def pulls() -> list[int]:
-        found = []
-        for child in psutil.Process(daemon.pid).children(recursive=True):
-            try:
-                if "someone/Slow-GGUF" in child.cmdline():
-                    found.append(child.pid)
-            except psutil.Error:  # exited meanwhile
-                pass
-        return found
+        return pull_children(daemon, "someone/Slow-GGUF")
 
     r = daemon.post("/pull", json={"repo": "someone/Slow-GGUF"}, stream=True)
     lines = r.iter_lines()
