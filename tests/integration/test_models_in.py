@@ -1,9 +1,11 @@
 """Models in without writing YAML, end to end with a REAL llama-server: bare GGUFs, shards, a
-projector, a Hugging Face cache in daemon.model_dirs, collisions, `llmctl add`, and `llmctl
-pull` / `POST /pull` against a local fake hub driven through the real huggingface_hub."""
+real projector (loaded, shown an image), a Hugging Face cache in daemon.model_dirs,
+collisions, `llmctl add`, and `llmctl pull` / `POST /pull` (resumed across runs, too) against a
+local fake hub driven through the real huggingface_hub."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -20,6 +22,7 @@ from fake_hub import FakeHub
 from ggufkit import split_model, write_header
 from harness import ROOT, Daemon, Home, wait_for
 from tinymodel import write_tiny_llama
+from tinyprojector import tiny_png, write_tiny_projector
 
 pytestmark = pytest.mark.real_backend
 
@@ -92,11 +95,12 @@ def test_a_split_model_loads_through_its_first_shard(real: Home, tiny_gguf: Path
     assert f"missing shard(s) {shards[1].name}" in entry["error"]
 
 
-def test_a_projector_beside_a_model(real: Home, tiny_gguf: Path, make_daemon) -> None:
+def test_a_projector_beside_a_model_is_loaded_and_sees_images(real: Home, tiny_gguf: Path,
+                                                             make_daemon) -> None:
     d = real.models_dir / "vision"
     d.mkdir()
     (d / "Tiny-Vision-F32.gguf").symlink_to(tiny_gguf)
-    projector = write_header(d / "mmproj-tiny-f16.gguf", arch="clip", ctx=None)
+    projector = write_tiny_projector(d / "mmproj-tiny-f32.gguf", text_n_embd=64)
     daemon = make_daemon()
 
     (entry,) = daemon.get("/models").json()["models"]  # the projector is no model of its own
@@ -104,13 +108,30 @@ def test_a_projector_beside_a_model(real: Home, tiny_gguf: Path, make_daemon) ->
     assert entry["pi"]["input"] == ["text", "image"]
     assert "+mmproj" in daemon.cli("models").stdout
 
-    # A real llama-server rejects this header-only projector (we cannot generate a working
-    # CLIP model for a random tiny llama), so the load fails; what matters is the argv.
-    r = daemon.switch("tiny-vision-f32")
-    assert r.status_code in (200, 502), r.text
+    events = daemon.switch_events("tiny-vision-f32")
+    assert events[-1]["event"] == "ready", events
     argv = started_argv(daemon, "tiny-vision-f32")
     assert argv[argv.index("--mmproj") + 1] == str(projector)
-    assert daemon.get("/active").json()["backend_model"] == "tiny-vision-f32"
+    log = (daemon.home.runtime / "logs" / "tiny-vision-f32.log").read_text()
+    assert f"loaded multimodal model, '{projector}'" in log
+    props = daemon.get("/backend/props")
+    assert props.status_code == 200 and props.json()["modalities"]["vision"] is True
+
+    def ask(with_image: bool) -> dict:
+        content: list[dict] = [{"type": "text", "text": "what is this?"}]
+        if with_image:
+            image = base64.b64encode(tiny_png()).decode()
+            content.append({"type": "image_url",
+                            "image_url": {"url": f"data:image/png;base64,{image}"}})
+        r = daemon.post("/v1/chat/completions", json={
+            "model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    seen = ask(with_image=True)
+    assert seen["model"] == "tiny-vision-f32" and seen["choices"][0]["message"]["content"]
+    # the image became prompt tokens: the projector's output went into the text model
+    assert seen["usage"]["prompt_tokens"] > ask(with_image=False)["usage"]["prompt_tokens"]
 
 
 def test_a_draft_model_for_speculative_decoding(real: Home, tiny_gguf: Path,
