@@ -67,14 +67,17 @@ def fetch(repo: str, filename: str, revision: str | None, sha256: str | None,
         return Path(cached)
     url, location, etag, size = _metadata(repo, filename, revision)
     blob = _storage(repo) / "blobs" / etag
-    if not blob.exists():
-        _download_blob(url, location, blob, filename, size, sha256, repo, emit)
+    verified = not blob.exists() and _download_blob(url, location, blob, filename, size,
+                                                    sha256, repo, emit)
     try:
-        # finds the verified blob and only links it into snapshots/<revision>/ (and refs)
-        return Path(hf_hub_download(repo, filename, revision=revision))
+        # finds the blob and only links it into snapshots/<revision>/ (and refs)
+        path = Path(hf_hub_download(repo, filename, revision=revision))
     except Exception as e:
         raise FetchError("download_failed", f"{filename} is downloaded to {blob} but could "
                          f"not be linked into the cache's snapshot: {short(e)}") from None
+    if not verified:  # the blob was there already (another revision, another tool)
+        verify(path, filename, sha256, emit, evict=True)
+    return path
 
 
 def partial_path(blob: Path) -> Path:
@@ -112,7 +115,9 @@ def _metadata(repo: str, filename: str, revision: str | None) -> tuple[str, str,
 
 
 def _download_blob(url: str, location: str, blob: Path, filename: str, size: int | None,
-                   sha256: str | None, repo: str, emit: Emit) -> None:
+                   sha256: str | None, repo: str, emit: Emit) -> bool:
+    """Download (or continue) the blob, verify it and move it in place; False when another
+    process finished it meanwhile (so it is still to be checked)."""
     from filelock import Timeout
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
@@ -125,10 +130,11 @@ def _download_blob(url: str, location: str, blob: Path, filename: str, size: int
     try:
         with WeakFileLock(lock, timeout=LOCK_WAIT):
             if blob.exists():  # the other holder finished it meanwhile
-                return
+                return False
             resumed = _continue(url, location, partial_path(blob), filename, size, emit)
             verify(partial_path(blob), filename, sha256, emit, resumed=resumed)
             os.replace(partial_path(blob), blob)
+            return True
     except Timeout:
         raise FetchError("busy", f"another download of {filename} is running (it holds "
                          f"{lock}); wait for it to finish, then run the same pull again"
@@ -163,8 +169,8 @@ def _continue(url: str, location: str, partial: Path, filename: str, size: int |
                      displayed_filename=filename, tqdm_class=_reporter(filename, size, have,
                                                                        emit))
     except KeyboardInterrupt:
-        raise FetchError("interrupted", f"{filename}: interrupted; {_kept(partial, size)}. Run "
-                         "the same pull again to resume") from None
+        raise FetchError("interrupted",
+                         f"{filename}: interrupted; {_kept(partial, size)}") from None
     except Exception as e:
         if size is not None and partial.exists() and partial.stat().st_size > size:
             partial.unlink()  # more bytes than the file has: nothing of it can be trusted
@@ -172,16 +178,17 @@ def _continue(url: str, location: str, partial: Path, filename: str, size: int |
                              "sent more than the file's size; the partial file was removed. "
                              "Run the same pull again") from None
         raise FetchError("download_failed", f"downloading {filename} failed: {short(e)}. "
-                         f"{_kept(partial, size)}; run the same pull again to resume"
-                         ) from None
+                         f"{_kept(partial, size)}") from None
     return have
 
 
 def _kept(partial: Path, size: int | None) -> str:
+    """What the partial file holds, and what to do next."""
     have = partial.stat().st_size if partial.exists() else 0
-    if not have:
-        return "nothing was kept"
-    return f"{have} of {size if size is not None else '?'} bytes are kept in {partial}"
+    if not have:  # less than one write chunk (10 MiB) had arrived
+        return "nothing was kept yet. Run the same pull again"
+    return (f"{have} of {size if size is not None else '?'} bytes are kept in {partial}. Run "
+            "the same pull again to resume")
 
 
 def _check_space(directory: Path, needed: int, filename: str) -> None:

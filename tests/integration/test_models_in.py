@@ -443,6 +443,37 @@ def test_an_interrupted_pull_resumes_in_the_next_run(real: Home, big_gguf: Path,
     assert chat(daemon)["model"] == "big-q4_k_m"
 
 
+def test_a_second_pull_of_a_file_being_downloaded_is_refused(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    hub.stall["Tiny-F32.gguf"] = 100_000
+    daemon = make_daemon()
+
+    first = start_pull(daemon, "someone/Tiny-GGUF:F32")
+    try:
+        wait_for(lambda: hub.served, 60, "the first pull to be downloading")
+        second = pull(daemon, "someone/Tiny-GGUF:F32")  # both would write one partial file
+        assert second.returncode == 1
+        assert "another download of Tiny-F32.gguf is running (it holds " in second.stderr
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130
+    # under one 10 MiB write chunk had arrived: nothing to resume from
+    assert "Tiny-F32.gguf: interrupted; nothing was kept yet. Run the same pull again" in err
+    assert "tiny-f32" not in models(daemon)
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert models(daemon)["tiny-f32"]["available"]
+
+
 def test_a_corrupted_partial_ends_in_a_checksum_error_then_a_clean_pull(
         real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon) -> None:
     data = tiny_gguf.read_bytes()
