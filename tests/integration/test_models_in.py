@@ -279,8 +279,8 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
     tiny = tiny_gguf.read_bytes()
     other = write_tiny_llama(tmp_path / "other.gguf", seed=1).read_bytes()  # another blob
     hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": tiny, "Tiny-Q8_0.gguf": other,
-                                   "mmproj-Tiny-F16.gguf": write_header(
-                                       tmp_path / "p.gguf", arch="clip").read_bytes(),
+                                   "mmproj-Tiny-F16.gguf": write_tiny_projector(
+                                       tmp_path / "p.gguf").read_bytes(),
                                    "README.md": b"# Tiny\n"})
     daemon = make_daemon()
 
@@ -309,11 +309,8 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
     assert again.returncode == 0, again.stderr
     assert "verified Tiny-Q8_0.gguf" in again.stderr
     assert again.stdout.splitlines()[-1] == "next: llmctl switch tiny-q8_0"
-    (real.models_dir / "tiny-q8_0" / "mmproj-Tiny-F16.gguf").unlink()  # text only, for a load
-    cfg = real.models_dir / "tiny-q8_0" / "config.yaml"
-    cfg.write_text("\n".join(ln for ln in cfg.read_text().splitlines()
-                             if not ln.startswith("mmproj_file")) + "\n")
-    assert daemon.switch("tiny-q8_0").status_code == 200
+    assert daemon.switch("tiny-q8_0").status_code == 200  # with the pulled projector
+    assert daemon.get("/backend/props").json()["modalities"]["vision"] is True
     assert chat(daemon)["model"] == "tiny-q8_0"
 
 
@@ -519,6 +516,24 @@ def test_a_partial_larger_than_the_file_is_discarded(real: Home, tiny_gguf: Path
     assert (f"starting over: the partial download {partial} holds {len(data) + 13} bytes, "
             f"more than the {len(data)} of the file on the hub") in r.stderr
     assert hub.ranges() == []
+    assert Path(models(daemon)["tiny-f32"]["file"]).resolve().read_bytes() == data
+
+
+def test_a_server_that_ignores_the_range_gets_the_whole_file_again(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    hub.ignore_range.add("Tiny-F32.gguf")
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:200_000])
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert hub.ranges() == ["bytes=200000-"]  # asked, but was sent everything
+    assert ("starting over: the server does not resume (it ignored the Range request); "
+            "downloading the whole file") in r.stderr
     assert Path(models(daemon)["tiny-f32"]["file"]).resolve().read_bytes() == data
 
 

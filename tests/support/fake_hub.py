@@ -18,7 +18,8 @@ HF_ENDPOINT pointing here:
 Faults, for the tests: `drop_once[path] = n` sends the full Content-Length but closes the
 connection after n bytes, once (the client must resume with a Range); `corrupt.add(path)` serves
 bytes that do not match the sha256 it lists; `trickle[path] = s` sends 64 KiB every s seconds;
-`stall[path] = n` sends n bytes of the next body of that file and then holds the connection open,
+`ignore_range.add(path)` answers a Range request with 200 and the whole file, as some proxies
+and CDNs do; `stall[path] = n` sends n bytes of the next body of that file and then holds the connection open,
 sending nothing more, until the hub stops (so a test can interrupt a pull at a known point). `requests` records (method, path, headers); `served` records each blob body sent
 as (path, first byte, bytes written).
 """
@@ -52,6 +53,7 @@ class FakeHub:
     corrupt: set[str] = field(default_factory=set)
     trickle: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB
     stall: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before stalling
+    ignore_range: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     served: list[tuple[str, int, int]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -181,7 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path in self.hub.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0
-        if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if m and path not in self.hub.ignore_range:
             start = int(m.group(1))
         headers = {"ETag": f'"{sha}"', "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
