@@ -681,7 +681,8 @@ class LlmctlExtension {
 			for await (const ev of this.client.pullStream(repo)) {
 				last = ev;
 				const pct = typeof ev.percent === "number" ? ` ${Math.floor(ev.percent)}%` : "";
-				const line = ev.event === "progress" || ev.event === "download" ? `llmctl: pulling ${ev.file}${pct}` : "";
+				const resumed = ev.event === "resume" && ev.total ? ` (resuming at ${Math.floor((100 * (ev.bytes ?? 0)) / ev.total)}%)` : "";
+				const line = ev.event === "progress" || ev.event === "download" || ev.event === "resume" ? `llmctl: pulling ${ev.file}${pct || resumed}` : "";
 				if (line && line !== shown && ctx.hasUI) ctx.ui.setStatus(UI_KEY, (shown = line));
 			}
 		} finally {

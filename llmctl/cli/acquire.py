@@ -50,6 +50,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     try:
         done = pull(Paths.from_env(), args.spec, emit, model_id=args.id, name=args.name)
+    except KeyboardInterrupt:  # outside a file's download (listing, hashing): nothing to keep
+        if progress is not None:
+            progress.close()
+        print("llmctl: pull interrupted; nothing was registered", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PullError as e:
         if progress is None:
             emit({"event": "error", "code": e.code, "message": e.message,
@@ -66,8 +71,11 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 
-# the CLI's exit codes (see main.EPILOG): 2 usage, 4 not found, 5 ambiguous
-EXIT_FOR_PULL = {"bad_spec": 2, "not_found": 4, "ambiguous": 5}
+# the CLI's exit codes (see main.EPILOG): 2 usage, 4 not found, 5 ambiguous; 130 as a shell
+# reports Ctrl-C
+EXIT_INTERRUPTED = 130
+EXIT_FOR_PULL = {"bad_spec": 2, "not_found": 4, "ambiguous": 5,
+                 "interrupted": EXIT_INTERRUPTED}
 
 
 def report(done: Any) -> str:

@@ -1,5 +1,6 @@
 """Download progress for `llmctl pull`: on a terminal one redrawn line per file (bar, bytes,
-rate, ETA); in a pipe plain lines (each file, every 10 %, verification, the result)."""
+rate, ETA); in a pipe plain lines (each file, every 10 %, verification, the result). A file
+continued from an earlier run says so, and how much it already had, before its bar."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class DownloadProgress(StatusLine):
         elif name == "download":
             self._line(f"[{event['index']}/{event['count']}] {event['file']} "
                        f"({size(event.get('size'))})")
+        elif name == "resume":
+            self._line(f"  resuming: {size(event['bytes'])} of {size(event.get('total'))} "
+                       f"kept from an earlier run in {event['partial']}")
+        elif name == "restart":
+            self._line(f"  starting over: {event['reason']}")
         elif name == "progress":
             self._progress(event)
         elif name == "verifying" and not self.tty:

@@ -31,6 +31,7 @@ EPILOG = """exit codes:
   0 ok   1 error (or `active` with no model)   2 usage   3 llmctld not running
   4 model not found   5 ambiguous model name   6 busy (requests in flight)
   7 load failed or timed out   8 model or backend unavailable (config, binary, port)
+  130 interrupted (Ctrl-C)
 
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""
 

@@ -1,32 +1,29 @@
 """`llmctl pull REPO[:QUANT|FILE]`: download a GGUF model from Hugging Face and register it.
 
-The download is huggingface_hub's own (`hf_hub_download`), so HF_TOKEN, HF_ENDPOINT, HF_HOME /
-HF_HUB_CACHE, its cache layout (a file pulled once is never fetched again, and tools that share
-the cache share the file), its retries and its in-run resume (after a dropped connection it asks
-for the rest with an HTTP Range) all apply. What llmctl adds:
+The download goes through huggingface_hub (hf_fetch.py): HF_TOKEN, HF_ENDPOINT, HF_HOME /
+HF_HUB_CACHE and its cache layout all apply (a file pulled once is never fetched again, and tools
+that share the cache share the file), and an interrupted file is continued by the next run from
+the partial blob kept in the cache. What this module adds:
 
 - choosing the files: `pick` turns `:Q4_K_M` (or a file name, or nothing: Q4_K_M if the repo has
   it, else its only quantisation) into every shard of one model plus the repo's projector, and
   lists what the repo has when the choice is missing or ambiguous;
-- checking: each file's sha256 is compared with the one the hub lists for it (huggingface_hub
-  checks only the size). A mismatch removes the file from the cache and fails;
-- registering, only once every file is complete and verified (register.py, as `llmctl add`),
-  so a failed pull never leaves half a model listed;
+- registering, only once every file is complete and verified against the hub's sha256
+  (register.py, as `llmctl add`), so a failed pull never leaves half a model listed;
 - progress as events (dicts) for the CLI's bar, its plain lines, `--json` and `POST /pull`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.core import model_ids
+from llmctl.core import hf_fetch, model_ids
+from llmctl.core.hf_fetch import short
 from llmctl.core.paths import Paths
 from llmctl.core.register import AlreadyRegistered, Registered, RegisterError, register
 
@@ -34,7 +31,6 @@ Emit = Callable[[dict[str, Any]], None]
 DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp's own `-hf repo` picks when none is named
 # when a repo has several projectors, the first of these it has (F16 is what most ship)
 PROJECTOR_PREFERENCE = ("F16", "BF16", "Q8_0", "F32")
-PROGRESS_EVERY = 0.25  # seconds between progress events of one file
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -206,10 +202,10 @@ def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
         raise PullError("not_found", f"no repository {repo} on the hub (a private or gated one "
                         "needs HF_TOKEN)") from None
     except HfHubHTTPError as e:
-        raise PullError("hub_error", f"the hub refused to list {repo}: {_short(e)}") from None
+        raise PullError("hub_error", f"the hub refused to list {repo}: {short(e)}") from None
     except Exception as e:  # the HTTP client's own connection errors have no common base here
         raise PullError("hub_unreachable", f"cannot reach the hub to list {repo} "
-                        f"({_short(e)}); check the network or HF_ENDPOINT, or fetch the "
+                        f"({short(e)}); check the network or HF_ENDPOINT, or fetch the "
                         ".gguf some other way and `llmctl add` it") from None
     files = [RemoteFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None)
              for s in info.siblings or []]
@@ -238,89 +234,9 @@ def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
 
 
 def _fetch(plan: Plan, remote: RemoteFile, index: int, emit: Emit) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    count = len(plan.all_files)
-    emit({"event": "download", "file": remote.path, "index": index, "count": count,
+    emit({"event": "download", "file": remote.path, "index": index, "count": len(plan.all_files),
           "size": remote.size})
     try:
-        path = Path(hf_hub_download(plan.repo, remote.path, revision=plan.revision,
-                                    tqdm_class=_reporter(remote, emit)))
-    except Exception as e:  # HTTP, connection and disk errors alike: report, never register
-        raise PullError("download_failed", f"downloading {remote.path} failed: {_short(e)}. "
-                        "Run the same pull again to retry") from None
-    if remote.sha256:
-        emit({"event": "verifying", "file": remote.path})
-        digest = _sha256(path)
-        if digest != remote.sha256:
-            _evict(path)
-            raise PullError("checksum", f"{remote.path} does not match the hub's checksum "
-                            f"(sha256 {digest[:16]}…, expected {remote.sha256[:16]}…); the bad "
-                            "copy was removed from the cache. Run the same pull again")
-        emit({"event": "verified", "file": remote.path, "sha256": digest})
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _evict(pointer: Path) -> None:
-    """Remove a bad file from the Hugging Face cache: the blob and the snapshot's link to it,
-    so the next pull downloads it again instead of trusting it."""
-    blob = pointer.resolve()
-    for p in (pointer, blob):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _reporter(remote: RemoteFile, emit: Emit) -> type:
-    """A progress-bar class for huggingface_hub (it accepts any class shaped like tqdm) that
-    turns byte counts into throttled `progress` events."""
-
-    class Reporter:
-        def __init__(self, *args: Any, total: int | None = None, initial: int = 0,
-                     **kwargs: Any):
-            self.total = total or remote.size
-            self.n = initial
-            self.started = time.monotonic()
-            self.start_n = initial
-            self.last = 0.0
-
-        def __enter__(self) -> Reporter:
-            return self
-
-        def __exit__(self, *exc: Any) -> None:
-            self.close()
-
-        def update(self, n: int | float = 1) -> None:
-            self.n += int(n)
-            now = time.monotonic()
-            if now - self.last >= PROGRESS_EVERY or (self.total and self.n >= self.total):
-                self.last = now
-                self._emit(now)
-
-        def _emit(self, now: float) -> None:
-            elapsed = max(now - self.started, 1e-6)
-            rate = (self.n - self.start_n) / elapsed
-            left = (self.total - self.n) / rate if self.total and rate > 0 else None
-            emit({"event": "progress", "file": remote.path, "bytes": self.n,
-                  "total": self.total, "rate": round(rate),
-                  "percent": round(100 * self.n / self.total, 1) if self.total else None,
-                  "eta_s": round(left, 1) if left is not None else None})
-
-        def close(self) -> None:
-            pass
-
-    return Reporter
+        return hf_fetch.fetch(plan.repo, remote.path, plan.revision, remote.sha256, emit)
+    except hf_fetch.FetchError as e:
+        raise PullError(e.code, e.message) from None

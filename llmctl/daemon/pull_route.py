@@ -4,7 +4,8 @@ extension's `/llm pull <repo>`).
 The download runs in a child process (`llmctl pull --json`), not in the proxy worker: hashing a
 model file and huggingface_hub's blocking I/O would stall every other request of this gevent
 worker, and a child that fails or is killed takes nothing of the daemon with it. Its events are
-relayed line by line as they come; when the client goes away, the child is stopped. The model
+relayed line by line as they come; when the client goes away, the child is stopped (its partial
+file stays in the Hugging Face cache, so the next pull of the same file resumes it). The model
 appears in the catalog once the child has registered it (the route re-discovers at the end).
 
 The body is JSON `{"repo": "org/name[:QUANT|FILE]", "id"?: ..., "name"?: ...}`.

@@ -1,12 +1,15 @@
 """Models in without writing YAML, end to end with a REAL llama-server: bare GGUFs, shards, a
-projector, a Hugging Face cache in daemon.model_dirs, collisions, `llmctl add`, and `llmctl
-pull` / `POST /pull` against a local fake hub driven through the real huggingface_hub."""
+real projector (loaded, shown an image), a Hugging Face cache in daemon.model_dirs,
+collisions, `llmctl add`, and `llmctl pull` / `POST /pull` (resumed across runs, too) against a
+local fake hub driven through the real huggingface_hub."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from fake_hub import FakeHub
 from ggufkit import split_model, write_header
 from harness import ROOT, Daemon, Home, wait_for
 from tinymodel import write_tiny_llama
+from tinyprojector import tiny_png, write_tiny_projector
 
 pytestmark = pytest.mark.real_backend
 
@@ -91,11 +95,12 @@ def test_a_split_model_loads_through_its_first_shard(real: Home, tiny_gguf: Path
     assert f"missing shard(s) {shards[1].name}" in entry["error"]
 
 
-def test_a_projector_beside_a_model(real: Home, tiny_gguf: Path, make_daemon) -> None:
+def test_a_projector_beside_a_model_is_loaded_and_sees_images(real: Home, tiny_gguf: Path,
+                                                             make_daemon) -> None:
     d = real.models_dir / "vision"
     d.mkdir()
     (d / "Tiny-Vision-F32.gguf").symlink_to(tiny_gguf)
-    projector = write_header(d / "mmproj-tiny-f16.gguf", arch="clip", ctx=None)
+    projector = write_tiny_projector(d / "mmproj-tiny-f32.gguf", text_n_embd=64)
     daemon = make_daemon()
 
     (entry,) = daemon.get("/models").json()["models"]  # the projector is no model of its own
@@ -103,13 +108,30 @@ def test_a_projector_beside_a_model(real: Home, tiny_gguf: Path, make_daemon) ->
     assert entry["pi"]["input"] == ["text", "image"]
     assert "+mmproj" in daemon.cli("models").stdout
 
-    # A real llama-server rejects this header-only projector (we cannot generate a working
-    # CLIP model for a random tiny llama), so the load fails; what matters is the argv.
-    r = daemon.switch("tiny-vision-f32")
-    assert r.status_code in (200, 502), r.text
+    events = daemon.switch_events("tiny-vision-f32")
+    assert events[-1]["event"] == "ready", events
     argv = started_argv(daemon, "tiny-vision-f32")
     assert argv[argv.index("--mmproj") + 1] == str(projector)
-    assert daemon.get("/active").json()["backend_model"] == "tiny-vision-f32"
+    log = (daemon.home.runtime / "logs" / "tiny-vision-f32.log").read_text()
+    assert f"loaded multimodal model, '{projector}'" in log
+    props = daemon.get("/backend/props")
+    assert props.status_code == 200 and props.json()["modalities"]["vision"] is True
+
+    def ask(with_image: bool) -> dict:
+        content: list[dict] = [{"type": "text", "text": "what is this?"}]
+        if with_image:
+            image = base64.b64encode(tiny_png()).decode()
+            content.append({"type": "image_url",
+                            "image_url": {"url": f"data:image/png;base64,{image}"}})
+        r = daemon.post("/v1/chat/completions", json={
+            "model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    seen = ask(with_image=True)
+    assert seen["model"] == "tiny-vision-f32" and seen["choices"][0]["message"]["content"]
+    # the image became prompt tokens: the projector's output went into the text model
+    assert seen["usage"]["prompt_tokens"] > ask(with_image=False)["usage"]["prompt_tokens"]
 
 
 def test_a_draft_model_for_speculative_decoding(real: Home, tiny_gguf: Path,
@@ -257,8 +279,8 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
     tiny = tiny_gguf.read_bytes()
     other = write_tiny_llama(tmp_path / "other.gguf", seed=1).read_bytes()  # another blob
     hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": tiny, "Tiny-Q8_0.gguf": other,
-                                   "mmproj-Tiny-F16.gguf": write_header(
-                                       tmp_path / "p.gguf", arch="clip").read_bytes(),
+                                   "mmproj-Tiny-F16.gguf": write_tiny_projector(
+                                       tmp_path / "p.gguf").read_bytes(),
                                    "README.md": b"# Tiny\n"})
     daemon = make_daemon()
 
@@ -287,11 +309,8 @@ def test_pull_downloads_verifies_registers(real: Home, tiny_gguf: Path, hub: Fak
     assert again.returncode == 0, again.stderr
     assert "verified Tiny-Q8_0.gguf" in again.stderr
     assert again.stdout.splitlines()[-1] == "next: llmctl switch tiny-q8_0"
-    (real.models_dir / "tiny-q8_0" / "mmproj-Tiny-F16.gguf").unlink()  # text only, for a load
-    cfg = real.models_dir / "tiny-q8_0" / "config.yaml"
-    cfg.write_text("\n".join(ln for ln in cfg.read_text().splitlines()
-                             if not ln.startswith("mmproj_file")) + "\n")
-    assert daemon.switch("tiny-q8_0").status_code == 200
+    assert daemon.switch("tiny-q8_0").status_code == 200  # with the pulled projector
+    assert daemon.get("/backend/props").json()["modalities"]["vision"] is True
     assert chat(daemon)["model"] == "tiny-q8_0"
 
 
@@ -327,6 +346,195 @@ def test_pull_resumes_an_interrupted_download(real: Home, hub: FakeHub, make_dae
     assert "verified Big-Q4_K_M.gguf" in r.stderr
     entry = models(daemon)["big-q4_k_m"]
     assert Path(entry["file"]).resolve().read_bytes() == big
+
+
+CHUNK = 10 * 1024 * 1024  # huggingface_hub's http_get writes whole 10 MiB chunks
+
+
+@pytest.fixture(scope="module")
+def big_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, loadable model (~20 MB) bigger than one write chunk, so an interrupted pull has
+    a whole chunk on disk to resume from."""
+    return write_tiny_llama(tmp_path_factory.mktemp("big") / "Big-Q4_K_M.gguf", n_embd=256,
+                            n_layer=6, n_ff=768, name="big")
+
+
+def partial_of(daemon: Daemon, repo: str, data: bytes) -> Path:
+    """Where llmctl keeps a file's partial download (the README says so)."""
+    folder = "models--" + repo.replace("/", "--")
+    return (Path(daemon.env["HF_HOME"]) / "hub" / folder / "blobs"
+            / f"{hashlib.sha256(data).hexdigest()}.incomplete")
+
+
+def start_pull(daemon: Daemon, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(ROOT / "bin" / "llmctl"), "pull", *args], env=daemon.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def size_at_least(path: Path, n: int) -> int:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    return size if size >= n else 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_an_interrupted_pull_resumes_in_the_next_run(real: Home, big_gguf: Path, hub: FakeHub,
+                                                     make_daemon, stop: signal.Signals,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")  # no in-run retry past the stall
+    big = big_gguf.read_bytes()
+    name = "Big-Q4_K_M.gguf"
+    hub.add("someone/Big-GGUF", {name: big})
+    hub.stall[name] = CHUNK + 1_000_000  # the first run gets one chunk and a bit, then silence
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Big-GGUF", big)
+
+    first = start_pull(daemon, "someone/Big-GGUF")
+    try:
+        kept = wait_for(lambda: size_at_least(partial, CHUNK), 60, "the first chunk on disk")
+        first.send_signal(stop)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert kept == CHUNK
+    if stop == signal.SIGINT:
+        assert first.returncode == 130, err
+        assert (f"{name}: interrupted; {CHUNK} of {len(big)} bytes are kept in {partial}. "
+                "Run the same pull again to resume") in err
+    else:
+        assert first.returncode == -signal.SIGKILL
+    assert partial.stat().st_size == CHUNK  # kept, whatever stopped the process
+
+    # between the runs: no half model anywhere
+    assert "big-q4_k_m" not in models(daemon)
+    listing = daemon.cli("models")
+    assert listing.returncode == 0 and "big" not in listing.stdout.lower(), listing.stdout
+    assert not (real.models_dir / "big-q4_k_m").exists()
+    snapshots = partial.parent.parent / "snapshots"
+    assert not snapshots.exists() or not list(snapshots.rglob("*.gguf"))
+
+    before = hub.served_bytes(name)
+    r = pull(daemon, "someone/Big-GGUF", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hub.ranges() == [f"bytes={CHUNK}-"]  # it asked only for the rest
+    assert hub.served_bytes(name) - before == len(big) - CHUNK
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {"event": "resume", "file": name, "bytes": CHUNK, "total": len(big),
+            "partial": str(partial)} in events
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and all(e["resumed_from"] == CHUNK for e in progress)
+    assert progress[-1]["bytes"] == len(big)
+    kinds = [e["event"] for e in events]
+    assert kinds.index("resume") < kinds.index("verified") < kinds.index("done")
+    assert not partial.exists()
+
+    entry = models(daemon)["big-q4_k_m"]
+    assert entry["available"]
+    assert Path(entry["file"]).resolve().read_bytes() == big
+    assert daemon.switch("big-q4_k_m").status_code == 200
+    assert chat(daemon)["model"] == "big-q4_k_m"
+
+
+def test_a_second_pull_of_a_file_being_downloaded_is_refused(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    hub.stall["Tiny-F32.gguf"] = 100_000
+    daemon = make_daemon()
+
+    first = start_pull(daemon, "someone/Tiny-GGUF:F32")
+    try:
+        wait_for(lambda: hub.served, 60, "the first pull to be downloading")
+        second = pull(daemon, "someone/Tiny-GGUF:F32")  # both would write one partial file
+        assert second.returncode == 1
+        assert "another download of Tiny-F32.gguf is running (it holds " in second.stderr
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 130
+    # under one 10 MiB write chunk had arrived: nothing to resume from
+    assert "Tiny-F32.gguf: interrupted; nothing was kept yet. Run the same pull again" in err
+    assert "tiny-f32" not in models(daemon)
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert models(daemon)["tiny-f32"]["available"]
+
+
+def test_a_corrupted_partial_ends_in_a_checksum_error_then_a_clean_pull(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    damaged = bytearray(data[:200_000])
+    damaged[100_000] ^= 0xFF  # a bit rotted on disk since the earlier run
+    partial.write_bytes(bytes(damaged))
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 1
+    assert hub.ranges() == ["bytes=200000-"]
+    assert "resuming: 195.3 KiB" in r.stderr
+    assert ("Tiny-F32.gguf does not match the hub's checksum (sha256 ") in r.stderr
+    assert ("(it continued 200000 bytes kept from an earlier run); the download was deleted, "
+            "nothing was registered. Run the same pull again: it starts from scratch") in r.stderr
+    assert not partial.exists() and not list(partial.parent.iterdir())
+    assert "tiny-f32" not in models(daemon)
+    assert not (real.models_dir / "tiny-f32").exists()
+
+    served = hub.served_bytes("Tiny-F32.gguf")
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert hub.ranges() == ["bytes=200000-"]  # no new Range: the whole file, from byte 0
+    assert hub.served_bytes("Tiny-F32.gguf") - served == len(data)
+    assert "resuming" not in r.stderr
+    assert models(daemon)["tiny-f32"]["available"]
+
+
+def test_a_partial_larger_than_the_file_is_discarded(real: Home, tiny_gguf: Path,
+                                                     hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data + b"trailing junk")
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert (f"starting over: the partial download {partial} holds {len(data) + 13} bytes, "
+            f"more than the {len(data)} of the file on the hub") in r.stderr
+    assert hub.ranges() == []
+    assert Path(models(daemon)["tiny-f32"]["file"]).resolve().read_bytes() == data
+
+
+def test_a_server_that_ignores_the_range_gets_the_whole_file_again(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon) -> None:
+    data = tiny_gguf.read_bytes()
+    hub.add("someone/Tiny-GGUF", {"Tiny-F32.gguf": data})
+    hub.ignore_range.add("Tiny-F32.gguf")
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Tiny-GGUF", data)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(data[:200_000])
+
+    r = pull(daemon, "someone/Tiny-GGUF:F32")
+    assert r.returncode == 0, r.stderr
+    assert hub.ranges() == ["bytes=200000-"]  # asked, but was sent everything
+    assert ("starting over: the server does not resume (it ignored the Range request); "
+            "downloading the whole file") in r.stderr
+    assert Path(models(daemon)["tiny-f32"]["file"]).resolve().read_bytes() == data
 
 
 def test_pull_checksum_mismatch_registers_nothing(real: Home, tiny_gguf: Path, hub: FakeHub,
@@ -411,6 +619,47 @@ def test_pull_through_the_daemon(real: Home, tiny_gguf: Path, hub: FakeHub,
     assert "has no Q2_K quantisation" in error["message"]
 
 
+def pull_children(daemon: Daemon, spec: str) -> list[int]:
+    """The daemon's `llmctl pull` children for `spec`."""
+    found = []
+    for child in psutil.Process(daemon.pid).children(recursive=True):
+        try:
+            if spec in child.cmdline():
+                found.append(child.pid)
+        except psutil.Error:  # exited meanwhile
+            pass
+    return found
+
+
+def test_a_pull_through_the_daemon_resumes_after_its_child_was_killed(
+        real: Home, big_gguf: Path, hub: FakeHub, make_daemon,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "120")
+    big = big_gguf.read_bytes()
+    name = "Big-Q4_K_M.gguf"
+    hub.add("someone/Big-GGUF", {name: big})
+    hub.stall[name] = CHUNK + 1_000_000
+    daemon = make_daemon()
+    partial = partial_of(daemon, "someone/Big-GGUF", big)
+
+    r = daemon.post("/pull", json={"repo": "someone/Big-GGUF"}, stream=True)
+    assert r.status_code == 200
+    wait_for(lambda: size_at_least(partial, CHUNK), 60, "the first chunk on disk", daemon.log)
+    (child,) = pull_children(daemon, "someone/Big-GGUF")
+    psutil.Process(child).kill()  # e.g. the OOM killer, or a reboot
+    events = [json.loads(line) for line in r.iter_lines() if line]
+    assert events[-1]["event"] == "error" and "exited with -9" in events[-1]["message"]
+    assert "big-q4_k_m" not in models(daemon)
+
+    r = daemon.post("/pull", json={"repo": "someone/Big-GGUF"}, stream=True)
+    events = [json.loads(line) for line in r.iter_lines() if line]
+    assert {"event": "resume", "file": name, "bytes": CHUNK, "total": len(big),
+            "partial": str(partial)} in events
+    assert events[-1]["event"] == "done" and events[-1]["id"] == "big-q4_k_m", events[-1]
+    assert hub.ranges() == [f"bytes={CHUNK}-"]
+    assert models(daemon)["big-q4_k_m"]["available"]
+
+
 def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: FakeHub,
                                             make_daemon) -> None:
     big = write_header(tmp_path / "big.gguf", name="Big", pad=8_000_000).read_bytes()
@@ -419,14 +668,7 @@ def test_a_pull_stops_when_its_client_leaves(real: Home, tmp_path: Path, hub: Fa
     daemon = make_daemon()
 
     def pulls() -> list[int]:
-        found = []
-        for child in psutil.Process(daemon.pid).children(recursive=True):
-            try:
-                if "someone/Slow-GGUF" in child.cmdline():
-                    found.append(child.pid)
-            except psutil.Error:  # exited meanwhile
-                pass
-        return found
+        return pull_children(daemon, "someone/Slow-GGUF")
 
     r = daemon.post("/pull", json={"repo": "someone/Slow-GGUF"}, stream=True)
     lines = r.iter_lines()

@@ -17,7 +17,11 @@ HF_ENDPOINT pointing here:
 
 Faults, for the tests: `drop_once[path] = n` sends the full Content-Length but closes the
 connection after n bytes, once (the client must resume with a Range); `corrupt.add(path)` serves
-bytes that do not match the sha256 it lists; `trickle[path] = s` sends 64 KiB every s seconds. `requests` records (method, path, headers).
+bytes that do not match the sha256 it lists; `trickle[path] = s` sends 64 KiB every s seconds;
+`ignore_range.add(path)` answers a Range request with 200 and the whole file, as some proxies
+and CDNs do; `stall[path] = n` sends n bytes of the next body of that file and then holds the connection open,
+sending nothing more, until the hub stops (so a test can interrupt a pull at a known point). `requests` records (method, path, headers); `served` records each blob body sent
+as (path, first byte, bytes written).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+STALL_LIMIT = 120.0  # seconds a stalled answer waits at most (a test fails well before)
 
 
 @dataclass
@@ -47,7 +52,11 @@ class FakeHub:
     drop_once: dict[str, int] = field(default_factory=dict)
     corrupt: set[str] = field(default_factory=set)
     trickle: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB
+    stall: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before stalling
+    ignore_range: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    served: list[tuple[str, int, int]] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
     server: ThreadingHTTPServer | None = None
     cdn: ThreadingHTTPServer | None = None  # another origin, as the hub's LFS storage is
 
@@ -79,6 +88,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()  # lets a stalled answer go
         for server in (self.server, self.cdn):
             if server is not None:
                 server.shutdown()
@@ -93,6 +103,9 @@ class FakeHub:
 
     def ranges(self) -> list[str]:
         return [h["range"] for m, _, h in self.requests if m == "GET" and "range" in h]
+
+    def served_bytes(self, path: str) -> int:
+        return sum(n for p, _, n in self.served if p == path)
 
 
 def is_lfs(path: str) -> bool:
@@ -170,7 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path in self.hub.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         start = 0
-        if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):
+        m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if m and path not in self.hub.ignore_range:
             start = int(m.group(1))
         headers = {"ETag": f'"{sha}"', "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
@@ -181,6 +195,15 @@ class _Handler(BaseHTTPRequestHandler):
         part = data[start:]
         if not body:
             return self._send(status, b"", headers, length=len(part))
+        stall = self.hub.stall.pop(path, None)
+        if stall is not None:  # promise it all, send some, then nothing until the end
+            self._send(status, b"", headers, length=len(part))
+            self.wfile.write(part[:stall])
+            self.wfile.flush()
+            self.hub.served.append((path, start, min(stall, len(part))))
+            self.hub.stopping.wait(STALL_LIMIT)
+            self.close_connection = True
+            return
         cut = self.hub.drop_once.pop(path, None)
         if cut is not None:  # promise it all, send some, hang up
             self.send_response(status)
@@ -189,6 +212,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(part[:cut])
             self.wfile.flush()
+            self.hub.served.append((path, start, min(cut, len(part))))
             self.close_connection = True
             self.connection.shutdown(2)
             return
@@ -201,8 +225,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(part[at:at + (1 << 16)])
                 except OSError:
                     return  # the client hung up
+            self.hub.served.append((path, start, len(part)))
             return
         self._send(status, part, headers)
+        self.hub.served.append((path, start, len(part)))
 
     def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None,
               length: int | None = None) -> None:

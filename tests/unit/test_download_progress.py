@@ -50,3 +50,20 @@ def test_one_redrawn_line_on_a_terminal() -> None:
     assert text.count("\n") == 2  # the two header lines; the bar redraws in place
     progress.update(EVENTS[-1])
     assert out.getvalue().endswith("verified M-Q4_K_M.gguf\n")
+
+
+def test_a_resumed_file_says_what_it_already_had() -> None:
+    out = io.StringIO()
+    progress = DownloadProgress(out)
+    progress.update(EVENTS[1])
+    progress.update({"event": "resume", "file": "M-Q4_K_M.gguf", "bytes": 3 << 20,
+                     "total": 4 << 20, "partial": "/hf/blobs/ab.incomplete"})
+    progress.update({"event": "progress", "file": "M-Q4_K_M.gguf", "bytes": 4 << 20,
+                     "total": 4 << 20, "resumed_from": 3 << 20, "percent": 100.0,
+                     "rate": 1 << 20, "eta_s": 0.0})
+    progress.update({"event": "restart", "file": "M-Q4_K_M.gguf", "bytes": 3 << 20,
+                     "reason": "the server does not resume"})
+    assert out.getvalue().splitlines()[1:] == [
+        "  resuming: 3.0 MiB of 4.0 MiB kept from an earlier run in /hf/blobs/ab.incomplete",
+        "  100% 4.0 MiB/4.0 MiB 1.0 MiB/s ETA 0ms",
+        "  starting over: the server does not resume"]

@@ -1,7 +1,8 @@
 """The proxy overrides a few private internals of gevent's pywsgi (proxy_worker.py) and of
 http.client (openai_proxy.py UpstreamConnection). gevent is pinned in pyproject.toml to the
 versions this was written against; these checks fail the moment an upgrade (gevent or
-Python) changes what the overrides rely on, instead of the proxy misbehaving quietly."""
+Python) changes what the overrides rely on, instead of the proxy misbehaving quietly. The same
+goes for the two huggingface_hub pieces `llmctl pull`'s resume relies on (hf_fetch.py)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,17 @@ def test_http_client_response_reads_through_a_small_buffered_file() -> None:
     assert io.DEFAULT_BUFFER_SIZE < READ_SIZE
     for attribute in ("chunked", "will_close"):
         assert attribute in inspect.getsource(http.client.HTTPResponse.begin), attribute
+
+
+def test_huggingface_hub_pieces_the_resumable_pull_uses() -> None:
+    """hf_fetch.py continues a partial blob with huggingface_hub's `http_get` (not exported at
+    the top level) and names it as the library's cache scanner expects partial downloads."""
+    from huggingface_hub import file_download
+    from huggingface_hub.utils import _cache_manager
+
+    params = inspect.signature(file_download.http_get).parameters
+    for name in ("url", "temp_file", "resume_size", "headers", "expected_size",
+                 "displayed_filename", "tqdm_class"):
+        assert name in params, name
+    assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b"
+    assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files)
