@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
+import gevent
+
 from llmctl.daemon.chunked import ChunkFollower, FramingError
 from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
@@ -81,6 +83,7 @@ class UpstreamConnection(http.client.HTTPConnection):
 class UpstreamPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._warming: set[tuple[str, int]] = set()
 
     def get(self, addr: tuple[str, int]) -> tuple[http.client.HTTPConnection, bool]:
         idle = self._idle.get(addr)
@@ -99,11 +102,26 @@ class UpstreamPool:
         else:
             conn.close()
 
-    def clear(self) -> None:
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
-        self._idle.clear()
+    def warm(self, addr: tuple[str, int]) -> None:
+        """Open a connection for the next request now, in the background, unless one is idle
+        already: llama-server closes its end after every streamed response, and the next
+        request should not wait for a connect (or find the close racing its send)."""
+        if self._idle.get(addr) or addr in self._warming:
+            return
+        self._warming.add(addr)
+        gevent.spawn(self._open, addr)
+
+    def _open(self, addr: tuple[str, int]) -> None:
+        conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
+        try:
+            conn.connect()
+        except OSError as e:  # the backend went away meanwhile: the next request will say so
+            log.debug("opening a spare upstream connection failed: %s", e)
+            conn.close()
+        else:
+            self.put(addr, conn)
+        finally:
+            self._warming.discard(addr)
 
 
 def _still_open(conn: http.client.HTTPConnection) -> bool:
@@ -362,9 +380,14 @@ class Relay:
             return
         self.released = True
         self.lease.release()
-        if self.done and not self.response.will_close:
+        if self.done and not self.response.will_close and not self.upstream_chunked:
             self.response.close()
             self.proxy.pool.put(self.addr, self.conn)
-        else:
-            self.conn.close()
+            return
+        self.conn.close()
+        if self.done and self.upstream_chunked:
+            # llama-server closes the connection after a streamed response without saying
+            # so (no Connection: close); reusing it lost a race with that close on about one
+            # request in four that followed a stream (each then sent twice)
+            self.proxy.pool.warm(self.addr)
 
