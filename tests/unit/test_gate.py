@@ -38,7 +38,7 @@ def hub(tmp_path: Path) -> Iterator[tuple[Hub, Channel]]:
     ours, theirs = channel_pair()
     theirs.settimeout(2)
     paths = Paths(home=tmp_path, runtime=tmp_path)
-    hub = Hub(Channel(ours), paths, {"host": "127.0.0.1", "pid": 1},
+    hub = Hub(Channel(ours), paths, {"host": "127.0.0.1", "port": 16384, "pid": 1},
               load_global(paths.config_file))
     hub.backend.apply(ready())
     yield hub, Channel(theirs)

@@ -33,7 +33,7 @@ def make_hub(tmp_path: Path, daemon: dict) -> tuple[Hub, Channel]:
     ours, theirs = channel_pair()
     theirs.settimeout(2)
     paths = Paths(home=tmp_path, runtime=tmp_path)
-    hub = Hub(Channel(ours), paths, {"host": "127.0.0.1", "pid": 1},
+    hub = Hub(Channel(ours), paths, {"host": "127.0.0.1", "port": 16384, "pid": 1},
               load_global(paths.config_file))
     return hub, Channel(theirs)
 
