@@ -567,13 +567,15 @@ class Lifecycle:
             return WATCH_POLL
         return EARLY_POLL if time.monotonic() - self.load.started < 1.0 else LOAD_POLL
 
-    def tick(self) -> None:
+    def tick(self, exited: bool = False) -> None:
+        """The periodic work; `exited`: the loop saw llama-server exit (look now, not at the
+        next liveness poll)."""
         now = time.monotonic()
         if self.stopping is not None:
             self._step_stopping()
         elif self.load is not None:
             self._check_load(now)
-        elif self.proc is not None and now - self._last_watch >= WATCH_POLL:
+        elif self.proc is not None and (exited or now - self._last_watch >= WATCH_POLL):
             self._last_watch = now
             code = self.proc.exit_status()
             if code is not None:

@@ -51,20 +51,61 @@ def run(sock: socket.socket, paths: Paths, daemon_info: dict[str, Any]) -> int:
             time.sleep(1)
     selector = selectors.DefaultSelector()
     selector.register(channel.fileno(), selectors.EVENT_READ)
+    exits = ExitWatch(selector)
     try:
         while not lifecycle.finished:
             if terminate and not lifecycle.shutting_down:
                 lifecycle.shutdown()
                 continue
-            if selector.select(lifecycle.next_timeout()):
+            exits.watch(lifecycle.proc.pid if lifecycle.proc is not None else None)
+            ready = selector.select(lifecycle.next_timeout())
+            if any(key.fd == channel.fileno() for key, _ in ready):
                 for message in channel.messages():
                     lifecycle.handle(message)
-            lifecycle.tick()
+            lifecycle.tick(exited=exits.seen(ready))
     except ChannelClosed:
         # The supervisor is gone (killed?). Leave the backend running: the next llmctld
         # adopts it through state.json.
         log.warning("supervisor went away; leaving llama-server for adoption")
     return 0
+
+
+class ExitWatch:
+    """Wakes the loop the moment llama-server exits (a pidfd in the selector, Linux 5.3+),
+    so a stop or a crash is seen at once rather than at the next poll (a switch waited up to
+    STOP_POLL more for its old model to go). Where there are no pidfds the polls remain."""
+
+    def __init__(self, selector: selectors.BaseSelector):
+        self.selector = selector
+        self.pid: int | None = None  # the process watched, or last watched (then fd is None)
+        self.fd: int | None = None
+
+    def watch(self, pid: int | None) -> None:
+        if pid == self.pid:
+            return
+        self._drop()
+        self.pid = pid
+        if pid is None or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            self.fd = os.pidfd_open(pid)
+        except OSError:  # gone already, or not supported by this kernel: the polls see it
+            return
+        self.selector.register(self.fd, selectors.EVENT_READ)
+
+    def seen(self, ready: list[tuple[selectors.SelectorKey, int]]) -> bool:
+        """After select(): whether the watched process exited. A pidfd that fired stays
+        readable, so it is dropped (the pid stays noted, so it is not watched again)."""
+        if self.fd is not None and any(key.fd == self.fd for key, _ in ready):
+            self._drop()
+            return True
+        return False
+
+    def _drop(self) -> None:
+        if self.fd is not None:
+            self.selector.unregister(self.fd)
+            os.close(self.fd)
+            self.fd = None
 
 
 def injected_fault(name: str) -> bool:
