@@ -43,6 +43,7 @@ BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 READ_SIZE = 65536
+SPARE_CONNECT_TIMEOUT = 5.0  # a backend that does not even accept gets no spare connection
 _BROKEN_OFF = (b'data: {"error":{"code":502,"type":"upstream_error","message":'
                b'"llama-server stopped in the middle of the response"}}\n\n')
 
@@ -105,20 +106,24 @@ class UpstreamPool:
     def warm(self, addr: tuple[str, int]) -> None:
         """Open a connection for the next request now, in the background, unless one is idle
         already: llama-server closes its end after every streamed response, and the next
-        request should not wait for a connect (or find the close racing its send)."""
+        request should not wait for a connect (or find the close racing its send). A request
+        that comes before the spare is open opens its own; the spare serves a later one."""
         if self._idle.get(addr) or addr in self._warming:
             return
         self._warming.add(addr)
         gevent.spawn(self._open, addr)
 
     def _open(self, addr: tuple[str, int]) -> None:
-        conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
+        conn = UpstreamConnection(addr[0], addr[1], timeout=SPARE_CONNECT_TIMEOUT)
         try:
             conn.connect()
         except OSError as e:  # the backend went away meanwhile: the next request will say so
             log.debug("opening a spare upstream connection failed: %s", e)
             conn.close()
         else:
+            assert conn.sock is not None
+            conn.timeout = UPSTREAM_TIMEOUT
+            conn.sock.settimeout(UPSTREAM_TIMEOUT)
             self.put(addr, conn)
         finally:
             self._warming.discard(addr)

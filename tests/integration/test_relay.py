@@ -5,6 +5,7 @@ and breaks."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -71,6 +72,24 @@ def test_real_stream_keeps_framing_and_connection(real_home: Home, make_daemon) 
         reply = client.chat.completions.create(
             model="local", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
         assert reply.choices[0].message is not None
+
+
+def test_requests_after_streams_are_sent_once(real_home: Home, make_daemon) -> None:
+    """llama-server closes its end after a streamed response without saying so: reusing
+    that connection made about half of the requests after a stream fail and go again on a
+    fresh one. The connection is not pooled any more; a spare is opened instead."""
+    daemon = make_daemon("--log-level", "debug")
+    assert daemon.switch("tiny-alpha").status_code == 200
+    body = json.dumps({"model": "local", "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 4, "stream": True})
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    for _ in range(40):  # back to back on one connection: the next request follows at once
+        conn.request("POST", "/v1/chat/completions", body,
+                     {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200 and response.read().endswith(b"data: [DONE]\n\n")
+    conn.close()
+    assert "upstream connection was stale" not in daemon.log.read_text()  # logged at debug
 
 
 def test_http10_client_gets_the_stream_decoded(real_home: Home, make_daemon) -> None:
