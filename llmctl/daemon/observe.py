@@ -86,9 +86,10 @@ class Observer:
         first_byte = body.first_byte
         ttfb = first_byte - body.started if first_byte else None
         content_type, status = body.content_type, body.status
-        tail = bytes(body.tail) if content_type.startswith(TEXT_TYPES) else b""
+        text = content_type.startswith(TEXT_TYPES)
+        tail = bytes(body.tail) if text else b""
         figures = usage.from_tail(tail) if tail else usage.NONE
-        stream = bool(tail) and not content_type.startswith("application/json")
+        stream = text and not content_type.startswith("application/json")
         error = None
         if status >= 400:
             error = (usage.error_message(tail) or f"HTTP {status}")[:300]
