@@ -186,20 +186,28 @@ class Lifecycle:
             else:
                 notes.append(f"stopping llama-server pid {proc.pid}: not healthy")
                 proc.terminate(self.stop_grace)
-        adopted = {self.proc.pid} if self.proc else set()
-        for orphan in find_owned_orphans(self.paths.runtime, adopted | {os.getpid()}):
-            notes.append(f"stopping orphaned llama-server pid {orphan.pid}")
-            try:
-                stale = BackendProcess(orphan.pid, orphan.create_time(), orphan.cmdline())
-            except psutil.Error:
-                continue  # gone meanwhile
-            stale.terminate(self.stop_grace)
+        notes += self._stop_orphans()
         if self.proc is None and record is not None and record.state == "failed":
             self.backend.transition("failed", model=record.model, error=record.error,
                                     exit_code=record.exit_code, log_tail=record.log_tail)
         elif self.proc is None and self.load is None and record is not None:
             self.backend.unloaded = record.unloaded  # the next request still wakes it
         self._changed()
+        return notes
+
+    def _stop_orphans(self) -> list[str]:
+        """Stop the llama-servers of this runtime dir that no worker keeps track of (blocking,
+        up to the stop grace each): a worker killed between spawning one and recording it
+        in state.json leaves one behind, holding the backend port. Notes for the log."""
+        notes = []
+        ours = {self.proc.pid} if self.proc else set()
+        for orphan in find_owned_orphans(self.paths.runtime, ours | {os.getpid()}):
+            notes.append(f"stopping orphaned llama-server pid {orphan.pid}")
+            try:
+                stale = BackendProcess(orphan.pid, orphan.create_time(), orphan.cmdline())
+            except psutil.Error:
+                continue  # gone meanwhile
+            stale.terminate(self.stop_grace)
         return notes
 
     def first_boot_of_daemon(self) -> bool:
@@ -354,6 +362,11 @@ class Lifecycle:
 
     def _launch(self, plan: Plan) -> None:
         host, port = plan.cfg["server"]["host"], plan.cfg["server"]["port"]
+        if port_in_use(host, port):
+            # a worker killed right after a spawn, before the record, may have left one of
+            # ours there (its marker was not yet visible to this worker's boot scan)
+            for note in self._stop_orphans():
+                log.warning(note)
         if port_in_use(host, port):
             message = (f"port {port} on {host} is already in use by another program, so "
                        "llama-server could not listen there; stop that program or set "

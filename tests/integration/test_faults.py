@@ -276,6 +276,38 @@ def test_port_in_use_is_named(fake_home: Home, make_daemon) -> None:
     assert "server.port" in r.json()["error"]["message"]
 
 
+def test_an_orphan_of_ours_on_the_port_is_stopped_not_blamed(real_home: Home, make_daemon,
+                                                             llama_server_binary: Path,
+                                                             tiny_gguf: Path) -> None:
+    """A lifecycle worker killed between spawning llama-server and recording it leaves one
+    behind, marked as ours: the next switch stops it instead of answering port_in_use."""
+    import os
+    import subprocess
+
+    from llmctl.core.backend_process import OWNER_ENV
+
+    daemon = make_daemon()
+    port = real_home.config["server"]["port"]
+    orphan = subprocess.Popen(
+        [str(llama_server_binary), "-m", str(tiny_gguf), "--port", str(port), "-c", "256"],
+        env={**os.environ, OWNER_ENV: str(real_home.runtime)}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, 30, "the orphan llama-server listening")
+        r = daemon.switch("tiny-alpha")
+        assert r.status_code == 200, r.text
+        assert orphan.wait(30) is not None  # stopped by the switch
+        assert "stopping orphaned llama-server pid" in daemon.log.read_text()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait(10)
+
+
 def test_corrupt_gguf_fails_load_with_real_llama_server(home: Home, make_daemon,
                                                          llama_server_binary: Path,
                                                          tmp_path: Path) -> None:
