@@ -42,17 +42,3 @@ def test_nothing_listening_or_not_http_is_none() -> None:
     port, thread = serve_once(b"SSH-2.0-OpenSSH\r\n")
     assert health("127.0.0.1", port) is None
     thread.join(5)
-
-
-def test_the_lifecycle_worker_needs_no_http_client() -> None:
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = ("import sys, llmctl.daemon.main, llmctl.daemon.supervisor, "
-            "llmctl.daemon.lifecycle_worker\n"
-            "print(sorted(m for m in ('http.client', 'ssl', 'email') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"

@@ -84,3 +84,10 @@ def cli_modules() -> set[str]:
     loaded = modules_after_import("llmctl.cli.main")
     assert "llmctl.cli.main" in loaded
     return loaded
+
+
+def test_the_lifecycle_worker_needs_no_http_client() -> None:
+    """Its one health check is a raw socket: no http.client, email package or ssl to hold."""
+    loaded = modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
+                                  "llmctl.daemon.lifecycle_worker")
+    assert not {"http.client", "ssl", "email"} & loaded
