@@ -32,9 +32,12 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "write_tiny_llama",
@@ -52,6 +55,24 @@ SLOW_MODEL_PARAMS = dict(n_embd=32, n_layer=2, n_head=1, n_ff=64, extra_vocab=40
 
 # Fill-in-the-middle tokens (``fim=True``): llama-server's /infill refuses a model without them.
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+
+
+@contextlib.contextmanager
+def gguf_file(path: pathlib.Path, arch: str) -> Iterator[Any]:
+    """A GGUFWriter for `path`, filled in the with-block, written to a `.part` file and moved
+    into place at the block's end: `path` is never half a model."""
+    import gguf
+
+    tmp = path.with_name(path.name + ".part")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, path)
 
 
 def _vocab(extra: int = 0, fim: bool = False):
@@ -134,9 +155,7 @@ def write_tiny_llama(
     tokens, scores, toktypes = _vocab(extra_vocab, fim)
     n_vocab = len(tokens)
 
-    tmp = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(str(tmp), "llama")
-    try:
+    with gguf_file(path, "llama") as w:
         w.add_name(name)
         w.add_file_type(int(gguf.LlamaFileType.ALL_F32))  # 0
         w.add_context_length(ctx)
@@ -189,12 +208,6 @@ def write_tiny_llama(
             w.add_tensor(p + "ffn_up.weight", rand(n_ff, n_embd))
             w.add_tensor(p + "ffn_down.weight", rand(n_embd, n_ff))
 
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
-    os.replace(tmp, path)
     return path
 
 

@@ -26,10 +26,11 @@ Measured with write_tiny_llama()'s model: llama-server logs `loaded multimodal m
 
 from __future__ import annotations
 
-import os
 import pathlib
 import struct
 import zlib
+
+from tinymodel import gguf_file
 
 __all__ = ["write_tiny_projector", "tiny_png"]
 
@@ -40,7 +41,6 @@ def write_tiny_projector(path, *, text_n_embd: int = 64, n_embd: int = 32, n_hea
                          seed: int = 0) -> pathlib.Path:
     """Write the projector to `path` (atomically) and return it as a Path; `text_n_embd` is
     the n_embd of the text model it goes with."""
-    import gguf
     import numpy as np
 
     if image_size % patch_size:
@@ -55,9 +55,7 @@ def write_tiny_projector(path, *, text_n_embd: int = 64, n_embd: int = 32, n_hea
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    w = gguf.GGUFWriter(str(tmp), "clip")
-    try:
+    with gguf_file(path, "clip") as w:
         w.add_name(name)
         w.add_bool("clip.has_vision_encoder", True)
         w.add_string("clip.projector_type", "mlp")
@@ -95,12 +93,6 @@ def write_tiny_projector(path, *, text_n_embd: int = 64, n_embd: int = 32, n_hea
         w.add_tensor("mm.2.weight", rand(text_n_embd, hidden))
         w.add_tensor("mm.2.bias", rand(text_n_embd))
 
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-    finally:
-        w.close()
-    os.replace(tmp, path)
     return path
 
 
