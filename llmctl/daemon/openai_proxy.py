@@ -17,7 +17,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +30,7 @@ from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
+from llmctl.daemon.sockio import idle_and_open, send_all, wait_readable, wait_then_recv_into
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -56,7 +56,7 @@ def upstream_failure(e: BaseException) -> str:
 class UpstreamConnection(http.client.HTTPConnection):
     """http.client sends the request head and body in separate writes. Small writes go out at
     once (with Nagle's algorithm and delayed ACKs the body waited ~40 ms), and a small body
-    goes in the same write as the head (one syscall, one packet)."""
+    goes in the same write as the head, in one send (one syscall, one packet)."""
 
     def connect(self) -> None:
         try:  # a numeric address (the usual 127.0.0.1) needs no resolver round-trip
@@ -80,6 +80,12 @@ class UpstreamConnection(http.client.HTTPConnection):
             return
         super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
 
+    def send(self, data: Any) -> None:
+        if isinstance(data, (bytes, bytearray)) and self.sock is not None:
+            send_all(self.sock, data)  # one syscall, where gevent's sendall makes two
+            return
+        super().send(data)
+
 
 class UpstreamPool:
     def __init__(self) -> None:
@@ -90,7 +96,7 @@ class UpstreamPool:
         idle = self._idle.get(addr)
         while idle:
             conn = idle.pop()
-            if _still_open(conn):
+            if conn.sock is not None and idle_and_open(conn.sock):
                 return conn, True
             conn.close()
         conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
@@ -127,18 +133,6 @@ class UpstreamPool:
             self.put(addr, conn)
         finally:
             self._warming.discard(addr)
-
-
-def _still_open(conn: http.client.HTTPConnection) -> bool:
-    """An idle connection that is readable has been closed by the server (or sent junk)."""
-    sock = conn.sock
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
 
 
 class OpenAIProxy:
@@ -249,6 +243,7 @@ class OpenAIProxy:
                 if isinstance(body, _Body):
                     headers["content-length"] = str(body.length)
                 conn.request(method, path, body=body, headers=headers)
+                wait_readable(conn.sock)  # the answer is never there yet
                 return conn, conn.getresponse()
             except (ConnectionError, http.client.RemoteDisconnected,
                     http.client.BadStatusLine) as e:
@@ -342,7 +337,7 @@ class Relay:
         assert fp is not None and sock is not None
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
-        recv_into = sock.recv_into  # after the first read, fp holds nothing: skip its layers
+        recv_into = wait_then_recv_into(sock)  # after the first read, fp holds nothing
         first = True
 
         def read(size: int) -> bytes:

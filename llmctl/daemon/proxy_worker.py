@@ -105,6 +105,8 @@ def _server_class() -> type:
 def _handler_class() -> type:
     from gevent.pywsgi import WSGIHandler
 
+    from llmctl.daemon.sockio import send_all
+
     class Handler(WSGIHandler):
         """Adds the raw request target (PATH_INFO is unquoted) and the client socket, and
         counts the requests being answered for the shutdown drain."""
@@ -128,6 +130,14 @@ def _handler_class() -> type:
                 out += data
             self._sendall(out)
 
+        def _sendall(self, data: bytes | bytearray | memoryview) -> None:
+            """pywsgi's, with one plain send first (gevent's sendall asks the kernel for the
+            send buffer's size before every write; the client's buffer is seldom full). A
+            failed send raises as in pywsgi's; what that one also notes is for its access
+            log, which this server does not keep."""
+            send_all(self.socket, data)
+            self.response_length += len(data)
+
         def _head(self) -> bytearray:
             self.headers_sent = True
             self.finalize_headers()
@@ -149,14 +159,12 @@ def _handler_class() -> type:
                 return
             head: bytearray | None = self._head()  # decides whether we answer chunked
             relay.pass_framing = self.response_use_chunked
-            send = self.socket.send
+            sock = self.socket
             for data in relay:
                 if head is not None:
                     head += data
                     data, head = head, None
-                sent = send(data)  # one syscall: the client's buffer is seldom full
-                if sent < len(data):
-                    self.socket.sendall(memoryview(data)[sent:])
+                send_all(sock, data)
                 self.response_length += len(data)
             if head is not None:
                 self._sendall(head)

@@ -78,3 +78,30 @@ def test_huggingface_hub_pieces_the_resumable_pull_uses() -> None:
         assert name in params, name
     assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b"
     assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files)
+
+
+def test_gevent_sockets_wait_on_their_read_watcher() -> None:
+    """sockio waits as gevent's own recv_into does: `_wait(_read_event)` on the socket, then
+    reads the plain socket inside it (`_sock`)."""
+    import _socket
+
+    from gevent import socket as gsocket
+    from gevent._socketcommon import SocketMixin
+
+    assert "self._wait(self._read_event)" in inspect.getsource(SocketMixin.recv_into)
+    assert "self._sock.recv_into(" in inspect.getsource(SocketMixin.recv_into)
+    a, b = gsocket.socketpair()
+    try:
+        assert callable(a._wait) and a._read_event is not None
+        assert isinstance(a._sock, _socket.socket)
+        assert a._sock.gettimeout() == 0.0  # non-blocking: a read that finds nothing raises
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pywsgi_sendall_counts_what_it_sends() -> None:
+    """proxy_worker's Handler._sendall replaces pywsgi's and keeps its bookkeeping."""
+    source = inspect.getsource(pywsgi.WSGIHandler._sendall)
+    assert "self.response_length += len(data)" in source
+    assert "self.socket.sendall(data)" in source

@@ -1,0 +1,96 @@
+"""sockio's hot-path socket calls on real gevent socket pairs (and on plain sockets, which get
+the standard calls): they read, send and tell a reusable connection exactly as the calls they
+replace, without their extra syscalls."""
+
+from __future__ import annotations
+
+import socket
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from llmctl.daemon import sockio
+
+
+def pair(timeout: float = 5.0) -> tuple[gsocket.socket, gsocket.socket]:
+    a, b = gsocket.socketpair()
+    a.settimeout(timeout)
+    b.settimeout(timeout)
+    return a, b
+
+
+def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
+    ours, theirs = pair()
+    view = memoryview(bytearray(64))
+    recv_into = sockio.wait_then_recv_into(ours)
+    assert recv_into != ours.recv_into  # the gevent path, not the fallback
+    later = gevent.spawn_later(0.05, theirs.sendall, b"data: one\n\n")
+    n = recv_into(view)
+    assert bytes(view[:n]) == b"data: one\n\n"
+    later.join()
+    theirs.sendall(b"two")  # already there: read at once
+    assert bytes(view[:recv_into(view)]) == b"two"
+    theirs.close()
+    assert recv_into(view) == 0
+    ours.close()
+
+
+def test_wait_then_recv_into_keeps_the_sockets_timeout() -> None:
+    ours, theirs = pair(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        sockio.wait_then_recv_into(ours)(memoryview(bytearray(8)))
+    ours.close()
+    theirs.close()
+
+
+def test_wait_readable_returns_once_there_is_something_to_read() -> None:
+    ours, theirs = pair()
+    gevent.spawn_later(0.05, theirs.sendall, b"HTTP/1.1 200 OK\r\n")
+    sockio.wait_readable(ours)
+    assert ours.recv(64) == b"HTTP/1.1 200 OK\r\n"
+    ours.close()
+    theirs.close()
+
+
+def test_send_all_sends_everything_even_past_a_full_buffer() -> None:
+    ours, theirs = pair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytes(range(256)) * 4096  # 1 MiB: far more than one send takes
+    received = bytearray()
+
+    def drain() -> None:
+        while len(received) < len(payload):
+            received.extend(theirs.recv(65536))
+
+    reader = gevent.spawn(drain)
+    sockio.send_all(ours, payload)
+    reader.join(timeout=10)
+    assert bytes(received) == payload
+    ours.close()
+    theirs.close()
+
+
+@pytest.mark.parametrize("make", [pair, lambda: socket.socketpair()])
+def test_idle_and_open_tells_a_reusable_connection(make) -> None:  # type: ignore[no-untyped-def]
+    ours, theirs = make()
+    assert sockio.idle_and_open(ours)  # idle, open
+    theirs.sendall(b"junk")
+    assert not sockio.idle_and_open(ours)  # the peer sent something unasked
+    assert ours.recv(16) == b"junk"  # a peek: nothing was taken
+    assert sockio.idle_and_open(ours)
+    theirs.close()
+    assert not sockio.idle_and_open(ours)  # the peer closed it
+    ours.close()
+    assert not sockio.idle_and_open(ours)  # and a closed socket is not reusable either
+
+
+def test_plain_sockets_get_the_standard_calls() -> None:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(5)
+    assert sockio.wait_then_recv_into(ours) == ours.recv_into
+    theirs.sendall(b"x")
+    sockio.wait_readable(ours)  # returns at once: nothing to wait with
+    assert ours.recv(1) == b"x"
+    ours.close()
+    theirs.close()
