@@ -38,12 +38,14 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     import gevent.event
     import gevent.pool
 
+    from llmctl.daemon import headers
     from llmctl.daemon import protocol as p
     from llmctl.daemon.app import App
     from llmctl.daemon.channel import Channel, ChannelClosed
     from llmctl.daemon.hub import Hub
     from llmctl.daemon.observe import install as observe
 
+    headers.install()  # the request's and llama-server's header blocks, parsed faster
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
     hub = Hub(channel, paths, daemon_info, config)
