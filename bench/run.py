@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: import `bench` from the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench import control, profiling, realmodel, report, workloads  # noqa: E402
+from bench import control, hops, profiling, realmodel, report, workloads  # noqa: E402
 from bench.plan import FULL, QUICK, ROUTER_MODEL, Ctx  # noqa: E402
 from bench.stack import (  # noqa: E402
     DAEMON_MODULE,
@@ -42,6 +42,7 @@ from bench.stack import (  # noqa: E402
 )
 
 SECTIONS: dict[str, Callable[[Ctx], None]] = {
+    "hops": hops.loopback_hops,
     "memory": workloads.memory_idle,
     "latency": workloads.latency,
     "throughput": workloads.throughput,
