@@ -132,6 +132,10 @@ def _handler_class() -> type:
                 out += data
             self._sendall(out)
 
+        def log_request(self) -> None:
+            """No access log (the server is made with log=None; the observer records each
+            exchange): pywsgi would still format a line per request to throw it away."""
+
         def _sendall(self, data: bytes | bytearray | memoryview) -> None:
             """pywsgi's, with one plain send first (gevent's sendall asks the kernel for the
             send buffer's size before every write; the client's buffer is seldom full). A

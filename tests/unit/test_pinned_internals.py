@@ -105,3 +105,8 @@ def test_pywsgi_sendall_counts_what_it_sends() -> None:
     source = inspect.getsource(pywsgi.WSGIHandler._sendall)
     assert "self.response_length += len(data)" in source
     assert "self.socket.sendall(data)" in source
+
+
+def test_pywsgi_logs_each_request_through_log_request() -> None:
+    """proxy_worker's Handler turns the access log off by overriding log_request."""
+    assert "self.log_request()" in inspect.getsource(pywsgi.WSGIHandler.handle_one_response)
