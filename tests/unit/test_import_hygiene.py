@@ -91,3 +91,27 @@ def test_the_lifecycle_worker_needs_no_http_client() -> None:
     loaded = modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
                                   "llmctl.daemon.lifecycle_worker")
     assert not {"http.client", "ssl", "email"} & loaded
+
+
+def test_the_proxy_worker_scans_entry_points_once_while_patching() -> None:
+    """gevent's patch_all asks importlib.metadata for plugin entry points ~25 times, each a scan
+    of every installed package; proxy_worker.monkey_patch answers them from one scan and still
+    patches everything patch_all patches."""
+    code = ("import importlib.metadata as m\n"
+            "scans = []\n"
+            "real = m.distributions\n"
+            "m.distributions = lambda **kw: scans.append(1) or real(**kw)\n"
+            "from llmctl.daemon.proxy_worker import monkey_patch\n"
+            "monkey_patch()\n"
+            "from gevent import monkey\n"
+            "patched = [n for n in ('socket', 'select', 'time', 'threading', 'subprocess',"
+            " 'signal', 'ssl') if monkey.is_module_patched(n)]\n"
+            "print(len(scans), ','.join(patched), m.entry_points is not None)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    scans, patched, _ = out.stdout.split()
+    assert scans == "1"
+    assert patched == "socket,select,time,threading,subprocess,signal,ssl"
