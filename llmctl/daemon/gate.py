@@ -79,9 +79,11 @@ class Lease:
         if self.released:
             return
         self.released = True
-        self.gate._leases.discard(self)
-        self.gate.scheduler.released(self)
-        self.gate.view.notify()
+        gate = self.gate
+        gate._leases.discard(self)
+        gate.scheduler.released(self)  # the queue and the idle clock (they wake what they must)
+        if gate.draining and not gate._leases:
+            gate.view.notify()  # the switch or stop waiting in begin() may go now
 
     def __enter__(self) -> Lease:
         return self
@@ -100,6 +102,7 @@ class Gate:
         self._leases: set[Lease] = set()
         self.requests_total = 0
         self.gating: set[str] = set()  # accepted switch/stop commands not yet answered
+        self.draining = 0  # switches and stops waiting in begin() for the last request to end
         self.scheduler = Scheduler(view, commands, config, self)
 
     @property
@@ -115,8 +118,12 @@ class Gate:
         """Start a switch or stop: refused while requests are in flight unless forced."""
         if self.in_flight and not force:
             deadline = time.monotonic() + BUSY_GRACE
-            while self.in_flight and (remaining := deadline - time.monotonic()) > 0:
-                self.view.wait_for_change(remaining)
+            self.draining += 1
+            try:
+                while self.in_flight and (remaining := deadline - time.monotonic()) > 0:
+                    self.view.wait_for_change(remaining)
+            finally:
+                self.draining -= 1
             if self.in_flight:
                 raise Busy(self.in_flight)
         for lease in list(self._leases):

@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # the gate owns the scheduler
 
 log = logging.getLogger("llmctld.proxy")
 
-IDLE_POLL = 1.0  # the idle loop looks at least this often (it also wakes on every change)
+IDLE_POLL = 1.0  # the idle loop looks at least this often (and at every backend change; a
+# finished request only moves the idle clock, so a busy daemon does not wake the loop each time)
 LOCAL = "local"  # the name that always means the current model
 ENSURE = "*"  # the queue's name for "whatever the Ensure loads" (never a model id)
 
@@ -63,6 +64,7 @@ class Scheduler:
         self.view, self.commands, self.config, self.gate = view, commands, config, gate
         self.queue = ModelQueue(1, 1.0)
         self.idle = IdleClock()
+        self._idle_wake = 0.0  # when the idle loop looks next (0: not started, it looks then)
         self.switching: str | None = None  # the model of the switch we started (or ENSURE)
         self.unloading: str | None = None  # the model we are stopping for idleness
         # model -> (when, reply) of the last switch we started for it that failed: every
@@ -123,6 +125,9 @@ class Scheduler:
             self.queue.release(lease.ticket)
         self.idle.touch(time.monotonic(), lease.keep_alive, lease.model)
         self._kick()
+        due = self._idle_due()
+        if due is not None and due < self._idle_wake:  # sooner than the loop looks again
+            self.view.notify()  # (a keep-alive of 0, a timeout under IDLE_POLL)
 
     def target(self, requested: str | None) -> str:
         if self.routing and requested and requested != LOCAL:
@@ -264,13 +269,16 @@ class Scheduler:
             now = time.monotonic()
             try:
                 due = self._idle_due()
-                if due is not None and now >= due and self._may_unload():
-                    self._unload()
-                    continue
+                if due is not None and now >= due:
+                    if self._may_unload():
+                        self._unload()
+                        continue
+                    due = None  # due, but busy: the request that ends it moves the clock
             except Exception:  # a bug here must not end idle unloading for good
                 log.exception("the idle check failed")
                 due = None
             wait = IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - now))
+            self._idle_wake = now + wait
             self.view.wait_for_change(wait)
 
     def _idle_timeout(self) -> float | None:
