@@ -30,7 +30,7 @@ from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
-from llmctl.daemon.sockio import idle_and_open, send_all, wait_readable, wait_then_recv_into
+from llmctl.daemon.sockio import WaitThenRecvInto, idle_and_open, send_all, wait_readable
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -42,6 +42,7 @@ MAX_BODY = 64 * 1024 * 1024
 BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be re-sent)
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
+# (mid-stream it is checked lazily: a stalled stream ends 1-2 of these after its last byte)
 READ_SIZE = 65536
 SPARE_CONNECT_TIMEOUT = 5.0  # a backend that does not even accept gets no spare connection
 _BROKEN_OFF = (b'data: {"error":{"code":502,"type":"upstream_error","message":'
@@ -306,6 +307,7 @@ class Relay:
         # says whether it got that far (else the client connection must be closed).
         self.pass_framing = False
         self.framing_complete = False
+        self._reader: WaitThenRecvInto | None = None  # the framed reader's, once it reads
         lease.hand_to(self)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -337,7 +339,8 @@ class Relay:
         assert fp is not None and sock is not None
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
-        recv_into = wait_then_recv_into(sock)  # after the first read, fp holds nothing
+        self._reader = WaitThenRecvInto(sock)  # after the first read, fp holds nothing
+        recv_into = self._reader.recv_into
         first = True
 
         def read(size: int) -> bytes:
@@ -379,6 +382,8 @@ class Relay:
         if self.released:
             return
         self.released = True
+        if self._reader is not None:
+            self._reader.close()
         self.lease.release()
         if self.done and not self.response.will_close and not self.upstream_chunked:
             self.response.close()

@@ -5,9 +5,10 @@ cost a syscall (and some Python) per request or per SSE event for nothing:
 
 - `recv_into` reads first and waits only after a failed read. Between two events of a
   generation, and right after a request was sent, nothing is there yet: the failed recv and
-  the BlockingIOError raised and caught for it are paid every time. `wait_then_recv_into`
+  the BlockingIOError raised and caught for it are paid every time. `WaitThenRecvInto`
   and `wait_readable` wait first; a socket that is already readable is read in the same turn
-  of the event loop, so nothing waits longer.
+  of the event loop, so nothing waits longer. (`WaitThenRecvInto` also keeps the socket's
+  timeout without a new timer per read; see there.)
 - `sendall` asks the kernel for the socket's send buffer size before every write.
   `send_all` tries one plain send first (a client's or llama-server's buffer is seldom full).
 - `select.select([sock], [], [], 0)`, patched, also yields to the hub. `idle_and_open`
@@ -21,7 +22,6 @@ socket gets the standard calls.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
 
@@ -32,23 +32,55 @@ def _gevent_parts(sock: Any) -> tuple[Any, Any, Any] | None:
     return raw, wait, watcher
 
 
-def wait_then_recv_into(sock: Any) -> Callable[[memoryview], int]:
-    """`sock.recv_into`, for a socket whose next bytes are usually not there yet."""
-    parts = _gevent_parts(sock)
-    if parts is None:
-        return sock.recv_into
-    raw, wait, watcher = parts
-    raw_recv_into = raw.recv_into
+class WaitThenRecvInto:
+    """`sock.recv_into`, for a socket whose next bytes are usually not there yet; call
+    `close()` when done with it.
 
-    def recv_into(view: memoryview) -> int:
-        while True:
-            wait(watcher)
-            try:
-                return raw_recv_into(view)
-            except BlockingIOError:  # woken for nothing: wait again
-                continue
+    The socket's timeout still bounds each wait, but checked lazily, the way libev suggests
+    for idle timeouts: gevent's own wait arms and disarms a new timer (a Timeout object) for
+    every read, the largest piece of the relay's Python per SSE event. Here one repeating
+    timer, made once, looks every `timeout` seconds whether a read happened since it last
+    looked, and if none did while one waits, that wait raises TimeoutError as a socket
+    timeout would: between one and two timeouts after the last byte."""
 
-    return recv_into
+    def __init__(self, sock: Any):
+        self.reads = 0
+        self._timer: Any = None
+        parts = _gevent_parts(sock)
+        if parts is None or getattr(sock, "hub", None) is None:
+            self.recv_into = sock.recv_into
+            return
+        raw, _, watcher = parts
+        hub, raw_recv_into = sock.hub, raw.recv_into
+        wait = hub.wait
+        timeout = sock.gettimeout()
+        if timeout:
+            self._timer = hub.loop.timer(timeout, timeout, ref=False)
+            seen = [-1]
+
+            def look() -> None:
+                if self.reads == seen[0] and watcher.callback is not None:
+                    hub.cancel_wait(watcher, TimeoutError("timed out"))
+                seen[0] = self.reads
+
+            self._timer.start(look)
+
+        def recv_into(view: memoryview) -> int:
+            while True:
+                wait(watcher)
+                try:
+                    n: int = raw_recv_into(view)
+                except BlockingIOError:  # woken for nothing: wait again
+                    continue
+                self.reads += 1
+                return n
+
+        self.recv_into = recv_into
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
 
 
 def wait_readable(sock: Any) -> None:

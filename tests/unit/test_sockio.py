@@ -5,6 +5,7 @@ replace, without their extra syscalls."""
 from __future__ import annotations
 
 import socket
+import time
 
 import gevent
 import pytest
@@ -23,7 +24,8 @@ def pair(timeout: float = 5.0) -> tuple[gsocket.socket, gsocket.socket]:
 def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
     ours, theirs = pair()
     view = memoryview(bytearray(64))
-    recv_into = sockio.wait_then_recv_into(ours)
+    reader = sockio.WaitThenRecvInto(ours)
+    recv_into = reader.recv_into
     assert recv_into != ours.recv_into  # the gevent path, not the fallback
     later = gevent.spawn_later(0.05, theirs.sendall, b"data: one\n\n")
     n = recv_into(view)
@@ -33,13 +35,54 @@ def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
     assert bytes(view[:recv_into(view)]) == b"two"
     theirs.close()
     assert recv_into(view) == 0
+    assert reader.reads == 3
+    reader.close()
     ours.close()
 
 
 def test_wait_then_recv_into_keeps_the_sockets_timeout() -> None:
+    """A wait with nothing read for one to two timeouts raises as a socket timeout does."""
     ours, theirs = pair(timeout=0.1)
+    reader = sockio.WaitThenRecvInto(ours)
+    started = time.monotonic()
     with pytest.raises(TimeoutError):
-        sockio.wait_then_recv_into(ours)(memoryview(bytearray(8)))
+        reader.recv_into(memoryview(bytearray(8)))
+    assert 0.1 <= time.monotonic() - started < 1.0
+    reader.close()
+    ours.close()
+    theirs.close()
+
+
+def test_reads_keep_the_timeout_from_firing() -> None:
+    """Bytes arriving more often than the timeout: no wait is cut, however long it all takes."""
+    ours, theirs = pair(timeout=0.1)
+    reader = sockio.WaitThenRecvInto(ours)
+
+    def trickle() -> None:
+        for _ in range(8):
+            gevent.sleep(0.04)
+            theirs.sendall(b"x")
+
+    writer = gevent.spawn(trickle)
+    view = memoryview(bytearray(8))
+    got = b""
+    while len(got) < 8:  # ~0.32 s in all: three timeouts
+        got += bytes(view[:reader.recv_into(view)])
+    writer.join()
+    assert got == b"x" * 8
+    reader.close()
+    ours.close()
+    theirs.close()
+
+
+def test_a_closed_reader_leaves_no_timer_behind() -> None:
+    ours, theirs = pair(timeout=0.05)
+    reader = sockio.WaitThenRecvInto(ours)
+    timer = reader._timer
+    assert timer is not None and timer.active
+    reader.close()
+    assert not timer.active and reader._timer is None
+    reader.close()  # twice is fine
     ours.close()
     theirs.close()
 
@@ -88,7 +131,9 @@ def test_idle_and_open_tells_a_reusable_connection(make) -> None:  # type: ignor
 def test_plain_sockets_get_the_standard_calls() -> None:
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
-    assert sockio.wait_then_recv_into(ours) == ours.recv_into
+    reader = sockio.WaitThenRecvInto(ours)
+    assert reader.recv_into == ours.recv_into and reader._timer is None
+    reader.close()
     theirs.sendall(b"x")
     sockio.wait_readable(ours)  # returns at once: nothing to wait with
     assert ours.recv(1) == b"x"
