@@ -30,7 +30,7 @@ from llmctl.daemon.errors import wsgi_error
 from llmctl.daemon.gate import Lease, Unavailable
 from llmctl.daemon.hub import Hub
 from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
-from llmctl.daemon.sockio import WaitThenRecvInto, idle_and_open, send_all, wait_readable
+from llmctl.daemon.sockio import SocketReader, idle_and_open, send_all
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -87,13 +87,30 @@ class UpstreamConnection(http.client.HTTPConnection):
             return
         super().send(data)
 
+    _reader: SocketReader | None = None
+
+    @property
+    def reader(self) -> SocketReader:
+        """Waits for and reads what llama-server sends (sockio), for as long as the connection
+        lives; made at first use, with the socket's timeout by then (a spare connection is
+        opened with a short connect timeout, then given the long one)."""
+        if self._reader is None:
+            self._reader = SocketReader(self.sock)
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().close()
+
 
 class UpstreamPool:
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self._warming: set[tuple[str, int]] = set()
 
-    def get(self, addr: tuple[str, int]) -> tuple[http.client.HTTPConnection, bool]:
+    def get(self, addr: tuple[str, int]) -> tuple[UpstreamConnection, bool]:
         idle = self._idle.get(addr)
         while idle:
             conn = idle.pop()
@@ -103,7 +120,7 @@ class UpstreamPool:
         conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
         return conn, False
 
-    def put(self, addr: tuple[str, int], conn: http.client.HTTPConnection) -> None:
+    def put(self, addr: tuple[str, int], conn: UpstreamConnection) -> None:
         idle = self._idle.setdefault(addr, [])
         if len(idle) < POOL_SIZE:
             idle.append(conn)
@@ -235,7 +252,7 @@ class OpenAIProxy:
 
     def _send(self, addr: tuple[str, int], method: str, path: str, headers: dict[str, str],
               body: bytes | _Body | None,
-              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+              ) -> tuple[UpstreamConnection, http.client.HTTPResponse]:
         replayable = not isinstance(body, _Body)
         for attempt in (1, 2):
             conn, reused = self.pool.get(addr) if replayable else (
@@ -244,7 +261,7 @@ class OpenAIProxy:
                 if isinstance(body, _Body):
                     headers["content-length"] = str(body.length)
                 conn.request(method, path, body=body, headers=headers)
-                wait_readable(conn.sock)  # the answer is never there yet
+                conn.reader.wait()  # the answer is never there yet
                 return conn, conn.getresponse()
             except (ConnectionError, http.client.RemoteDisconnected,
                     http.client.BadStatusLine) as e:
@@ -291,7 +308,7 @@ class Relay:
     generation."""
 
     def __init__(self, proxy: OpenAIProxy, lease: Lease,
-                 conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
+                 conn: UpstreamConnection, response: http.client.HTTPResponse,
                  method: str = "GET"):
         self.proxy, self.addr, self.conn, self.response = proxy, lease.address, conn, response
         self.lease = lease
@@ -307,7 +324,6 @@ class Relay:
         # says whether it got that far (else the client connection must be closed).
         self.pass_framing = False
         self.framing_complete = False
-        self._reader: WaitThenRecvInto | None = None  # the framed reader's, once it reads
         lease.hand_to(self)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -339,8 +355,7 @@ class Relay:
         assert fp is not None and sock is not None
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
-        self._reader = WaitThenRecvInto(sock)  # after the first read, fp holds nothing
-        recv_into = self._reader.recv_into
+        recv_into = self.conn.reader.recv_into  # after the first read, fp holds nothing
         first = True
 
         def read(size: int) -> bytes:
@@ -382,8 +397,6 @@ class Relay:
         if self.released:
             return
         self.released = True
-        if self._reader is not None:
-            self._reader.close()
         self.lease.release()
         if self.done and not self.response.will_close and not self.upstream_chunked:
             self.response.close()

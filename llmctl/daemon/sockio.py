@@ -5,10 +5,9 @@ cost a syscall (and some Python) per request or per SSE event for nothing:
 
 - `recv_into` reads first and waits only after a failed read. Between two events of a
   generation, and right after a request was sent, nothing is there yet: the failed recv and
-  the BlockingIOError raised and caught for it are paid every time. `WaitThenRecvInto`
-  and `wait_readable` wait first; a socket that is already readable is read in the same turn
-  of the event loop, so nothing waits longer. (`WaitThenRecvInto` also keeps the socket's
-  timeout without a new timer per read; see there.)
+  the BlockingIOError raised and caught for it are paid every time. `SocketReader` waits
+  first; a socket that is already readable is read in the same turn of the event loop, so
+  nothing waits longer. It also keeps the socket's timeout without a new timer per wait.
 - `sendall` asks the kernel for the socket's send buffer size before every write.
   `send_all` tries one plain send first (a client's or llama-server's buffer is seldom full).
 - `select.select([sock], [], [], 0)`, patched, also yields to the hub. `idle_and_open`
@@ -32,63 +31,59 @@ def _gevent_parts(sock: Any) -> tuple[Any, Any, Any] | None:
     return raw, wait, watcher
 
 
-class WaitThenRecvInto:
-    """`sock.recv_into`, for a socket whose next bytes are usually not there yet; call
-    `close()` when done with it.
+class SocketReader:
+    """Waits and reads for a socket whose next bytes are usually not there yet: `wait()` until
+    it is readable, `recv_into(view)` after such a wait. `close()` it with the socket.
 
-    The socket's timeout still bounds each wait, but checked lazily, the way libev suggests
-    for idle timeouts: gevent's own wait arms and disarms a new timer (a Timeout object) for
-    every read, the largest piece of the relay's Python per SSE event. Here one repeating
-    timer, made once, looks every `timeout` seconds whether a read happened since it last
-    looked, and if none did while one waits, that wait raises TimeoutError as a socket
-    timeout would: between one and two timeouts after the last byte."""
+    The socket's timeout (as set when the reader is made) still bounds each wait, but checked
+    lazily, the way libev suggests for idle timeouts: gevent's own wait creates, arms and
+    disarms a Timeout for every read, which was the largest piece of the relay's Python per
+    SSE event. Here one repeating timer looks every `timeout` seconds whether a wait ended
+    since it last looked, and if none did while one is waiting, that wait raises TimeoutError
+    as a socket timeout would: between one and two timeouts after the last byte."""
 
     def __init__(self, sock: Any):
-        self.reads = 0
+        self.woken = 0  # waits that ended (what the timer looks at)
         self._timer: Any = None
         parts = _gevent_parts(sock)
-        if parts is None or getattr(sock, "hub", None) is None:
+        hub = getattr(sock, "hub", None)
+        if parts is None or hub is None:  # a plain socket: its own blocking calls
+            self.wait = lambda: None
             self.recv_into = sock.recv_into
             return
         raw, _, watcher = parts
-        hub, raw_recv_into = sock.hub, raw.recv_into
-        wait = hub.wait
+        hub_wait, raw_recv_into = hub.wait, raw.recv_into
         timeout = sock.gettimeout()
         if timeout:
             self._timer = hub.loop.timer(timeout, timeout, ref=False)
             seen = [-1]
 
             def look() -> None:
-                if self.reads == seen[0] and watcher.callback is not None:
+                if self.woken == seen[0] and watcher.callback is not None:
                     hub.cancel_wait(watcher, TimeoutError("timed out"))
-                seen[0] = self.reads
+                seen[0] = self.woken
 
             self._timer.start(look)
 
+        def wait() -> None:
+            hub_wait(watcher)
+            self.woken += 1
+
         def recv_into(view: memoryview) -> int:
             while True:
-                wait(watcher)
+                wait()
                 try:
                     n: int = raw_recv_into(view)
                 except BlockingIOError:  # woken for nothing: wait again
                     continue
-                self.reads += 1
                 return n
 
-        self.recv_into = recv_into
+        self.wait, self.recv_into = wait, recv_into
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
-
-
-def wait_readable(sock: Any) -> None:
-    """Until `sock` has bytes to read (or its peer closed it, or its timeout passed)."""
-    parts = _gevent_parts(sock)
-    if parts is not None:
-        _, wait, watcher = parts
-        wait(watcher)
 
 
 def send_all(sock: Any, data: bytes | bytearray | memoryview) -> None:

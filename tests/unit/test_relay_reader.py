@@ -8,7 +8,7 @@ import http.client
 import socket
 
 from llmctl.daemon.chunked import ChunkFollower
-from llmctl.daemon.openai_proxy import Relay
+from llmctl.daemon.openai_proxy import Relay, UpstreamConnection
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")
@@ -20,7 +20,7 @@ def frame(event: bytes) -> bytes:
 
 def reader(upstream: socket.socket) -> tuple[Relay, object]:
     """A Relay's framed reader over `upstream` (only the parts the reader uses)."""
-    conn = http.client.HTTPConnection("127.0.0.1")
+    conn = UpstreamConnection("127.0.0.1")
     conn.sock = upstream
     response = http.client.HTTPResponse(upstream, method="POST")
     response.begin()

@@ -24,7 +24,7 @@ def pair(timeout: float = 5.0) -> tuple[gsocket.socket, gsocket.socket]:
 def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
     ours, theirs = pair()
     view = memoryview(bytearray(64))
-    reader = sockio.WaitThenRecvInto(ours)
+    reader = sockio.SocketReader(ours)
     recv_into = reader.recv_into
     assert recv_into != ours.recv_into  # the gevent path, not the fallback
     later = gevent.spawn_later(0.05, theirs.sendall, b"data: one\n\n")
@@ -35,7 +35,7 @@ def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
     assert bytes(view[:recv_into(view)]) == b"two"
     theirs.close()
     assert recv_into(view) == 0
-    assert reader.reads == 3
+    assert reader.woken == 3
     reader.close()
     ours.close()
 
@@ -43,7 +43,7 @@ def test_wait_then_recv_into_reads_what_comes_later_and_the_end() -> None:
 def test_wait_then_recv_into_keeps_the_sockets_timeout() -> None:
     """A wait with nothing read for one to two timeouts raises as a socket timeout does."""
     ours, theirs = pair(timeout=0.1)
-    reader = sockio.WaitThenRecvInto(ours)
+    reader = sockio.SocketReader(ours)
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         reader.recv_into(memoryview(bytearray(8)))
@@ -56,7 +56,7 @@ def test_wait_then_recv_into_keeps_the_sockets_timeout() -> None:
 def test_reads_keep_the_timeout_from_firing() -> None:
     """Bytes arriving more often than the timeout: no wait is cut, however long it all takes."""
     ours, theirs = pair(timeout=0.1)
-    reader = sockio.WaitThenRecvInto(ours)
+    reader = sockio.SocketReader(ours)
 
     def trickle() -> None:
         for _ in range(8):
@@ -77,7 +77,7 @@ def test_reads_keep_the_timeout_from_firing() -> None:
 
 def test_a_closed_reader_leaves_no_timer_behind() -> None:
     ours, theirs = pair(timeout=0.05)
-    reader = sockio.WaitThenRecvInto(ours)
+    reader = sockio.SocketReader(ours)
     timer = reader._timer
     assert timer is not None and timer.active
     reader.close()
@@ -87,11 +87,13 @@ def test_a_closed_reader_leaves_no_timer_behind() -> None:
     theirs.close()
 
 
-def test_wait_readable_returns_once_there_is_something_to_read() -> None:
+def test_wait_returns_once_there_is_something_to_read() -> None:
     ours, theirs = pair()
+    reader = sockio.SocketReader(ours)
     gevent.spawn_later(0.05, theirs.sendall, b"HTTP/1.1 200 OK\r\n")
-    sockio.wait_readable(ours)
+    reader.wait()
     assert ours.recv(64) == b"HTTP/1.1 200 OK\r\n"
+    reader.close()
     ours.close()
     theirs.close()
 
@@ -131,11 +133,11 @@ def test_idle_and_open_tells_a_reusable_connection(make) -> None:  # type: ignor
 def test_plain_sockets_get_the_standard_calls() -> None:
     ours, theirs = socket.socketpair()
     ours.settimeout(5)
-    reader = sockio.WaitThenRecvInto(ours)
+    reader = sockio.SocketReader(ours)
     assert reader.recv_into == ours.recv_into and reader._timer is None
-    reader.close()
     theirs.sendall(b"x")
-    sockio.wait_readable(ours)  # returns at once: nothing to wait with
+    reader.wait()  # returns at once: the plain socket's own reads block
+    reader.close()
     assert ours.recv(1) == b"x"
     ours.close()
     theirs.close()
