@@ -15,17 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def modules_after_import(*modules: str) -> set[str]:
-    code = ("import importlib, json, sys\n"
-            f"for name in {list(modules)!r}:\n"
-            "    importlib.import_module(name)\n"
-            "print(json.dumps(sorted(sys.modules)))\n")
+def run_fresh(code: str) -> str:
+    """What `code` prints, run in a fresh interpreter that imports llmctl from this checkout."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
-    return set(json.loads(out.stdout))
+    return out.stdout
+
+
+def modules_after_import(*modules: str) -> set[str]:
+    return set(json.loads(run_fresh("import importlib, json, sys\n"
+                                    f"for name in {list(modules)!r}:\n"
+                                    "    importlib.import_module(name)\n"
+                                    "print(json.dumps(sorted(sys.modules)))\n")))
 
 
 def top_level(modules: set[str]) -> set[str]:
@@ -106,12 +110,7 @@ def test_the_proxy_worker_scans_entry_points_once_while_patching() -> None:
             "from gevent import monkey\n"
             "patched = [n for n in ('socket', 'select', 'time', 'threading', 'subprocess',"
             " 'signal', 'ssl') if monkey.is_module_patched(n)]\n"
-            "print(len(scans), ','.join(patched), m.entry_points is not None)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert out.returncode == 0, out.stderr
-    scans, patched, _ = out.stdout.split()
+            "print(len(scans), ','.join(patched))\n")
+    scans, patched = run_fresh(code).split()
     assert scans == "1"
     assert patched == "socket,select,time,threading,subprocess,signal,ssl"
