@@ -16,8 +16,8 @@ at call time; the proxy worker calls it once, after monkey-patching.
 
 from __future__ import annotations
 
-import email.parser
 import http.client
+import io
 import re
 from typing import Any
 
@@ -49,8 +49,7 @@ def parse_headers(fp: Any, _class: type = http.client.HTTPMessage) -> Any:
 
 def _standard(lines: list[bytes], _class: type) -> Any:
     """What http.client.parse_headers makes of these lines."""
-    text = b"".join(lines).decode("iso-8859-1")
-    return email.parser.Parser(_class=_class).parsestr(text)
+    return _stdlib_parse_headers(io.BytesIO(b"".join(lines)), _class)
 
 
 def install() -> None:

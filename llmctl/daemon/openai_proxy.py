@@ -351,8 +351,8 @@ class Relay:
         goes at once. After the first read it reads into one buffer (no allocation per read)
         and returns memoryviews of it: the handler that asked for pass_framing sends each
         one before it asks for the next."""
-        fp, sock = self.response.fp, self.conn.sock
-        assert fp is not None and sock is not None
+        fp = self.response.fp
+        assert fp is not None
         buffer = bytearray(READ_SIZE)
         view = memoryview(buffer)
         recv_into = self.conn.reader.recv_into  # after the first read, fp holds nothing

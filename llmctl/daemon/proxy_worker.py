@@ -188,13 +188,12 @@ def _handler_class() -> type:
                 return
             head: bytearray | None = self._head()  # decides whether we answer chunked
             relay.pass_framing = self.response_use_chunked
-            sock = self.socket
+            sendall = self._sendall
             for data in relay:
                 if head is not None:
                     head += data
                     data, head = head, None
-                send_all(sock, data)
-                self.response_length += len(data)
+                sendall(data)
             if head is not None:
                 self._sendall(head)
             if self.response_use_chunked and not relay.framing_complete:

@@ -13,9 +13,9 @@ cost a syscall (and some Python) per request or per SSE event for nothing:
 - `select.select([sock], [], [], 0)`, patched, also yields to the hub. `idle_and_open`
   peeks instead, without blocking or yielding.
 
-They use gevent's wait on the socket's own read watcher (what its recv_into waits on, with the
-socket's timeout) and the plain socket inside it, when the socket is a gevent one; any other
-socket gets the standard calls.
+They wait through the hub on the socket's own read watcher (the one its recv_into waits on)
+and read the plain socket inside it, when the socket is a gevent one; any other socket gets
+the standard calls.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Any
 
 
 def _gevent_parts(sock: Any) -> tuple[Any, Any, Any] | None:
-    raw, wait, watcher = (getattr(sock, name, None) for name in ("_sock", "_wait", "_read_event"))
-    if raw is None or wait is None or watcher is None:
+    """(the plain socket inside, its read watcher, its hub) of a gevent socket, else None."""
+    raw, watcher, hub = (getattr(sock, name, None) for name in ("_sock", "_read_event", "hub"))
+    if raw is None or watcher is None or hub is None:
         return None
-    return raw, wait, watcher
+    return raw, watcher, hub
 
 
 class SocketReader:
@@ -46,12 +47,11 @@ class SocketReader:
         self.woken = 0  # waits that ended (what the timer looks at)
         self._timer: Any = None
         parts = _gevent_parts(sock)
-        hub = getattr(sock, "hub", None)
-        if parts is None or hub is None:  # a plain socket: its own blocking calls
+        if parts is None:  # a plain socket: its own blocking calls
             self.wait = lambda: None
             self.recv_into = sock.recv_into
             return
-        raw, _, watcher = parts
+        raw, watcher, hub = parts
         hub_wait, raw_recv_into = hub.wait, raw.recv_into
         timeout = sock.gettimeout()
         if timeout:

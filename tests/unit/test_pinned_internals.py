@@ -81,8 +81,8 @@ def test_huggingface_hub_pieces_the_resumable_pull_uses() -> None:
 
 
 def test_gevent_sockets_wait_on_their_read_watcher() -> None:
-    """sockio waits as gevent's own recv_into does: `_wait(_read_event)` on the socket, then
-    reads the plain socket inside it (`_sock`)."""
+    """sockio waits, through the socket's hub, on the watcher gevent's own recv_into waits on
+    (`_read_event`), then reads the plain socket inside it (`_sock`)."""
     import _socket
 
     from gevent import socket as gsocket
@@ -93,6 +93,7 @@ def test_gevent_sockets_wait_on_their_read_watcher() -> None:
     a, b = gsocket.socketpair()
     try:
         assert callable(a._wait) and a._read_event is not None
+        assert callable(a.hub.wait) and callable(a.hub.cancel_wait)
         assert isinstance(a._sock, _socket.socket)
         assert a._sock.gettimeout() == 0.0  # non-blocking: a read that finds nothing raises
     finally:
