@@ -11,8 +11,8 @@ import signal
 import sys
 from typing import Any
 
-from llmctl.daemon import main as daemon_main
-from llmctl.daemon import proxy_worker
+from llmctl.daemon.processes import main as daemon_main
+from llmctl.daemon.processes import proxy_worker
 
 _run = proxy_worker.run
 

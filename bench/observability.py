@@ -77,15 +77,15 @@ def in_process_cost(n: int = 20000) -> dict[str, float]:
     import types
 
     from llmctl.core.state import Backend
-    from llmctl.daemon.metrics import open_store
+    from llmctl.daemon.observe.metrics import open_store
 
     open_store(Path(tempfile.mkdtemp(prefix="llmctl-bench-metrics-")))
-    from llmctl.daemon.activity import ActivityLog
-    from llmctl.daemon.gpu import GpuProbe
-    from llmctl.daemon.metrics import Metrics
-    from llmctl.daemon.observe import Observer
+    from llmctl.daemon.observe.activity import ActivityLog
+    from llmctl.daemon.observe.gpu import GpuProbe
+    from llmctl.daemon.observe.metrics import Metrics
+    from llmctl.daemon.observe.observer import Observer
 
-    class Hub:  # what the Observer reads of daemon/hub.py's Hub
+    class Hub:  # what the Observer reads of daemon/api/hub.py's Hub
         backend = types.SimpleNamespace(backend=Backend(state="ready", model="tiny-a"))
         listeners: list[Any] = []
 

@@ -63,7 +63,7 @@ class Ctx:
     backend_port: int
     nginx: Nginx | None
     say: Callable[[str], None]
-    daemon_module: str = "llmctl.daemon.main"
+    daemon_module: str = "llmctl.daemon.processes.main"
     targets: dict[str, int] = field(default_factory=dict)  # path name -> port
     router: Router | None = None
     meter: Meter = field(default_factory=Meter)

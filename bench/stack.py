@@ -96,7 +96,7 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
-DAEMON_MODULE = "llmctl.daemon.main"
+DAEMON_MODULE = "llmctl.daemon.processes.main"
 
 
 class BenchDaemon(Daemon):

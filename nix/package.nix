@@ -66,7 +66,7 @@ python3Packages.buildPythonApplication {
   # checkPhase after the install, so $out is there.)
   pythonImportsCheck = [
     "llmctl"
-    "llmctl.daemon.main"
+    "llmctl.daemon.processes.main"
     "llmctl.cli.main"
   ];
   checkPhase = ''

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "pooling": None,
         "extra_args": [],
     },
-    "observability": {  # daemon/observe.py: off means not even the middleware is installed
+    "observability": {  # daemon/observe/observer.py: off means not even the middleware is installed
         "metrics": True,
         "activity": True,
         "activity_size": 500,

@@ -16,7 +16,7 @@ from harness import ROOT, Daemon, Home, owned_backends, wait_for
 
 
 def run_daemon(home: Home, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmctl.daemon.main", *args], env=home.env,
+    return subprocess.run([sys.executable, "-m", "llmctl.daemon.processes.main", *args], env=home.env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

@@ -284,7 +284,7 @@ def test_an_orphan_of_ours_on_the_port_is_stopped_not_blamed(real_home: Home, ma
     import os
     import subprocess
 
-    from llmctl.core.backend_process import OWNER_ENV
+    from llmctl.daemon.backend.process import OWNER_ENV
 
     daemon = make_daemon()
     port = real_home.config["server"]["port"]

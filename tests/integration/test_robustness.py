@@ -138,7 +138,7 @@ def test_unusable_runtime_dir_is_a_clear_error(fake_home: Home, tmp_path) -> Non
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     env = {**fake_home.env, "LLMCTL_RUNTIME_HOME": str(blocker / "run")}
-    r = subprocess.run([sys.executable, "-m", "llmctl.daemon.main", "--port", "0"], env=env,
+    r = subprocess.run([sys.executable, "-m", "llmctl.daemon.processes.main", "--port", "0"], env=env,
                        capture_output=True, text=True, timeout=20, cwd=ROOT)
     assert r.returncode == 1
     assert "cannot create" in r.stderr and "LLMCTL_RUNTIME_HOME" in r.stderr
@@ -168,7 +168,7 @@ def test_worker_that_cannot_boot_stops_the_supervisor(tmp_path) -> None:
     """Restart loops are bounded: a worker failing at boot ends llmctld with the reason."""
     script = textwrap.dedent("""
         import socket, sys
-        from llmctl.daemon.supervisor import Supervisor
+        from llmctl.daemon.processes.supervisor import Supervisor
 
         def broken(sock):
             print("boot failure on purpose", file=sys.stderr)

@@ -20,7 +20,7 @@ import openai
 import pytest
 import requests
 
-from llmctl.core.starter import STARTER_ID
+from llmctl.daemon.backend.starter import STARTER_ID
 
 from harness import ROOT, Home, Ports, owned_backends, wait_for
 
@@ -60,7 +60,7 @@ def started(tmp_path_factory: pytest.TempPathFactory, llama_server_binary: Path
     start, ask = parts[2:]
     # the same steps, with this checkout's interpreter and a port of the test's own
     start = start.replace(".venv/bin/llmctld", f"{shlex.quote(sys.executable)} -m "
-                          "llmctl.daemon.main")
+                          "llmctl.daemon.processes.main")
     ask = ask.replace("16384", str(port)).replace("--retry 60", "--retry 120")
     env = {**home.env, "LLMCTL_PORT": str(port)}
     try:

@@ -141,7 +141,7 @@ class Daemon:
         port = ["--port", "0"] if port_arg else []
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llmctl.daemon.main", *port, *extra],
+                [sys.executable, "-m", "llmctl.daemon.processes.main", *port, *extra],
                 env=self.home.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT)
         if wait:
             def listening() -> int | None:

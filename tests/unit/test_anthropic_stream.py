@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from llmctl.daemon.anthropic_stream import serve
+from llmctl.daemon.relay.anthropic_stream import serve
 
 BLOCK_START = (b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
                b'"content_block":{"type":"text","text":""}}\n\n')

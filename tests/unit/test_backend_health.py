@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from llmctl.core.backend_process import health
+from llmctl.daemon.backend.process import health
 
 
 def serve_once(reply: bytes) -> tuple[int, threading.Thread]:

@@ -1,4 +1,4 @@
-"""llmctl.daemon.channel: length-framed JSON messages over a socketpair."""
+"""llmctl.daemon.ipc.channel: length-framed JSON messages over a socketpair."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmctl.daemon.channel import MAX_MESSAGE, Channel, ChannelClosed, channel_pair
+from llmctl.daemon.ipc.channel import MAX_MESSAGE, Channel, ChannelClosed, channel_pair
 
 
 @pytest.fixture

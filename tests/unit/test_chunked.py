@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmctl.daemon.chunked import ChunkFollower, FramingError
+from llmctl.daemon.relay.chunked import ChunkFollower, FramingError
 
 EVENTS = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n', b"data: [DONE]\n\n"]
 BODY = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in EVENTS) + b"0\r\n\r\n"

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from llmctl.core.state import Backend
-from llmctl.daemon.native_routes import backend_path, write_refusal
-from llmctl.daemon.router_api import Seen, router_status, transitions
+from llmctl.daemon.api.router_api import Seen, router_status, transitions
+from llmctl.daemon.relay.native_routes import backend_path, write_refusal
 
 
 @pytest.mark.parametrize("path, upstream", [

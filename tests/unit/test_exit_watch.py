@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from llmctl.daemon.lifecycle_worker import ExitWatch
+from llmctl.daemon.processes.lifecycle_worker import ExitWatch
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="pidfds are Linux-only")

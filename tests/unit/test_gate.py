@@ -13,10 +13,10 @@ import pytest
 from llmctl.core.config import load_global
 from llmctl.core.paths import Paths
 from llmctl.core.state import Backend
-from llmctl.daemon import gate as gate_module
-from llmctl.daemon import protocol as p
-from llmctl.daemon.channel import Channel, channel_pair
-from llmctl.daemon.hub import Hub
+from llmctl.daemon.admission import gate as gate_module
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, channel_pair
 
 
 class FakeRelay:

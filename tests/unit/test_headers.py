@@ -10,7 +10,7 @@ import io
 import pytest
 from gevent import pywsgi
 
-from llmctl.daemon import headers
+from llmctl.daemon.relay import headers
 
 STANDARD = headers._stdlib_parse_headers
 

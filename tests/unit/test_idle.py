@@ -1,8 +1,8 @@
-"""llmctl.daemon.idle: when the running model is due for an idle unload."""
+"""llmctl.daemon.admission.idle: when the running model is due for an idle unload."""
 
 from __future__ import annotations
 
-from llmctl.daemon.idle import PIN, IdleClock
+from llmctl.daemon.admission.idle import PIN, IdleClock
 
 
 def test_due_counts_from_the_last_activity() -> None:

@@ -37,13 +37,13 @@ def top_level(modules: set[str]) -> set[str]:
 
 
 def test_daemon_main_and_supervisor_do_not_import_gevent() -> None:
-    loaded = modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor")
-    assert {"llmctl.daemon.main", "llmctl.daemon.supervisor"} <= loaded
+    loaded = modules_after_import("llmctl.daemon.processes.main", "llmctl.daemon.processes.supervisor")
+    assert {"llmctl.daemon.processes.main", "llmctl.daemon.processes.supervisor"} <= loaded
     assert "gevent" not in top_level(loaded)
 
 
 @pytest.mark.parametrize("heavy", ["werkzeug", "yaml", "rapidfuzz", "llmctl.core.config",
-                                   "llmctl.daemon.hub"])
+                                   "llmctl.daemon.api.hub"])
 def test_supervisor_holds_only_what_it_needs(supervisor_modules: set[str], heavy: str) -> None:
     """It lives as long as the daemon: the config is read in a preflight child, the workers
     import their own stacks after the fork."""
@@ -53,14 +53,14 @@ def test_supervisor_holds_only_what_it_needs(supervisor_modules: set[str], heavy
 def test_the_workers_load_rapidfuzz_only_for_a_name_that_needs_it() -> None:
     """~2 MB of compiled modules, for typo suggestions: not held by a worker that never
     resolves a misspelt name."""
-    loaded = modules_after_import("llmctl.daemon.app", "llmctl.daemon.lifecycle_worker")
+    loaded = modules_after_import("llmctl.daemon.api.app", "llmctl.daemon.processes.lifecycle_worker")
     assert "llmctl.core.resolve" in loaded and "rapidfuzz" not in top_level(loaded)
 
 
 @pytest.fixture(scope="module")
 def supervisor_modules() -> set[str]:
-    return modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
-                                "llmctl.daemon.preflight")
+    return modules_after_import("llmctl.daemon.processes.main", "llmctl.daemon.processes.supervisor",
+                                "llmctl.daemon.processes.preflight")
 
 
 @pytest.mark.parametrize("heavy", ["gevent", "werkzeug", "yaml", "rapidfuzz"])
@@ -80,7 +80,7 @@ def test_no_cli_module_imports_the_process_protocol() -> None:
                                                  f.read_text(), re.MULTILINE)}
     loaded = modules_after_import(*names, *sorted(lazy))
     assert set(names) <= loaded
-    assert not {"llmctl.daemon.protocol", "llmctl.core.lifecycle"} & loaded
+    assert not {"llmctl.daemon.ipc.protocol", "llmctl.daemon.backend.lifecycle"} & loaded
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +92,8 @@ def cli_modules() -> set[str]:
 
 def test_the_lifecycle_worker_needs_no_http_client() -> None:
     """Its one health check is a raw socket: no http.client, email package or ssl to hold."""
-    loaded = modules_after_import("llmctl.daemon.main", "llmctl.daemon.supervisor",
-                                  "llmctl.daemon.lifecycle_worker")
+    loaded = modules_after_import("llmctl.daemon.processes.main", "llmctl.daemon.processes.supervisor",
+                                  "llmctl.daemon.processes.lifecycle_worker")
     assert not {"http.client", "ssl", "email"} & loaded
 
 
@@ -105,7 +105,7 @@ def test_the_proxy_worker_scans_entry_points_once_while_patching() -> None:
             "scans = []\n"
             "real = m.distributions\n"
             "m.distributions = lambda **kw: scans.append(1) or real(**kw)\n"
-            "from llmctl.daemon.proxy_worker import monkey_patch\n"
+            "from llmctl.daemon.processes.proxy_worker import monkey_patch\n"
             "monkey_patch()\n"
             "from gevent import monkey\n"
             "patched = [n for n in ('socket', 'select', 'time', 'threading', 'subprocess',"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmctl.core import lifecycle as lifecycle_module
-from llmctl.core.lifecycle import DefaultFailure, Lifecycle
 from llmctl.core.paths import Paths
 from llmctl.core.state import IllegalTransition
-from llmctl.daemon import protocol as p
+from llmctl.daemon.backend import lifecycle as lifecycle_module
+from llmctl.daemon.backend.lifecycle import DefaultFailure, Lifecycle
+from llmctl.daemon.ipc import protocol as p
 
 
 @pytest.fixture
@@ -104,8 +104,8 @@ def test_the_record_refuses_an_illegal_move_made_by_mistake(paths: Paths) -> Non
 
 
 def test_stop_of_a_load_whose_process_already_exited(paths: Paths) -> None:
-    from llmctl.core.backend_process import BackendProcess
-    from llmctl.core.lifecycle import Load
+    from llmctl.daemon.backend.lifecycle import Load
+    from llmctl.daemon.backend.process import BackendProcess
 
     lc, sent = lifecycle(paths)
     proc = BackendProcess(999_999, 0.0, ["llama-server"])

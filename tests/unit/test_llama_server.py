@@ -1,4 +1,4 @@
-"""llmctl.core.llama_server: flag detection from --help, argv building, env cleaning, binary
+"""llmctl.daemon.backend.llama_server: flag detection from --help, argv building, env cleaning, binary
 lookup. No llama-server is run: help texts are saved or written inline."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmctl.core.config import deep_merge, load_global, merge_model
-from llmctl.core.llama_server import (
+from llmctl.daemon.backend.llama_server import (
     INSTALL_HINT,
     BackendSetupError,
     Capabilities,

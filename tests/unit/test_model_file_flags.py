@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.core.config import load_global, merge_model
-from llmctl.core.llama_server import BackendSetupError, build_argv, parse_help
+from llmctl.daemon.backend.llama_server import BackendSetupError, build_argv, parse_help
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 NEW_HELP = (SUPPORT / "llama_server_help_b11434.txt").read_text()

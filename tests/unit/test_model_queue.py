@@ -1,10 +1,10 @@
-"""llmctl.daemon.model_queue: the swap-aware fair queue, driven as the lease gate drives it."""
+"""llmctl.daemon.admission.model_queue: the swap-aware fair queue, driven as the lease gate drives it."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmctl.daemon.model_queue import ModelQueue, Refusal, Ticket, View
+from llmctl.daemon.admission.model_queue import ModelQueue, Refusal, Ticket, View
 
 
 class Sim:

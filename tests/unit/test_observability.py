@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from llmctl.cli import activity as activity_cli
 from llmctl.cli import top
-from llmctl.daemon import usage
-from llmctl.daemon.activity import ActivityLog
-from llmctl.daemon.gpu import GpuProbe, parse_rocm_smi
-from llmctl.daemon.observe import Observer, activity_entry, client_kind, route_family
+from llmctl.daemon.observe import usage
+from llmctl.daemon.observe.activity import ActivityLog
+from llmctl.daemon.observe.gpu import GpuProbe, parse_rocm_smi
+from llmctl.daemon.observe.observer import Observer, activity_entry, client_kind, route_family
 
 # What llama-server puts at the end of its answers (fields as of build b11434)
 CHAT_BODY = {
@@ -180,7 +180,7 @@ def test_the_observer_keeps_the_relays_pass_through_and_copies_its_tail() -> Non
 
 
 def test_the_activity_ring_is_bounded_and_resumable() -> None:
-    from llmctl.daemon.activity import ActivityLog
+    from llmctl.daemon.observe.activity import ActivityLog
 
     ring = ActivityLog(3)
     for n in range(5):
@@ -278,7 +278,7 @@ def test_a_flushed_batch_equals_direct_updates() -> None:
     """Pending uses prometheus_client's histogram internals: this catches a change in them."""
     from prometheus_client import Counter, Histogram
 
-    from llmctl.daemon.metrics import DURATION_BUCKETS, Pending
+    from llmctl.daemon.observe.metrics import DURATION_BUCKETS, Pending
 
     direct = Histogram("d", "d", buckets=DURATION_BUCKETS, registry=None)
     batched = Histogram("d", "d", buckets=DURATION_BUCKETS, registry=None)
@@ -307,7 +307,7 @@ def test_a_flushed_batch_equals_direct_updates() -> None:
 
 
 class StubHub:
-    """What the collector reads of daemon/hub.py's Hub."""
+    """What the collector reads of daemon/api/hub.py's Hub."""
 
     def __init__(self) -> None:
         from llmctl.core.state import Backend
@@ -320,7 +320,7 @@ class StubHub:
 
 def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    from llmctl.daemon.metrics import LiveCollector
+    from llmctl.daemon.observe.metrics import LiveCollector
 
     monkeypatch.setitem(sys.modules, "pynvml", StubNvml())
     families = scrape(LiveCollector(StubHub(), GpuProbe(rocm_smi=None)))

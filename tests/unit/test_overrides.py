@@ -1,4 +1,4 @@
-"""llmctl.daemon.overrides: which bodies are parsed, and strip/defaults/force on them."""
+"""llmctl.daemon.relay.overrides: which bodies are parsed, and strip/defaults/force on them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
+from llmctl.daemon.relay.overrides import (
+    PARSE_LIMIT,
+    Overrides,
+    json_object,
+    requested_model,
+    rewrite,
+)
 
 CHAT = json.dumps({"model": "coder", "messages": [{"role": "user", "content": "hi"}],
                    "temperature": 1.5, "presence_penalty": 0.4}).encode()

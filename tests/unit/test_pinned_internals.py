@@ -58,7 +58,7 @@ def test_http_client_response_reads_through_a_small_buffered_file() -> None:
     socket itself: fp must be sock.makefile("rb") with a buffer smaller than READ_SIZE."""
     import io
 
-    from llmctl.daemon.openai_proxy import READ_SIZE
+    from llmctl.daemon.relay.openai_proxy import READ_SIZE
 
     assert 'self.fp = sock.makefile("rb")' in inspect.getsource(http.client.HTTPResponse.__init__)
     assert io.DEFAULT_BUFFER_SIZE < READ_SIZE

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.core.paths import Paths
-from llmctl.daemon import preflight
+from llmctl.daemon.processes import preflight
 
 
 def paths(tmp_path: Path) -> Paths:
@@ -60,7 +60,7 @@ def test_the_caller_never_imports_the_config_stack(tmp_path: Path) -> None:
     import subprocess
 
     code = ("import sys\nfrom pathlib import Path\nfrom llmctl.core.paths import Paths\n"
-            "from llmctl.daemon import preflight\n"
+            "from llmctl.daemon.processes import preflight\n"
             f"s = preflight.check(Paths(Path({str(tmp_path)!r}), Path({str(tmp_path)!r})),"
             " None, 0)\n"
             "assert s.port == 0\n"

@@ -1,10 +1,10 @@
-"""llmctl.daemon.protocol: typed records, one encode/decode place, protocol errors answered."""
+"""llmctl.daemon.ipc.protocol: typed records, one encode/decode place, protocol errors answered."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmctl.daemon import protocol as p
+from llmctl.daemon.ipc import protocol as p
 
 
 @pytest.mark.parametrize("message", [

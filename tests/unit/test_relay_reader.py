@@ -7,8 +7,8 @@ from __future__ import annotations
 import http.client
 import socket
 
-from llmctl.daemon.chunked import ChunkFollower
-from llmctl.daemon.openai_proxy import Relay, UpstreamConnection
+from llmctl.daemon.relay.chunked import ChunkFollower
+from llmctl.daemon.relay.openai_proxy import Relay, UpstreamConnection
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n")

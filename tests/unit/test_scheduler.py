@@ -15,11 +15,11 @@ import yaml
 from llmctl.core.config import load_global
 from llmctl.core.paths import Paths
 from llmctl.core.state import Backend
-from llmctl.daemon import protocol as p
-from llmctl.daemon.channel import Channel, channel_pair
-from llmctl.daemon.gate import Unavailable
-from llmctl.daemon.hub import Hub
-from llmctl.daemon.idle import PIN
+from llmctl.daemon.admission.gate import Unavailable
+from llmctl.daemon.admission.idle import PIN
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, channel_pair
 
 
 def make_hub(tmp_path: Path, daemon: dict) -> tuple[Hub, Channel]:

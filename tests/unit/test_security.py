@@ -1,4 +1,4 @@
-"""llmctl.daemon.security.Guard: Host checks (DNS rebinding) and Origin checks (CSRF)."""
+"""llmctl.daemon.api.security.Guard: Host checks (DNS rebinding) and Origin checks (CSRF)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from llmctl.daemon.security import Guard
+from llmctl.daemon.api.security import Guard
 
 
 @pytest.fixture

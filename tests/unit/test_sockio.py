@@ -13,7 +13,7 @@ import gevent
 import pytest
 from gevent import socket as gsocket
 
-from llmctl.daemon import sockio
+from llmctl.daemon.relay import sockio
 
 
 def pair(timeout: float = 5.0) -> tuple[gsocket.socket, gsocket.socket]:

@@ -1,8 +1,8 @@
-"""llmctl.core.stall: a load whose read progress stops for stallTimeoutMs has stalled."""
+"""llmctl.daemon.backend.stall: a load whose read progress stops for stallTimeoutMs has stalled."""
 
 from __future__ import annotations
 
-from llmctl.core.stall import StallDetector
+from llmctl.daemon.backend.stall import StallDetector
 
 
 def test_progress_that_stops_is_a_stall_after_the_timeout() -> None:

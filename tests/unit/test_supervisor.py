@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmctl.daemon import protocol as p
-from llmctl.daemon import supervisor as sup_module
-from llmctl.daemon.channel import Channel
-from llmctl.daemon.supervisor import (
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel
+from llmctl.daemon.processes import supervisor as sup_module
+from llmctl.daemon.processes.supervisor import (
     BOOT_FAILURES_MAX,
     FatalError,
     ProcessOps,

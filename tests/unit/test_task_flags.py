@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from llmctl.core.config import ConfigError, load_global, merge_model
-from llmctl.core.llama_server import BackendSetupError, Capabilities, build_argv, parse_help
+from llmctl.daemon.backend.llama_server import (
+    BackendSetupError,
+    Capabilities,
+    build_argv,
+    parse_help,
+)
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 BINARY = Path("/opt/llama/bin/llama-server")

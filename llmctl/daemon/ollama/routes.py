@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from llmctl import __version__
-from llmctl.daemon import protocol as p
-from llmctl.daemon.gate import Busy, Unavailable
-from llmctl.daemon.hub import Hub
+from llmctl.daemon.admission.gate import Busy, Unavailable
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ollama import catalog
 from llmctl.daemon.ollama.stream import NDJSON, Translation
 from llmctl.daemon.ollama.translate import (
@@ -40,7 +40,7 @@ from llmctl.daemon.ollama.translate import (
     stream_wanted,
     upstream_error,
 )
-from llmctl.daemon.openai_proxy import MAX_BODY, OpenAIProxy, Relay, upstream_failure
+from llmctl.daemon.relay.openai_proxy import MAX_BODY, OpenAIProxy, Relay, upstream_failure
 
 log = logging.getLogger("llmctld.ollama")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from llmctl.daemon.ollama.translate import done_reason, metrics, now_iso, tool_calls
-from llmctl.daemon.openai_proxy import Relay
+from llmctl.daemon.relay.openai_proxy import Relay
 
 log = logging.getLogger("llmctld.ollama")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llmctl import __version__
 from llmctl.core.paths import Paths
-from llmctl.daemon import preflight
+from llmctl.daemon.processes import preflight
 
 log = logging.getLogger("llmctld")
 
@@ -75,8 +75,8 @@ def serve(args: argparse.Namespace) -> int:
         warning = str(e)
     if warning:
         log.warning("%s", warning)
-    # ours alone now (the lock): a new daemon's counters start from zero (daemon/metrics.py)
-    from llmctl.daemon.metrics import clear_store
+    # ours alone now (the lock): a new daemon's counters start from zero (daemon/observe/metrics.py)
+    from llmctl.daemon.observe.metrics import clear_store
 
     clear_store(paths.runtime)
     try:
@@ -92,19 +92,19 @@ def serve(args: argparse.Namespace) -> int:
 
     def proxy_main(sock: socket.socket) -> int:
         from llmctl.core.config import GlobalConfig
-        from llmctl.daemon import proxy_worker  # imports gevent: only ever in the child
+        from llmctl.daemon.processes import proxy_worker  # imports gevent: only ever in the child
 
         cfg = GlobalConfig(startup.config, paths.config_file, exists=startup.config_exists)
         return proxy_worker.run(listener, sock, paths, daemon_info, cfg)
 
     def lifecycle_main(sock: socket.socket) -> int:
-        from llmctl.daemon import lifecycle_worker
+        from llmctl.daemon.processes import lifecycle_worker
 
         return lifecycle_worker.run(sock, paths, daemon_info)
 
     import gc
 
-    from llmctl.daemon.supervisor import Supervisor
+    from llmctl.daemon.processes.supervisor import Supervisor
 
     # Everything allocated so far is inherited by every worker: keep the cyclic GC (in the
     # workers and here) from writing to those objects, which would copy their pages into each

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from llmctl.daemon.config_view import ConfigView
-from llmctl.daemon.errors import wsgi_error
-from llmctl.daemon.openai_proxy import OpenAIProxy
+from llmctl.daemon.api.config_view import ConfigView
+from llmctl.daemon.api.errors import wsgi_error
+from llmctl.daemon.relay.openai_proxy import OpenAIProxy
 
 NATIVE_PATHS = frozenset((
     "/infill", "/completion", "/completions", "/tokenize", "/detokenize", "/apply-template",

@@ -36,12 +36,12 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     import gevent.event
     import gevent.pool
 
-    from llmctl.daemon import headers
-    from llmctl.daemon import protocol as p
-    from llmctl.daemon.app import App
-    from llmctl.daemon.channel import Channel, ChannelClosed
-    from llmctl.daemon.hub import Hub
-    from llmctl.daemon.observe import install as observe
+    from llmctl.daemon.api.app import App
+    from llmctl.daemon.api.hub import Hub
+    from llmctl.daemon.ipc import protocol as p
+    from llmctl.daemon.ipc.channel import Channel, ChannelClosed
+    from llmctl.daemon.observe.observer import install as observe
+    from llmctl.daemon.relay import headers
 
     headers.install()  # the request's and llama-server's header blocks, parsed faster
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
@@ -130,7 +130,7 @@ def _server_class() -> type:
 def _handler_class() -> type:
     from gevent.pywsgi import WSGIHandler
 
-    from llmctl.daemon.sockio import send_all
+    from llmctl.daemon.relay.sockio import send_all
 
     class Handler(WSGIHandler):
         """Adds the raw request target (PATH_INFO is unquoted) and the client socket, and

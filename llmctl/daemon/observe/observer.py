@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from llmctl.daemon import usage
-from llmctl.daemon.native_routes import backend_path
+from llmctl.daemon.observe import usage
+from llmctl.daemon.relay.native_routes import backend_path
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -192,7 +192,7 @@ class ObservedBody:
                 del self.tail[:-TAIL_BYTES]
             self.observer.finish(self)
 
-    # the relay's pass-through switches (daemon/openai_proxy.py's Relay)
+    # the relay's pass-through switches (daemon/relay/openai_proxy.py's Relay)
     @property
     def upstream_chunked(self) -> bool:
         return getattr(self.inner, "upstream_chunked", False)
@@ -215,15 +215,15 @@ def install(app: Any, hub: Any, runtime: Path, settings: dict[str, Any]) -> Any:
     and activity are both off (then nothing of this runs, nor is prometheus_client loaded)."""
     metrics = activity = None
     if settings["metrics"]:
-        from llmctl.daemon.metrics import open_store
+        from llmctl.daemon.observe.metrics import open_store
 
         open_store(runtime)
-        from llmctl.daemon.gpu import GpuProbe
-        from llmctl.daemon.metrics import Metrics
+        from llmctl.daemon.observe.gpu import GpuProbe
+        from llmctl.daemon.observe.metrics import Metrics
 
         metrics = Metrics(hub, GpuProbe())
     if settings["activity"]:
-        from llmctl.daemon.activity import ActivityLog
+        from llmctl.daemon.observe.activity import ActivityLog
 
         activity = ActivityLog(settings["activity_size"], activity_entry)
     if metrics is None and activity is None:

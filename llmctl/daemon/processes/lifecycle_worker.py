@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmctl.core.lifecycle import Lifecycle
 from llmctl.core.paths import Paths
-from llmctl.daemon import protocol as p
-from llmctl.daemon.channel import Channel, ChannelClosed
+from llmctl.daemon.backend.lifecycle import Lifecycle
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 
 log = logging.getLogger("llmctld.lifecycle")
 

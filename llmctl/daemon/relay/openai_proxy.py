@@ -25,12 +25,18 @@ from urllib.parse import parse_qs
 
 import gevent
 
-from llmctl.daemon.chunked import ChunkFollower, FramingError
-from llmctl.daemon.errors import wsgi_error
-from llmctl.daemon.gate import Lease, Unavailable
-from llmctl.daemon.hub import Hub
-from llmctl.daemon.overrides import PARSE_LIMIT, Overrides, json_object, requested_model, rewrite
-from llmctl.daemon.sockio import SocketReader, idle_and_open, send_all
+from llmctl.daemon.admission.gate import Lease, Unavailable
+from llmctl.daemon.api.errors import wsgi_error
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.relay.chunked import ChunkFollower, FramingError
+from llmctl.daemon.relay.overrides import (
+    PARSE_LIMIT,
+    Overrides,
+    json_object,
+    requested_model,
+    rewrite,
+)
+from llmctl.daemon.relay.sockio import SocketReader, idle_and_open, send_all
 
 log = logging.getLogger("llmctld.proxy")
 

@@ -84,8 +84,8 @@ def _in_child(work: Callable[[], Any]) -> Any:
 
 
 def _prepare_starter(paths: Paths, startup: Startup) -> str | None:
-    from llmctl.core import starter
     from llmctl.core.config import GlobalConfig
+    from llmctl.daemon.backend import starter
 
     cfg = GlobalConfig(startup.config, paths.config_file, exists=startup.config_exists)
     try:

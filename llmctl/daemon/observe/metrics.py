@@ -167,7 +167,7 @@ class Metrics:
     def count_backend_message(self, message: Any) -> None:
         """A lifecycle Reply (a protocol record): switch outcomes, load times, idle unloads.
         Each reply reaches only the proxy worker whose command it answers."""
-        from llmctl.daemon import protocol as p
+        from llmctl.daemon.ipc import protocol as p
 
         if not isinstance(message, p.Reply):
             return

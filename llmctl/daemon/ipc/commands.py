@@ -22,8 +22,8 @@ from typing import Any
 import gevent
 from gevent.queue import Queue
 
-from llmctl.daemon import protocol as p
-from llmctl.daemon.channel import Channel, ChannelClosed
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 
 COMMAND_SLACK = 60.0  # beyond load + stop timeouts, for a reply that never comes
 

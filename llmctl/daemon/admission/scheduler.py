@@ -39,16 +39,16 @@ import gevent
 from llmctl.core.aliases import name_index
 from llmctl.core.config import GlobalConfig, idle_unload_seconds, queue_timeout_seconds
 from llmctl.core.durations import format_duration
-from llmctl.daemon import protocol as p
-from llmctl.daemon.backend_view import BackendView
-from llmctl.daemon.commands import COMMAND_SLACK, CommandClient
-from llmctl.daemon.config_view import ConfigView
-from llmctl.daemon.errors import Unavailable
-from llmctl.daemon.idle import IdleClock
-from llmctl.daemon.model_queue import ModelQueue, Refusal, Ticket, View
+from llmctl.daemon.admission.idle import IdleClock
+from llmctl.daemon.admission.model_queue import ModelQueue, Refusal, Ticket, View
+from llmctl.daemon.api.backend_view import BackendView
+from llmctl.daemon.api.config_view import ConfigView
+from llmctl.daemon.api.errors import Unavailable
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.commands import COMMAND_SLACK, CommandClient
 
 if TYPE_CHECKING:  # the gate owns the scheduler
-    from llmctl.daemon.gate import Gate, Lease
+    from llmctl.daemon.admission.gate import Gate, Lease
 
 log = logging.getLogger("llmctld.proxy")
 

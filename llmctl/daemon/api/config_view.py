@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmctl.core import starter
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
 from llmctl.core.discovery import Catalog, ModelEntry, discover
 from llmctl.core.paths import Paths
-from llmctl.daemon.security import Guard
+from llmctl.daemon.api.security import Guard
+from llmctl.daemon.backend import starter
 
 
 class ConfigView:

@@ -30,13 +30,13 @@ import time
 from types import TracebackType
 from typing import Any, Protocol
 
-from llmctl.daemon import protocol as p
-from llmctl.daemon.backend_view import BackendView
-from llmctl.daemon.commands import CommandClient, Pending
-from llmctl.daemon.config_view import ConfigView
-from llmctl.daemon.errors import Unavailable
-from llmctl.daemon.model_queue import Ticket
-from llmctl.daemon.scheduler import Scheduler
+from llmctl.daemon.admission.model_queue import Ticket
+from llmctl.daemon.admission.scheduler import Scheduler
+from llmctl.daemon.api.backend_view import BackendView
+from llmctl.daemon.api.config_view import ConfigView
+from llmctl.daemon.api.errors import Unavailable
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.commands import CommandClient, Pending
 
 __all__ = ["Busy", "Gate", "Lease", "Unavailable"]
 

@@ -1,6 +1,6 @@
 """The HTTP answers of GET /metrics and GET /activity (JSON, or NDJSON with ?follow=1).
 
-They read what daemon/observe.py's Observer collected; when the configuration turned a part
+They read what daemon/observe/observer.py's Observer collected; when the configuration turned a part
 off, the route says so and how to turn it on.
 """
 

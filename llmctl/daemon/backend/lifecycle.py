@@ -33,9 +33,14 @@ from typing import Any
 
 import psutil
 
-from llmctl.core import llama_server, starter
-from llmctl.core.backend_log import bound_log, file_size, open_for_start, read_log_tail
-from llmctl.core.backend_process import (
+from llmctl.core.config import ConfigError, GlobalConfig, load_global
+from llmctl.core.discovery import ModelEntry, discover
+from llmctl.core.paths import Paths
+from llmctl.core.state import Backend, read_state, write_state
+from llmctl.daemon.backend import llama_server, starter
+from llmctl.daemon.backend.exits import describe_exit
+from llmctl.daemon.backend.log_file import bound_log, file_size, open_for_start, read_log_tail
+from llmctl.daemon.backend.process import (
     OWNER_ENV,
     BackendProcess,
     Termination,
@@ -43,13 +48,8 @@ from llmctl.core.backend_process import (
     health,
     port_in_use,
 )
-from llmctl.core.config import ConfigError, GlobalConfig, load_global
-from llmctl.core.discovery import ModelEntry, discover
-from llmctl.core.exits import describe_exit
-from llmctl.core.paths import Paths
-from llmctl.core.stall import StallDetector
-from llmctl.core.state import Backend, read_state, write_state
-from llmctl.daemon import protocol as p
+from llmctl.daemon.backend.stall import StallDetector
+from llmctl.daemon.ipc import protocol as p
 
 Emit = Callable[[p.Message], None]
 log = logging.getLogger("llmctld.lifecycle")
@@ -455,7 +455,7 @@ class Lifecycle:
             self.ensure(STARTUP_ID)
 
     def _default_model(self) -> str | None:
-        """daemon.default_model, else the starter model when it is there (core/starter.py)."""
+        """daemon.default_model, else the starter model when it is there (daemon/backend/starter.py)."""
         cfg = load_global(self.paths.config_file)
         return starter.default_model(cfg, discover(self.paths.models_dir, cfg,
                                                    self.paths.header_cache))

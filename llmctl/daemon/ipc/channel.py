@@ -22,7 +22,7 @@ import socket
 import struct
 from typing import Any
 
-from llmctl.daemon.protocol import Message, decode, encode
+from llmctl.daemon.ipc.protocol import Message, decode, encode
 
 MAX_MESSAGE = 4 * 1024 * 1024
 _HEADER = struct.Struct("!I")

@@ -27,10 +27,10 @@ from werkzeug.wrappers import Request, Response
 from llmctl.core.aliases import name_index
 from llmctl.core.resolve import resolve
 from llmctl.core.state import Backend
-from llmctl.daemon import protocol as p
-from llmctl.daemon.errors import error_body
-from llmctl.daemon.gate import Busy
-from llmctl.daemon.hub import Hub
+from llmctl.daemon.admission.gate import Busy
+from llmctl.daemon.api.errors import error_body
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.ipc import protocol as p
 
 KEEPALIVE_SECONDS = 10.0  # an SSE comment this often: proxies keep the stream, we notice a gone client
 PROGRESS_STAGES = ["spawning", "loading", "warming"]  # the lifecycle worker's phases, in order

@@ -24,21 +24,23 @@ from werkzeug.wrappers import Request, Response
 
 from llmctl import __version__
 from llmctl.core.aliases import name_index
-from llmctl.core.backend_log import read_log_tail
 from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.discovery import ModelEntry
 from llmctl.core.resolve import resolve
-from llmctl.daemon import anthropic_stream, observe_routes, ui
-from llmctl.daemon import protocol as p
-from llmctl.daemon.commands import Pending
-from llmctl.daemon.errors import error_body
-from llmctl.daemon.gate import Busy
-from llmctl.daemon.hub import Hub
-from llmctl.daemon.native_routes import NativeRoutes
+from llmctl.daemon import ui
+from llmctl.daemon.admission.gate import Busy
+from llmctl.daemon.api.errors import error_body
+from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.api.pull_route import pull_response
+from llmctl.daemon.api.router_api import RouterApi, router_fields
+from llmctl.daemon.backend.log_file import read_log_tail
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.commands import Pending
+from llmctl.daemon.observe import routes as observe_routes
 from llmctl.daemon.ollama import OllamaAPI, ollama_error
-from llmctl.daemon.openai_proxy import OpenAIProxy
-from llmctl.daemon.pull_route import pull_response
-from llmctl.daemon.router_api import RouterApi, router_fields
+from llmctl.daemon.relay import anthropic_stream
+from llmctl.daemon.relay.native_routes import NativeRoutes
+from llmctl.daemon.relay.openai_proxy import OpenAIProxy
 
 MAX_CONTROL_BODY = 64 * 1024
 LOG_LINES_MAX = 10_000
@@ -85,7 +87,7 @@ class App:
         self.router = RouterApi(hub, failure=_reply_response)
         self.ollama = OllamaAPI(hub, self.proxy)
         self.started = time.time()
-        self.observer: Any = None  # daemon/observe.py's, when metrics or activity are on
+        self.observer: Any = None  # daemon/observe/observer.py's, when metrics or activity are on
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)

@@ -21,12 +21,12 @@ from gevent.event import Event
 
 from llmctl.core.config import GlobalConfig
 from llmctl.core.paths import Paths
-from llmctl.daemon import protocol as p
-from llmctl.daemon.backend_view import BackendView
-from llmctl.daemon.channel import Channel, ChannelClosed
-from llmctl.daemon.commands import CommandClient
-from llmctl.daemon.config_view import ConfigView
-from llmctl.daemon.gate import Gate
+from llmctl.daemon.admission.gate import Gate
+from llmctl.daemon.api.backend_view import BackendView
+from llmctl.daemon.api.config_view import ConfigView
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, ChannelClosed
+from llmctl.daemon.ipc.commands import CommandClient
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -38,7 +38,7 @@ class Hub:
         self.paths = paths
         self.daemon_info = daemon_info
         self.workers: dict[str, Any] = {}
-        # called with every channel message before it is dispatched (daemon/observe.py's
+        # called with every channel message before it is dispatched (daemon/observe/observer.py's
         # metrics count switch outcomes, load times and idle unloads from them)
         self.listeners: list[Callable[[p.Message], None]] = []
         self.closed = Event()

@@ -50,9 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmctl.core.exits import describe_exit
-from llmctl.daemon import protocol as p
-from llmctl.daemon.channel import Channel, ChannelBroken, ChannelClosed, channel_pair
+from llmctl.daemon.backend.exits import describe_exit
+from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import Channel, ChannelBroken, ChannelClosed, channel_pair
 
 log = logging.getLogger("llmctld")
 
