@@ -1,4 +1,4 @@
-"""backend_process.health: llama-server's /health status over a plain socket, and what the
+"""backend.process.health: llama-server's /health status over a plain socket, and what the
 lifecycle worker does not load for it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""core.lifecycle.Lifecycle's command handling without a llama-server: the dispatch table,
+"""daemon.backend.lifecycle.Lifecycle's command handling without a llama-server: the dispatch table,
 protocol errors answered, and the Ensure rules (who loads the default model, and when a failed
 one is tried again)."""
 
@@ -11,8 +11,10 @@ import yaml
 
 from llmctl.core.paths import Paths
 from llmctl.core.state import IllegalTransition
-from llmctl.daemon.backend import lifecycle as lifecycle_module
-from llmctl.daemon.backend.lifecycle import DefaultFailure, Lifecycle
+from llmctl.daemon.backend import catalog
+from llmctl.daemon.backend import context as context_module
+from llmctl.daemon.backend.context import DefaultFailure
+from llmctl.daemon.backend.lifecycle import Lifecycle
 from llmctl.daemon.ipc import protocol as p
 
 
@@ -65,7 +67,7 @@ def test_ensure_of_an_unknown_default_is_remembered(paths: Paths) -> None:
     lc, sent = lifecycle(paths, default_model="ghost")
     lc.handle(p.Ensure("e1"))
     assert replies(sent)[0].error["code"] == "not_found"  # type: ignore[index]
-    assert lc.default_failure is not None and lc.default_failure.model == "ghost"
+    assert lc.ctx.default_failure is not None and lc.ctx.default_failure.model == "ghost"
     lc.handle(p.Ensure("e2"))  # refused at once, from memory
     second = replies(sent)[1]
     assert second.error and second.error["code"] == "default_model_failed"
@@ -75,48 +77,48 @@ def test_ensure_of_an_unknown_default_is_remembered(paths: Paths) -> None:
 def test_a_failed_default_is_retried_after_an_edit_or_the_backoff(
         paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     lc, sent = lifecycle(paths, default_model="ghost")
-    lc.default_failure = DefaultFailure("ghost", lc._signature("ghost"), retry_at=1e18,
+    lc.ctx.default_failure = DefaultFailure("ghost", catalog.signature(paths, "ghost"), retry_at=1e18,
                                         message="it broke")
     lc.handle(p.Ensure("e1"))
     assert replies(sent)[-1].error["code"] == "default_model_failed"  # type: ignore[index]
     paths.config_file.write_text(paths.config_file.read_text() + "\n# edited\n")
     lc.handle(p.Ensure("e2"))  # the config changed: a new attempt (which fails: no model)
     assert replies(sent)[-1].error["code"] == "not_found"  # type: ignore[index]
-    monkeypatch.setattr(lifecycle_module.time, "monotonic", lambda: 2e18)
+    monkeypatch.setattr(context_module.time, "monotonic", lambda: 2e18)
     lc.handle(p.Ensure("e3"))  # the backoff passed: another attempt
     assert replies(sent)[-1].error["code"] == "not_found"  # type: ignore[index]
 
 
 def test_explicit_switch_and_reload_forget_the_failure(paths: Paths) -> None:
     lc, _ = lifecycle(paths, default_model="ghost")
-    lc.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
+    lc.ctx.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
     lc.handle(p.Switch("s", "other"))
-    assert lc.default_failure is None
-    lc.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
+    assert lc.ctx.default_failure is None
+    lc.ctx.default_failure = DefaultFailure("ghost", (), retry_at=1e18, message="x")
     lc.handle(p.ReloadConfig())
-    assert lc.default_failure is None
+    assert lc.ctx.default_failure is None
 
 
 def test_the_record_refuses_an_illegal_move_made_by_mistake(paths: Paths) -> None:
     lc, _ = lifecycle(paths)
     with pytest.raises(IllegalTransition):
-        lc.backend.transition("ready")  # stopped -> ready skips the load
+        lc.ctx.backend.transition("ready")  # stopped -> ready skips the load
 
 
 def test_stop_of_a_load_whose_process_already_exited(paths: Paths) -> None:
-    from llmctl.daemon.backend.lifecycle import Load
+    from llmctl.daemon.backend.phases import Load
     from llmctl.daemon.backend.process import BackendProcess
 
     lc, sent = lifecycle(paths)
     proc = BackendProcess(999_999, 0.0, ["llama-server"])
     proc._gone, proc._exit_code = True, 1  # exited; the loop has not noticed yet
-    lc.proc = proc
-    lc.load = Load(model="m", model_path=paths.home / "m.gguf", proc=proc,
+    lc.ctx.proc = proc
+    lc.loader.load = Load(model="m", model_path=paths.home / "m.gguf", proc=proc,
                    log_path=paths.home / "m.log", log_offset=0, started=0.0, deadline=1e18,
                    waiters=["switch"])
-    lc.backend.transition("starting", model="m", pid=proc.pid)
+    lc.ctx.backend.transition("starting", model="m", pid=proc.pid)
     lc.handle(p.Stop("s"))
-    assert lc.backend.state == "stopped" and lc.load is None and lc.stopping is None
+    assert lc.ctx.backend.state == "stopped" and lc.loader.load is None and lc.stopper.stopping is None
     answers = {r.id: r for r in replies(sent)}
     assert answers["s"] == p.Reply("s", True, {"stopped": "m"})
     assert answers["switch"].error and answers["switch"].error["code"] == "cancelled"

@@ -224,3 +224,18 @@ def find_owned_orphans(runtime: Path, exclude: set[int]) -> list[psutil.Process]
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def stop_owned_orphans(runtime: Path, keep: set[int], grace: float) -> list[str]:
+    """Stop the llama-servers of this runtime dir that no worker keeps track of (blocking, up
+    to `grace` each): a worker killed between spawning one and recording it in state.json
+    leaves one behind, holding the backend port. Returns notes for the daemon log."""
+    notes = []
+    for orphan in find_owned_orphans(runtime, keep):
+        notes.append(f"stopping orphaned llama-server pid {orphan.pid}")
+        try:
+            stale = BackendProcess(orphan.pid, orphan.create_time(), orphan.cmdline())
+        except psutil.Error:
+            continue  # gone meanwhile
+        stale.terminate(grace)
+    return notes

@@ -1,5 +1,5 @@
 """The lifecycle worker process: a plain (non-gevent) loop that feeds channel messages to
-core.lifecycle.Lifecycle and gives it time to tick in between. It reports Ready to the
+backend.lifecycle.Lifecycle and gives it time to tick in between. It reports Ready to the
 supervisor once boot (adoption and clean-up) is done: dying before that is a boot failure.
 
 Fault injection for tests only (documented in docs/architecture.md): LLMCTL_TEST_FAULT names
