@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,8 +31,8 @@ class FakeOps(ProcessOps):
         self.exits: list[tuple[int, int]] = []
         self.small_buffers = False
 
-    def start(self, supervisor: Supervisor, worker: Worker, parent_end: socket.socket,
-              child_end: socket.socket) -> int:
+    def start(self, worker: Worker, parent_end: socket.socket, child_end: socket.socket,
+              in_child: Callable[[], None]) -> int:
         self.next_pid += 1
         child_end.settimeout(2)
         if self.small_buffers:
@@ -93,13 +93,13 @@ def test_command_and_answers_are_routed_by_opaque_id(sup: Supervisor, ops: FakeO
     proxy.post(p.Switch("any-opaque id", "m"))
     pump(sup)
     assert received(lifecycle) == [p.Switch("any-opaque id", "m")]
-    assert sup.pending["any-opaque id"] is sup.workers["proxy"]
+    assert sup.switchboard.pending["any-opaque id"] is sup.workers["proxy"]
     lifecycle.post(p.Event("any-opaque id", "starting", {"model": "m"}))
     lifecycle.post(p.Reply("any-opaque id", True, {"model": "m"}))
     pump(sup)
     assert received(proxy) == [p.Event("any-opaque id", "starting", {"model": "m"}),
                                p.Reply("any-opaque id", True, {"model": "m"})]
-    assert sup.pending == {}
+    assert sup.switchboard.pending == {}
 
 
 def test_state_goes_to_every_proxy_and_replies_to_the_one_that_asked(sup: Supervisor,
@@ -134,7 +134,7 @@ def test_lifecycle_death_answers_what_it_owed(sup: Supervisor, ops: FakeOps) -> 
     [reply] = received(proxy, p.Reply)
     assert isinstance(reply, p.Reply) and reply.id == "s1" and not reply.ok
     assert reply.error is not None and reply.error["retryable"] is True
-    assert sup.pending == {}
+    assert sup.switchboard.pending == {}
 
 
 def test_command_while_lifecycle_restarts_is_refused_retryably(sup: Supervisor,

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
@@ -41,6 +40,7 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     from llmctl.daemon.ipc import protocol as p
     from llmctl.daemon.ipc.channel import Channel, ChannelClosed
     from llmctl.daemon.observe.observer import install as observe
+    from llmctl.daemon.processes.wsgi_server import ErrorLog, Handler, Server
     from llmctl.daemon.relay import headers
 
     headers.install()  # the request's and llama-server's header blocks, parsed faster
@@ -49,8 +49,8 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     hub = Hub(channel, paths, daemon_info, config)
     # a Pool, unbounded: without one, server.stop() does not wait for requests in progress
     app = observe(App(hub), hub, paths.runtime, hub.config.config.data["observability"])
-    server = _server_class()(server_sock, app, handler_class=_handler_class(),
-                             spawn=gevent.pool.Pool(), log=None, error_log=_ErrorLog())
+    server = Server(server_sock, app, handler_class=Handler, spawn=gevent.pool.Pool(),
+                    log=None, error_log=ErrorLog())
     hub.start()
     stopped = gevent.event.Event()
 
@@ -110,125 +110,3 @@ def monkey_patch() -> None:
         monkey.patch_all()
     finally:
         metadata.entry_points = scan
-
-
-def _server_class() -> type:
-    from gevent import pywsgi
-
-    class Server(pywsgi.WSGIServer):
-        busy = 0  # requests being answered (connections between requests are not counted)
-
-        def handle(self, sock: socket.socket, address: Any) -> None:
-            # each SSE chunk is its own small write: send it now, not after the client's
-            # delayed ACK of the previous one
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().handle(sock, address)
-
-    return Server
-
-
-def _handler_class() -> type:
-    from gevent.pywsgi import WSGIHandler
-
-    from llmctl.daemon.relay.sockio import send_all
-
-    class Handler(WSGIHandler):
-        """Adds the raw request target (PATH_INFO is unquoted) and the client socket, and
-        counts the requests being answered for the shutdown drain."""
-
-        def handle_one_response(self) -> None:
-            self.server.busy += 1
-            try:
-                super().handle_one_response()
-            finally:
-                self.server.busy -= 1
-
-        def _write_with_headers(self, data: bytes) -> None:
-            """The head and a small first chunk in one write (pywsgi makes two syscalls)."""
-            if len(data) > 65536:
-                super()._write_with_headers(data)
-                return
-            out = self._head()
-            if data and self.response_use_chunked:
-                out += b"%x\r\n" % len(data) + data + b"\r\n"
-            else:
-                out += data
-            self._sendall(out)
-
-        def log_request(self) -> None:
-            """No access log (the server is made with log=None; the observer records each
-            exchange): pywsgi would still format a line per request to throw it away."""
-
-        def _sendall(self, data: bytes | bytearray | memoryview) -> None:
-            """pywsgi's, with one plain send first (gevent's sendall asks the kernel for the
-            send buffer's size before every write; the client's buffer is seldom full). A
-            failed send raises as in pywsgi's; what that one also notes is for its access
-            log, which this server does not keep."""
-            send_all(self.socket, data)
-            self.response_length += len(data)
-
-        def _head(self) -> bytearray:
-            self.headers_sent = True
-            self.finalize_headers()
-            out = bytearray(b"HTTP/1.1 ")
-            out += self.status
-            out += b"\r\n"
-            for header, value in self.response_headers:
-                out += header + b": " + value + b"\r\n"
-            out += b"\r\n"
-            return out
-
-        def process_result(self) -> None:
-            """A chunked answer from llama-server goes to a chunked client as it is: each
-            read of the upstream socket is one write to the client, framing included (no
-            decode, re-encode, or copy). The head goes with the first bytes, as above."""
-            relay = self.result
-            if not getattr(relay, "upstream_chunked", False):
-                super().process_result()
-                return
-            head: bytearray | None = self._head()  # decides whether we answer chunked
-            relay.pass_framing = self.response_use_chunked
-            sendall = self._sendall
-            for data in relay:
-                if head is not None:
-                    head += data
-                    data, head = head, None
-                sendall(data)
-            if head is not None:
-                self._sendall(head)
-            if self.response_use_chunked and not relay.framing_complete:
-                self.close_connection = True  # cut off mid-chunk: the client must see it end
-
-        def start_response(self, status: str, headers: list[tuple[str, str]],
-                           exc_info: Any = None) -> Any:
-            if self.server.closed:  # draining: this is the connection's last answer
-                headers = [*headers, ("Connection", "close")]
-            return super().start_response(status, headers, exc_info)
-
-        def get_environ(self) -> dict[str, Any]:
-            env = super().get_environ()
-            env["RAW_URI"] = self.path
-            env["llmctl.socket"] = self.socket
-            return env
-
-        def run_application(self) -> None:
-            super().run_application()
-            if self.close_connection and self.wsgi_input is not None:
-                # We answered without reading the body (e.g. 413) and close the connection:
-                # don't let pywsgi read and discard gigabytes first. This is the flag its
-                # Input uses for "state unknown, the socket will be closed".
-                self.wsgi_input._chunked_input_error = True
-
-    return Handler
-
-
-class _ErrorLog:
-    """pywsgi's error log, sent to the daemon's logger instead of raw stderr."""
-
-    def write(self, data: str) -> None:
-        data = data.strip()
-        if data:
-            log.error("%s", data)
-
-    def flush(self) -> None:
-        sys.stderr.flush()

@@ -2,14 +2,8 @@
 
 It owns what must outlive a worker: the listening socket (bound once, inherited by every proxy
 worker, so connections wait in the kernel backlog while a proxy restarts), the command
-channels, and child reaping. It forks two workers and routes messages between them:
-
-    proxy  --command-->  supervisor  --command-->  lifecycle
-    proxy  <--event/reply/state--  supervisor  <--  lifecycle
-
-Routing is by the protocol's record types (one table per source, see `_tables`), and replies
-find their way back through `pending`, a map from command id to the proxy worker (current or
-retiring) that sent it; ids are opaque.
+channels, and child reaping. It forks two workers (workers.py) and routes messages between
+them (switchboard.py).
 
 Defences:
 - a channel that breaks (send timeout: the worker does not read; a torn, oversized or
@@ -26,119 +20,41 @@ Test seam: LLMCTL_TEST_CHANNEL_SNDBUF=<bytes> shrinks the send buffer of the sup
 channel ends, so a worker that stops reading (lifecycle_worker's injected faults) blocks a
 send after a few messages (docs/architecture.md, "Fault injection").
 
-Everything that touches processes goes through one seam, `ProcessOps` (fork a worker, signal,
-reap), so unit tests drive the supervisor with a fake one and never fork.
-
-Workers are plain os.fork() children and channels plain socketpairs, not multiprocess
-Process/Pipe: the supervisor must be the only code that reaps its children (one waitpid(-1)
-loop, which also reaps llama-servers re-parented to us as subreaper), and the proxy worker
-must read its channel cooperatively, which a gevent socket does and a Connection does not.
+Everything that touches processes goes through one seam, workers.ProcessOps (fork a worker,
+signal, reap), so unit tests drive the supervisor with a fake one and never fork.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
-import sys
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from llmctl.daemon.backend.exits import describe_exit
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelBroken, ChannelClosed, channel_pair
+from llmctl.daemon.processes.switchboard import Switchboard
+from llmctl.daemon.processes.workers import (
+    BOOT_FAILURES_MAX,
+    MAX_QUICK_RESTARTS,
+    FatalError,
+    ProcessOps,
+    Target,
+    Worker,
+    backoff,
+    become_subreaper,
+)
+
+__all__ = ["BOOT_FAILURES_MAX", "MAX_QUICK_RESTARTS", "FatalError", "ProcessOps", "Supervisor",
+           "Worker", "backoff"]
 
 log = logging.getLogger("llmctld")
 
-RESTART_WINDOW = 30.0  # quick deaths within this many seconds count toward backoff
-MAX_QUICK_RESTARTS = 8  # then the supervisor gives up
-BOOT_FAILURES_MAX = 3  # deaths before Ready in a row, then the supervisor gives up
 SHUTDOWN_TIMEOUT = 60.0
 SEND_TIMEOUT = 5.0  # a worker that does not read its channel this long is restarted
-PR_SET_CHILD_SUBREAPER = 36
-# killed from outside (a user, the chaos test, ourselves): not the worker failing to boot
-_EXTERNAL_SIGNALS = (-signal.SIGKILL, -signal.SIGTERM)
-
-Target = Callable[[socket.socket], int]  # (the worker's channel end) -> exit code
-
-
-class FatalError(Exception):
-    pass
-
-
-@dataclass
-class Worker:
-    role: str
-    target: Target | None  # None for a retiring proxy (never respawned)
-    pid: int | None = None
-    channel: Channel | None = None
-    started: float = 0.0
-    ready: bool = False
-    restarts: int = 0
-    quick_deaths: int = 0
-    boot_failures: int = 0
-    due: float = 0.0  # when to (re)start, monotonic
-    last_exit: str | None = None
-    last_error: str | None = None
-
-    def info(self) -> dict[str, Any]:
-        return {"pid": self.pid, "restarts": self.restarts, "last_exit": self.last_exit}
-
-
-class ProcessOps:
-    """The OS seam: the real one forks, signals and reaps."""
-
-    def start(self, supervisor: Supervisor, worker: Worker, parent_end: socket.socket,
-              child_end: socket.socket) -> int:
-        pid = os.fork()
-        if pid == 0:
-            parent_end.close()
-            supervisor._in_child(worker)
-            assert worker.target is not None
-            os._exit(_run_child(worker.target, child_end))
-        child_end.close()
-        return pid
-
-    def kill(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def reap(self) -> tuple[int, int] | None:
-        """(pid, exit code as subprocess gives it) of one ended child, or None."""
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if pid == 0:
-            return None
-        return pid, os.waitstatus_to_exitcode(status)
-
-
-def _run_child(target: Target, child_end: socket.socket) -> int:
-    """Run a worker; if its boot raises, tell the supervisor why before exiting."""
-    report = os.dup(child_end.fileno())  # the target may detach or close its end
-    code = 1
-    try:
-        code = target(child_end)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except BaseException as e:
-        traceback.print_exc()
-        try:
-            Channel(socket.socket(fileno=report)).post(p.Failed(f"{type(e).__name__}: {e}"))
-        except (OSError, ChannelClosed):
-            pass
-    finally:
-        sys.stderr.flush()
-    return code
 
 
 class Supervisor:
@@ -160,18 +76,10 @@ class Supervisor:
         # signalled), then draining; their channels stay open for replies meant for them
         self.retiring: dict[int, Worker] = {}
         self.signalled: set[int] = set()
-        # command id -> the proxy worker that sent it, until the lifecycle worker replies
-        self.pending: dict[str, Worker] = {}
-        self._from_proxy: dict[type[p.Message], Callable[..., None]] = {
-            p.Ready: self._proxy_ready, p.Failed: self._failed,
-            p.Reload: self._reload, p.RestartProxy: self._restart_requested,
-            p.Switch: self._forward, p.Stop: self._forward, p.Status: self._forward,
-            p.Ensure: self._forward,
-        }
-        self._from_lifecycle: dict[type[p.Message], Callable[..., None]] = {
-            p.Ready: self._ready, p.Failed: self._failed, p.Event: self._to_sender,
-            p.Reply: self._to_sender, p.State: self._broadcast_state,
-        }
+        self.switchboard = Switchboard(self.workers, self.retiring, self.send, own={
+            p.Ready: self._ready, p.Failed: self._failed, p.Reload: self._reload,
+            p.RestartProxy: self._restart_requested,
+        })
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -182,7 +90,7 @@ class Supervisor:
         from setproctitle import setproctitle
 
         setproctitle("llmctld: supervisor")
-        self._become_subreaper()
+        become_subreaper()
         self._install_signals()
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
@@ -218,16 +126,6 @@ class Supervisor:
             self.wait_and_route(0.1)
             self.reap_workers()
         return self.exit_code
-
-    def _become_subreaper(self) -> None:
-        """A llama-server orphaned by a dying lifecycle worker is re-parented to us (and
-        reaped by our loop) instead of init; the successor adopts it by pid."""
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-            except (OSError, AttributeError):
-                pass
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -285,9 +183,7 @@ class Supervisor:
         if old.channel is not None:
             self.selector.modify(old.channel.fileno(), selectors.EVENT_READ, old)
         self.retiring[current.pid] = old
-        for rid, sender in self.pending.items():  # its replies still go to it
-            if sender is current:
-                self.pending[rid] = old
+        self.switchboard.hand_over(current, old)  # its replies still go to it
         current.pid, current.channel, current.ready = None, None, False
         current.restarts += 1
         self.spawn(current)
@@ -304,7 +200,7 @@ class Supervisor:
 
     def spawn(self, worker: Worker) -> None:
         parent_end, child_end = channel_pair()
-        pid = self.ops.start(self, worker, parent_end, child_end)
+        pid = self.ops.start(worker, parent_end, child_end, lambda: self._in_child(worker))
         worker.pid, worker.started, worker.ready = pid, time.monotonic(), False
         worker.channel = Channel(parent_end)
         parent_end.settimeout(SEND_TIMEOUT)  # a hung worker must not hang the supervisor
@@ -341,7 +237,7 @@ class Supervisor:
             elif pid in self.retiring:
                 self._drop_channel(self.retiring.pop(pid))
                 self.signalled.discard(pid)
-                self._forget_sender(pid)
+                self.switchboard.forget_sender(pid)
             else:  # an orphan re-parented to us (subreaper): nothing to do but reap it
                 log.info("reaped orphaned process %d (%s)", pid, describe_exit(code))
 
@@ -350,37 +246,14 @@ class Supervisor:
         self._drop_channel(worker)
         pid, worker.pid = worker.pid, None
         if worker.role == "lifecycle":
-            for rid in sorted(self.pending):  # commands it will never answer
-                self._answer_pending(p.error_reply(
-                    rid, "unavailable", "the lifecycle worker stopped while handling this "
-                    "request; retry in a moment", retryable=True))
+            self.switchboard.cut_pending()
         elif pid is not None:
-            self._forget_sender(pid)
+            self.switchboard.forget_sender(pid)
         if self.stopping:
             log.info("%s worker %s", worker.role, worker.last_exit)
             return
         log.warning("%s worker %s; restarting it", worker.role, worker.last_exit)
-        now = time.monotonic()
-        quick = now - worker.started < RESTART_WINDOW
-        worker.quick_deaths = worker.quick_deaths + 1 if quick else 0
-        if not worker.ready and code not in _EXTERNAL_SIGNALS:
-            worker.boot_failures += 1
-        else:
-            worker.boot_failures = 0
-        if worker.boot_failures >= BOOT_FAILURES_MAX:
-            raise FatalError(
-                f"the {worker.role} worker keeps failing before it is ready "
-                f"({worker.last_error or worker.last_exit}; {worker.boot_failures} times in a "
-                "row); giving up — see the errors above")
-        if worker.quick_deaths >= MAX_QUICK_RESTARTS:
-            raise FatalError(
-                f"the {worker.role} worker keeps failing ({worker.last_exit}, "
-                f"{worker.quick_deaths} quick restarts); giving up — see the errors above")
-        worker.last_error = None
-        # the first restart is immediate (no refused or stalled connections); repeated quick
-        # deaths back off exponentially, capped
-        worker.due = now + backoff(worker.quick_deaths)
-        worker.restarts += 1
+        worker.schedule_restart(code, time.monotonic())  # or FatalError: give up
         self.send_workers()
 
     def manage_workers(self) -> None:
@@ -434,24 +307,13 @@ class Supervisor:
                 self._drop_channel(worker)  # reaping will restart it
                 continue
             for message in messages:
-                self.route(worker, message)
-
-    def route(self, source: Worker, message: p.Message) -> None:
-        table = self._from_lifecycle if source.role == "lifecycle" else self._from_proxy
-        handler = table.get(type(message))
-        if handler is not None:
-            handler(source, message)
-            return
-        p.dispatch({}, message, f"supervisor (from the {source.role} worker)",
-                   answer=lambda reply: self.send(source, reply))
-
-    def _proxy_ready(self, source: Worker, message: p.Ready) -> None:
-        self._ready(source, message)
-        self.retire_old_proxies()
+                self.switchboard.route(worker, message)
 
     def _ready(self, source: Worker, message: p.Ready) -> None:
         source.ready = True
         source.boot_failures = 0
+        if source.role == "proxy":
+            self.retire_old_proxies()  # its successor serves: the old one may drain
 
     def _failed(self, source: Worker, message: p.Failed) -> None:
         source.last_error = message.error
@@ -463,43 +325,6 @@ class Supervisor:
     def _restart_requested(self, source: Worker, message: p.RestartProxy) -> None:
         self.send(source, p.Reply(message.id, True))
         self.restart_proxy("requested over the API")
-
-    def _forward(self, source: Worker, message: p.Command) -> None:
-        lifecycle = self.workers["lifecycle"]
-        if message.id in self.pending:
-            self.send(source, p.error_reply(message.id, "bad_message",
-                                            f"command id {message.id!r} is already in use"))
-            return
-        if lifecycle.channel is None:
-            self.send(source, p.error_reply(message.id, "unavailable", "the lifecycle worker "
-                                            "is restarting; retry in a moment",
-                                            retryable=True))
-            return
-        self.pending[message.id] = source
-        self.send(lifecycle, message)
-
-    def _to_sender(self, source: Worker, message: p.Event | p.Reply) -> None:
-        if isinstance(message, p.Reply):
-            self._answer_pending(message)
-            return
-        sender = self.pending.get(message.id)
-        if sender is not None:
-            self.send(sender, message)
-
-    def _answer_pending(self, reply: p.Reply) -> None:
-        sender = self.pending.pop(reply.id, None)
-        if sender is None:
-            log.debug("reply for %s, which nobody waits for (its worker is gone)", reply.id)
-            return
-        self.send(sender, reply)
-
-    def _forget_sender(self, pid: int) -> None:
-        for rid in [rid for rid, w in self.pending.items() if w.pid == pid or w.pid is None]:
-            del self.pending[rid]
-
-    def _broadcast_state(self, source: Worker, message: p.State) -> None:
-        for worker in [self.workers["proxy"], *self.retiring.values()]:
-            self.send(worker, message)
 
     def send(self, worker: Worker, message: p.Message) -> None:
         if worker.channel is None:
@@ -515,7 +340,3 @@ class Supervisor:
         self.send(self.workers["proxy"], p.Workers(
             {r: w.info() for r, w in self.workers.items()}))
 
-
-def backoff(quick_deaths: int) -> float:
-    """Delay before restarting a worker after its n-th quick death in a row."""
-    return 0.0 if quick_deaths <= 1 else min(0.1 * 2 ** (quick_deaths - 2), 5.0)
