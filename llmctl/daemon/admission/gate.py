@@ -1,14 +1,8 @@
 """The in-flight gate: who may use the backend, and what is busy. Only the proxy sees
 requests, so it alone decides.
 
-The lease rule: a proxied request holds a Lease from `acquire()` until its response is over,
-and nothing else counts in-flight requests.
-
-    lease = hub.gate.acquire()            # waits for a ready backend (or raises Unavailable)
-    with lease:                           # an exception anywhere in the block releases it
-        conn, response = send(lease.address, ...)
-        return Relay(..., lease, ...)     # Relay.__init__ calls lease.hand_to(self): the
-                                          # response's close() releases it from then on
+The lease rule (leases.py): a proxied request holds a Lease from `acquire()` until its
+response is over, and nothing else counts in-flight requests.
 
 - `in_flight` is the number of unreleased leases;
 - a switch or stop (`begin()`) is refused while it is non-zero (unless forced: then every
@@ -18,19 +12,16 @@ and nothing else counts in-flight requests.
   again or the command failed, bounded by the load timeout;
 - which model a request goes to, the loads and switches requests cause (with nothing loaded,
   one Ensure that concurrent requests share), the fair queue and the idle unload are the
-  scheduler's (scheduler.py): `acquire(requested)` asks it to admit the request;
-- a route may set `lease.keep_alive` (seconds, 0, or idle.PIN) before the lease is released:
-  it replaces the model's idle timeout from then on (Ollama's `keep_alive`, see idle.py).
+  scheduler's (scheduler.py): `acquire(requested)` asks it to admit the request.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from llmctl.daemon.admission.model_queue import Ticket
+from llmctl.daemon.admission.leases import InFlight, Lease
 from llmctl.daemon.admission.scheduler import Scheduler
 from llmctl.daemon.api.backend_view import BackendView
 from llmctl.daemon.api.config_view import ConfigView
@@ -55,59 +46,21 @@ class Busy(Exception):
             "they finish, or pass force=1 to cut them off")
 
 
-class Abortable(Protocol):
-    def abort(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Lease:
-    """One proxied request's right to the backend at `address`, which serves `model`."""
-
-    def __init__(self, gate: Gate, address: tuple[str, int], model: str | None = None,
-                 ticket: Ticket | None = None):
-        self.gate, self.address, self.model, self.ticket = gate, address, model, ticket
-        self.relay: Abortable | None = None
-        self.released = False
-        self.keep_alive: float | None = None  # see the module docstring
-
-    def hand_to(self, relay: Abortable) -> None:
-        """The response outlives the with-block: its close() releases the lease."""
-        self.relay = relay
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        gate = self.gate
-        gate._leases.discard(self)
-        gate.scheduler.released(self)  # the queue and the idle clock (they wake what they must)
-        if gate.draining and not gate._leases:
-            gate.view.notify()  # the switch or stop waiting in begin() may go now
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if kind is not None and self.relay is not None:
-            self.relay.close()  # a response that will never be iterated
-        if kind is not None or self.relay is None:
-            self.release()
-
-
 class Gate:
     def __init__(self, view: BackendView, commands: CommandClient, config: ConfigView):
         self.view, self.commands, self.config = view, commands, config
-        self._leases: set[Lease] = set()
+        self.busy = InFlight()
         self.requests_total = 0
-        self.gating: set[str] = set()  # accepted switch/stop commands not yet answered
-        self.draining = 0  # switches and stops waiting in begin() for the last request to end
-        self.scheduler = Scheduler(view, commands, config, self)
+        self.scheduler = Scheduler(view, commands, config, self.busy)
 
     @property
     def in_flight(self) -> int:
-        return len(self._leases)
+        return self.busy.count
+
+    @property
+    def gating(self) -> set[str]:
+        """Accepted switch/stop commands not yet answered."""
+        return self.busy.gating
 
     def finished(self, rid: str) -> None:
         """A command got its reply (CommandClient tells us)."""
@@ -118,15 +71,15 @@ class Gate:
         """Start a switch or stop: refused while requests are in flight unless forced."""
         if self.in_flight and not force:
             deadline = time.monotonic() + BUSY_GRACE
-            self.draining += 1
+            self.busy.draining += 1
             try:
                 while self.in_flight and (remaining := deadline - time.monotonic()) > 0:
                     self.view.wait_for_change(remaining)
             finally:
-                self.draining -= 1
+                self.busy.draining -= 1
             if self.in_flight:
                 raise Busy(self.in_flight)
-        for lease in list(self._leases):
+        for lease in list(self.busy.leases):
             if lease.relay is not None:
                 lease.relay.abort()
         pending = self.commands.send(kind, **fields)
@@ -139,7 +92,13 @@ class Gate:
         the request gave, if any (it counts only with daemon.route_by_model). Waits for its
         turn and its model (scheduler.py); raises Unavailable."""
         ticket, address, model = self.scheduler.admit(requested)
-        lease = Lease(self, address, model, ticket)
-        self._leases.add(lease)
+        lease = Lease(self._released, address, model, ticket)
+        self.busy.leases.add(lease)
         self.requests_total += 1
         return lease
+
+    def _released(self, lease: Lease) -> None:
+        self.busy.leases.discard(lease)
+        self.scheduler.released(lease)  # the queue and the idle clock (they wake what they must)
+        if self.busy.draining and not self.busy.leases:
+            self.view.notify()  # the switch or stop waiting in begin() may go now

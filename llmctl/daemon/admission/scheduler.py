@@ -21,7 +21,7 @@ stops it through the lifecycle worker like `llmctl stop`, but only while no leas
 nobody waits, so it never cuts a request. A request arriving meanwhile waits for that stop
 (to the queue it is a switch under way) and then wakes the model again. The lifecycle worker
 records the unload in the backend record (`unloaded`), so a restarted proxy wakes the same
-model. A request's keep-alive (the Lease's `keep_alive`, gate.py) overrides the idle timeout:
+model. A request's keep-alive (the Lease's `keep_alive`, leases.py) overrides the idle timeout:
 see idle.py.
 
 An explicit switch or stop (the control API, with its 409 busy rule) is waited for before a
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gevent
 
@@ -40,15 +40,13 @@ from llmctl.core.aliases import name_index
 from llmctl.core.config import GlobalConfig, idle_unload_seconds, queue_timeout_seconds
 from llmctl.core.durations import format_duration
 from llmctl.daemon.admission.idle import IdleClock
+from llmctl.daemon.admission.leases import InFlight, Lease
 from llmctl.daemon.admission.model_queue import ModelQueue, Refusal, Ticket, View
 from llmctl.daemon.api.backend_view import BackendView
 from llmctl.daemon.api.config_view import ConfigView
 from llmctl.daemon.api.errors import Unavailable
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import COMMAND_SLACK, CommandClient
-
-if TYPE_CHECKING:  # the gate owns the scheduler
-    from llmctl.daemon.admission.gate import Gate, Lease
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -60,8 +58,8 @@ ENSURE = "*"  # the queue's name for "whatever the Ensure loads" (never a model 
 
 class Scheduler:
     def __init__(self, view: BackendView, commands: CommandClient, config: ConfigView,
-                 gate: Gate):
-        self.view, self.commands, self.config, self.gate = view, commands, config, gate
+                 busy: InFlight):
+        self.view, self.commands, self.config, self.busy = view, commands, config, busy
         self.queue = ModelQueue(1, 1.0)
         self.idle = IdleClock()
         self._idle_wake = 0.0  # when the idle loop looks next (0: not started, it looks then)
@@ -106,7 +104,7 @@ class Scheduler:
         releases it with the lease), the backend's address and the model. Raises Unavailable."""
         self._configure()
         deadline = time.monotonic() + self.config.ready_timeout + COMMAND_SLACK
-        while self.gate.gating:  # an explicit switch or stop: see where it lands
+        while self.busy.gating:  # an explicit switch or stop: see where it lands
             self._wait(deadline)
         while True:
             ticket = self._join(self.target(requested))
@@ -186,7 +184,7 @@ class Scheduler:
                 raise self._load_failed(model, reply)
             backend = self.view.backend
             mine = backend.model == model or model == ENSURE
-            waiting = self.gate.gating or self.switching == model or self.unloading
+            waiting = self.busy.gating or self.switching == model or self.unloading
             if not waiting and mine and backend.state == "ready" and backend.host and \
                     backend.port and backend.model:
                 return (backend.host, backend.port), backend.model
@@ -225,7 +223,7 @@ class Scheduler:
             current = None
         switching = self.switching is not None or self.unloading is not None
         return View(current if self.switching is None else self.switching,
-                    switching or bool(self.gate.gating))
+                    switching or bool(self.busy.gating))
 
     def _kick(self) -> None:
         """Let the queue move: expire, admit, and start the switch it names."""
@@ -297,8 +295,8 @@ class Scheduler:
         return None if timeout is None else self.idle.last_activity + timeout
 
     def _may_unload(self) -> bool:
-        return not (self.gate.gating or self.switching or self.unloading or
-                    self.gate.in_flight or self.queue.waiting or self.queue.admitted)
+        return not (self.busy.gating or self.switching or self.unloading or
+                    self.busy.count or self.queue.waiting or self.queue.admitted)
 
     def _unload(self) -> None:
         model = self.view.backend.model
@@ -338,7 +336,7 @@ class Scheduler:
         out["idle_unload_s"] = timeout
         if backend.pinned:
             out["text"] = "pinned — never unloaded for idleness"
-        elif timeout is not None and (self.gate.in_flight or self.queue.admitted):
+        elif timeout is not None and (self.busy.count or self.queue.admitted):
             out["text"] = (f"unloads {format_duration(timeout, True)} after the last request "
                            "ends")
         elif due is not None:
@@ -348,27 +346,4 @@ class Scheduler:
             out["unloads_at"] = round(time.time() + left, 3)
             out["unloads_in_s"] = round(left, 1)
             out["text"] = f"unloads in {format_duration(left)}"
-        return out
-
-    def v1_models(self, created: int) -> list[dict[str, Any]]:
-        """/v1/models with routing on: every model id and alias after `local`, each with a
-        status shaped like llama-server's router mode (loaded, loading, unloaded)."""
-        backend = self.view.backend
-
-        def status(model_id: str) -> dict[str, Any]:
-            if backend.model == model_id and backend.state in ("ready", "starting"):
-                return {"value": "loaded" if backend.state == "ready" else "loading"}
-            failed = backend.model == model_id and backend.state == "failed"
-            return {"value": "unloaded", **({"failed": True} if failed else {})}
-
-        out = []
-        for entry in self.config.catalog.entries:
-            if entry.id is None or not entry.available or not entry.config:
-                continue
-            aliases = entry.config["aliases"]
-            for name in (entry.id, *aliases):
-                out.append({"id": name, "object": "model", "created": created,
-                            "owned_by": "llmctl", "aliases": aliases if name == entry.id else [],
-                            "status": status(entry.id),
-                            **({"meta": {"alias_of": entry.id}} if name != entry.id else {})})
         return out

@@ -24,15 +24,15 @@ from werkzeug.wrappers import Request, Response
 
 from llmctl import __version__
 from llmctl.core.aliases import name_index
+from llmctl.core.catalog import ModelEntry
 from llmctl.core.config import MODEL_ID_RE
-from llmctl.core.discovery import ModelEntry
 from llmctl.core.resolve import resolve
 from llmctl.daemon import ui
 from llmctl.daemon.admission.gate import Busy
 from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.pull_route import pull_response
-from llmctl.daemon.api.router_api import RouterApi, router_fields
+from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
 from llmctl.daemon.backend.log_file import read_log_tail
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
@@ -245,7 +245,8 @@ class App:
     def on_v1_models(self, request: Request) -> Response:
         backend = self.hub.backend.backend
         scheduler = self.hub.gate.scheduler
-        routed = scheduler.v1_models(int(self.started)) if scheduler.routing else []
+        routed = routed_models(backend, self.hub.config.catalog, int(self.started)) \
+            if scheduler.routing else []
         return json_response({"object": "list", "data": [{
             "id": "local", "object": "model", "created": int(self.started), "owned_by": "llmctl",
             "meta": {"active_model": backend.model, "state": backend.state,

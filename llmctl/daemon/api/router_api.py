@@ -25,6 +25,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from llmctl.core.aliases import name_index
+from llmctl.core.catalog import Catalog
 from llmctl.core.resolve import resolve
 from llmctl.core.state import Backend
 from llmctl.daemon.admission.gate import Busy
@@ -54,6 +55,29 @@ def router_status(model_id: str | None, backend: Backend) -> dict[str, Any]:
                 "error": backend.error}
     # stopping: it serves nothing any more (requests wait for what comes next)
     return {"value": "unloaded"}
+
+
+def routed_models(backend: Backend, catalog: Catalog, created: int) -> list[dict[str, Any]]:
+    """/v1/models with routing on: every model id and alias after `local`, each with a
+    status shaped like llama-server's router mode (loaded, loading, unloaded)."""
+
+    def status(model_id: str) -> dict[str, Any]:
+        if backend.model == model_id and backend.state in ("ready", "starting"):
+            return {"value": "loaded" if backend.state == "ready" else "loading"}
+        failed = backend.model == model_id and backend.state == "failed"
+        return {"value": "unloaded", **({"failed": True} if failed else {})}
+
+    out = []
+    for entry in catalog.entries:
+        if entry.id is None or not entry.available or not entry.config:
+            continue
+        aliases = entry.config["aliases"]
+        for name in (entry.id, *aliases):
+            out.append({"id": name, "object": "model", "created": created,
+                        "owned_by": "llmctl", "aliases": aliases if name == entry.id else [],
+                        "status": status(entry.id),
+                        **({"meta": {"alias_of": entry.id}} if name != entry.id else {})})
+    return out
 
 
 def router_fields(model_id: str | None, backend: Backend, created: int) -> dict[str, Any]:
