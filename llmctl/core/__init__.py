@@ -1,5 +1,3 @@
-"""Core logic shared by the daemon's workers: paths, configuration, discovery, matching,
-state file, llama-server command line and the backend lifecycle.
-
-Nothing here imports gevent or werkzeug: the supervisor and the lifecycle worker use it too.
-"""
+"""What the CLI and the daemon share: paths, configuration, the model catalog (discovery,
+scan, ids, aliases, GGUF headers), name matching, the state file, and adding and pulling
+models. Nothing here imports llmctl.daemon or llmctl.cli, gevent or werkzeug."""

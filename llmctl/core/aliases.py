@@ -8,12 +8,8 @@ choice between two models.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from llmctl.core.catalog import Catalog, ModelEntry
 from llmctl.core.config import ConfigError, load_yaml
-
-if TYPE_CHECKING:  # discovery calls check_aliases: no import cycle at run time
-    from llmctl.core.discovery import Catalog, ModelEntry
 
 
 def check_aliases(catalog: Catalog) -> None:

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from llmctl.core import scan
+from llmctl.core.catalog import Catalog
 from llmctl.core.config import GlobalConfig, load_global
-from llmctl.core.discovery import Catalog, discover
+from llmctl.core.discovery import discover
 
 from ggufkit import write_header
 

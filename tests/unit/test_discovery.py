@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from llmctl.core.catalog import Catalog
 from llmctl.core.config import GlobalConfig, load_global
-from llmctl.core.discovery import Catalog, discover
+from llmctl.core.discovery import discover
 
 
 @pytest.fixture

@@ -196,7 +196,7 @@ def test_streamed_thinking_is_reported_unless_turned_off() -> None:
 
 
 def test_capabilities_from_template_config_and_header(tmp_path) -> None:
-    from llmctl.core.discovery import ModelEntry
+    from llmctl.core.catalog import ModelEntry
     from llmctl.daemon.ollama.catalog import capabilities, human_number
 
     def entry(**llama: object) -> ModelEntry:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmctl.core.catalog import Catalog, ModelEntry
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
-from llmctl.core.discovery import Catalog, ModelEntry, discover
+from llmctl.core.discovery import discover
 from llmctl.core.paths import Paths
 from llmctl.daemon.api.security import Guard
 from llmctl.daemon.backend import starter

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from llmctl.core.aliases import name_index
-from llmctl.core.discovery import ModelEntry
+from llmctl.core.catalog import ModelEntry
 from llmctl.core.gguf import GGUFError, read_facts, read_metadata
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.ollama.translate import bare_name
