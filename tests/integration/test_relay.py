@@ -1,5 +1,5 @@
 """The streaming relay: llama-server's chunked framing goes to a chunked client as it is
-(openai_proxy.Relay with proxy_worker's handler), and is decoded for a client that cannot take
+(openai_proxy.Relay with wsgi_server.Handler), and is decoded for a client that cannot take
 it (HTTP/1.0). Real llama-server where the behaviour is ordinary; the scripted fake for floods
 and breaks."""
 

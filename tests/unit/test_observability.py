@@ -165,7 +165,7 @@ def test_the_observer_keeps_the_relays_pass_through_and_copies_its_tail() -> Non
         ("Content-Type", "text/event-stream")]), relay)[1], hub, None, ring)
     body: Any = observer({"PATH_INFO": "/v1/chat/completions", "REQUEST_METHOD": "POST",
                           "REMOTE_ADDR": "127.0.0.1"}, lambda *a: None)
-    # what proxy_worker's handler asks of the response before it forwards framing as it is
+    # what wsgi_server.Handler asks of the response before it forwards framing as it is
     assert body.upstream_chunked and not body.framing_complete
     body.pass_framing = True
     assert relay.pass_framing

@@ -1,4 +1,4 @@
-"""The proxy overrides a few private internals of gevent's pywsgi (proxy_worker.py) and of
+"""The proxy overrides a few private internals of gevent's pywsgi (processes/wsgi_server.py) and of
 http.client (openai_proxy.py UpstreamConnection). gevent is pinned in pyproject.toml to the
 versions this was written against; these checks fail the moment an upgrade (gevent or
 Python) changes what the overrides rely on, instead of the proxy misbehaving quietly. The same
@@ -41,7 +41,7 @@ def test_http_client_sends_head_and_body_through_send_output() -> None:
 
 
 def test_pywsgi_result_loop_and_chunking_decision_are_what_the_relay_bypass_expects() -> None:
-    """proxy_worker's process_result takes over pywsgi's result loop for a chunked upstream
+    """wsgi_server.Handler.process_result takes over pywsgi's result loop for a chunked upstream
     answer: it must still be the one place results are written, and finalize_headers the
     one place that decides chunking (the handler reads response_use_chunked after it)."""
     handler = pywsgi.WSGIHandler
@@ -102,12 +102,12 @@ def test_gevent_sockets_wait_on_their_read_watcher() -> None:
 
 
 def test_pywsgi_sendall_counts_what_it_sends() -> None:
-    """proxy_worker's Handler._sendall replaces pywsgi's and keeps its bookkeeping."""
+    """wsgi_server.Handler._sendall replaces pywsgi's and keeps its bookkeeping."""
     source = inspect.getsource(pywsgi.WSGIHandler._sendall)
     assert "self.response_length += len(data)" in source
     assert "self.socket.sendall(data)" in source
 
 
 def test_pywsgi_logs_each_request_through_log_request() -> None:
-    """proxy_worker's Handler turns the access log off by overriding log_request."""
+    """wsgi_server.Handler turns the access log off by overriding log_request."""
     assert "self.log_request()" in inspect.getsource(pywsgi.WSGIHandler.handle_one_response)

@@ -140,7 +140,7 @@ class ObservedBody:
     TAIL_BYTES (a bounded bytearray: the relay may pass views of a buffer it reuses), and
     records the exchange when the server closes it.
 
-    The relay's chunked pass-through (proxy_worker's handler asks the response whether it
+    The relay's chunked pass-through (wsgi_server.Handler asks the response whether it
     can forward llama-server's framing as it is) goes through to the relay underneath."""
 
     __slots__ = ("observer", "family", "environ", "_start_response", "inner", "started",

@@ -325,7 +325,7 @@ class Relay:
         self.upstream_chunked = bool(response.chunked) and method != "HEAD" \
             and response.status >= 200 and response.status not in (204, 304)
         # Set before iterating, by a server that writes what it is given as it is and answers
-        # chunked itself (proxy_worker's handler): then the iteration yields llama-server's
+        # chunked itself (wsgi_server.Handler): then the iteration yields llama-server's
         # own chunked framing, terminator included, instead of decoded data. framing_complete
         # says whether it got that far (else the client connection must be closed).
         self.pass_framing = False
