@@ -129,7 +129,7 @@ def test_new_argv_for_defaults(tmp_path: Path, new_caps: Capabilities) -> None:
         "--alias", "my-model", "-fa", "auto",
         "-ngl", "999", "-c", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-np", "1",
         "--load-mode", "none", "--metrics", "--slots", "--reasoning-format", "deepseek",
-        "--no-ui",
+        "--no-ui", "--cache-ram", "8192",
     ]
 
 
