@@ -11,6 +11,7 @@ llama-server's slot API) and read by the proxy for its views:
                  under a temporary name and renamed, private, bounded (LRU), stale ones dropped
 - slots.py       llama-server's /slots list, save and restore over HTTP, each with a deadline
 - transfer.py    a save or restore run in a thread, so the lifecycle loop ticks through it
+- view.py        what `llmctl inspect` shows of a model (read-only, the proxy)
 - continuity.py  what the lifecycle's phases call: plan a launch, start and finish a save or
                  a restore, list and clear, learn what a restore reused
 

@@ -63,20 +63,20 @@ def decide(cfg: dict[str, Any], model_path: Path | str,
     if disabled:
         return Decision(False, disabled)
     if not shape.window or shape.window >= shape.ctx:
-        return Decision(True, "kept (saved when it stops, restored when it loads)",
+        return Decision(True, "saved when it stops, restored when it loads",
                         bytes_per_token=per_token)
     extra = swa_full_extra_bytes(shape, llama)
     cost = f"{extra / MIB:.0f} MiB more KV memory"
     window = f"sliding-window attention (window {shape.window})"
     swa_full = llama["swa_full"]
     if swa_full is True:
-        return Decision(True, f"kept with --swa-full (llama.swa_full: true; {cost})", True,
+        return Decision(True, f"runs with --swa-full (llama.swa_full: true; {cost})", True,
                         per_token)
     if swa_full is False:
         return Decision(False, f"{window} without --swa-full (llama.swa_full: false): a "
                         "restored cache would be processed again from scratch")
     if extra <= cache["swa_full_max"] * MIB:
-        return Decision(True, f"kept with --swa-full, which {window} needs ({cost}, under "
+        return Decision(True, f"runs with --swa-full, which {window} needs ({cost}, under "
                         f"cache.swa_full_max {cache['swa_full_max']} MiB)", True, per_token)
     return Decision(False, f"{window} needs --swa-full to restore, which would cost {cost}, "
                     f"over cache.swa_full_max {cache['swa_full_max']} MiB; raise it or set "

@@ -108,6 +108,16 @@ class KvStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def any_off_reason(self, model: str) -> str | None:
+        """Why the model is no longer kept, for a reader who does not know its current
+        fingerprint (a launch drops the .off files of other fingerprints)."""
+        directory = self.root / model
+        for off in sorted(directory.glob("*.off")) if directory.is_dir() else []:
+            reason = self.off_reason(model, off.stem)
+            if reason:
+                return reason
+        return None
+
     def used_bytes(self) -> int:
         if not self.root.is_dir():
             return 0
