@@ -5,12 +5,10 @@ a daemon restart find their prompt in the restored cache (llama-server's own
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from harness import Daemon, Home, wait_for
 
