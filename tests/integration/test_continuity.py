@@ -84,3 +84,37 @@ def test_switch_away_and_back_reuses_the_prompt(kv: Home, make_daemon) -> None:
     assert 'llmctl_kv_save_seconds_count{model="tiny-alpha"}' in metrics
     status = daemon.cli("status")
     assert f"restored {backend['kv']['restored_tokens']:,} tokens" in status.stdout, status
+
+
+def test_a_save_cut_at_its_timeout_leaves_no_file_and_the_stop_goes_on(
+        fake_home: Home, make_daemon) -> None:
+    """Fault injection a real llama-server cannot be made to produce on demand: a save that
+    hangs half-written (the scripted fake writes half its file, then waits)."""
+    fake_home.write_config(cache={"save_timeout": "300ms", "min_tokens": 10})
+    fake_home.add_model("hangs", script={"load_seconds": 0.1, "slot_tokens": 500,
+                                         "slot_save_seconds": 60})
+    fake_home.add_model("other", script={"load_seconds": 0.1})
+    daemon = make_daemon()
+    assert daemon.switch("hangs").status_code == 200
+    r = daemon.switch("other", timeout=20)
+    assert r.status_code == 200, r.text
+    assert saves(fake_home) == []
+    assert list((fake_home.runtime / "kv" / "hangs").iterdir()) == []  # nor a temporary one
+    log = daemon.log.read_text()
+    assert "saving the KV cache of hangs failed (" in log
+    assert "it is not kept, the stop goes on" in log
+    assert daemon.switch("hangs").status_code == 200  # next load starts clean
+    assert "restored_tokens" not in daemon.backend()["kv"]
+
+
+def test_a_forced_switch_does_not_wait_for_a_save(fake_home: Home, make_daemon) -> None:
+    fake_home.write_config(cache={"save_timeout": "60s", "min_tokens": 10})
+    fake_home.add_model("hangs", script={"load_seconds": 0.1, "slot_tokens": 500,
+                                         "slot_save_seconds": 60})
+    fake_home.add_model("other", script={"load_seconds": 0.1})
+    daemon = make_daemon()
+    assert daemon.switch("hangs").status_code == 200
+    r = daemon.switch("other", force=1, timeout=20)
+    assert r.status_code == 200, r.text
+    assert daemon.backend()["model"] == "other"
+    assert list((fake_home.runtime / "kv" / "hangs").iterdir()) == []

@@ -49,8 +49,10 @@ def decide(cfg: dict[str, Any], model_path: Path | str,
     cache, llama = cfg["cache"], cfg["llama"]
     try:
         meta = read_metadata(model_path)
-    except (OSError, GGUFError) as e:
-        return Decision(False, f"its GGUF header cannot be read ({e})")
+    except (OSError, GGUFError):
+        # llama-server will refuse such a file too; what it does load is judged by its
+        # own answers (a restore that reuses nothing stops the saving)
+        meta = {}
     shape = kv_shape(meta, cfg)
     per_token = shape.bytes_per_token(llama)
     if cache["persist"] == "off":

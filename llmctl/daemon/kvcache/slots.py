@@ -48,6 +48,8 @@ def _call(host: str, port: int, method: str, path: str, body: dict[str, Any] | N
                 if not data:
                     break
                 raw += data
+    except TimeoutError:
+        raise SlotError(f"{method} {path}: no answer within {timeout:.1f}s") from None
     except OSError as e:
         raise SlotError(f"{method} {path}: {e}") from None
     status, text = _parse(raw)
