@@ -168,11 +168,11 @@ def test_the_budget_is_capped_by_free_space(tmp_path: Path) -> None:
 def test_restores_that_reuse_nothing_stop_the_saving(tmp_path: Path) -> None:
     store = KvStore(tmp_path / "kv")
     commit(store, "m", "ffff", 100)
-    assert store.note_reuse("m", "ffff", 0) is None
-    assert store.note_reuse("m", "ffff", 90) is None  # a reuse resets the count
-    assert store.note_reuse("m", "ffff", 0) is None
-    reason = store.note_reuse("m", "ffff", 0)
-    assert reason is not None and "last 2 restores reused no tokens" in reason
+    assert store.note_reuse("m", "ffff", 0, 64) is None
+    assert store.note_reuse("m", "ffff", 90, 64) is None  # a reuse resets the count
+    assert store.note_reuse("m", "ffff", 21, 64) is None  # a template's prefix is nothing
+    reason = store.note_reuse("m", "ffff", 0, 64)
+    assert reason is not None and "last 2 restores reused nothing" in reason
     assert store.entries() == []
     assert store.off_reason("m", "ffff") == reason == store.any_off_reason("m")
     store.clear("m")

@@ -52,8 +52,10 @@ class CacheCommand:
         ctx = self.ctx
         log.info("the first request after restoring %s reused %d of %d restored tokens",
                  message.model, message.reused, message.restored)
-        reason = ctx.kv.note_reuse(message.model, message.fingerprint, message.reused)
         backend = ctx.backend
+        settings = (backend.kv or {}).get("settings") or {}
+        reason = ctx.kv.note_reuse(message.model, message.fingerprint, message.reused,
+                                   int(settings.get("min_tokens") or 1))
         if backend.model == message.model and backend.kv and \
                 backend.kv.get("fingerprint") == message.fingerprint:
             backend.kv = {**backend.kv, "reused_tokens": message.reused}

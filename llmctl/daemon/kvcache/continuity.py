@@ -179,8 +179,9 @@ class Continuity:
 
     # --- from the proxy, and the cache command --------------------------------------------
 
-    def note_reuse(self, model: str, fingerprint: str, reused: int) -> str | None:
-        return self.store.note_reuse(model, fingerprint, reused)
+    def note_reuse(self, model: str, fingerprint: str, reused: int, useful: int,
+                   ) -> str | None:
+        return self.store.note_reuse(model, fingerprint, reused, useful)
 
     def take_events(self) -> list[dict[str, Any]]:
         events, self.events = self.events, []

@@ -36,7 +36,7 @@ log = logging.getLogger("llmctld.kvcache")
 
 MIB = 1024 * 1024
 FREE_SHARE = 0.5  # of free space + the saves' own size
-USELESS_RESTORES = 2  # restores in a row that reused nothing: stop keeping that fingerprint
+USELESS_RESTORES = 2  # restores in a row that reused (next to) nothing: stop keeping that fingerprint
 
 
 @dataclass
@@ -121,7 +121,9 @@ class KvStore:
     def used_bytes(self) -> int:
         if not self.root.is_dir():
             return 0
-        return sum(p.stat().st_size for p in self.root.glob("*/*.bin") if p.is_file())
+        # committed saves only: a save in progress is counted as what it asks room for
+        return sum(p.stat().st_size for p in self.root.glob("*/*.bin")
+                   if p.is_file() and not p.name.startswith("tmp-"))
 
     def budget(self, max_disk_mib: int) -> int:
         """Bytes the saves may use in all: cache.max_disk, capped by free space."""
@@ -149,13 +151,17 @@ class KvStore:
     def commit(self, model: str, fingerprint: str, slots: list[dict[str, Any]]) -> Saved:
         """A save that answered: its temporary files renamed into place, then the .json."""
         directory = self.model_dir(model, create=True)
+        before = self.find(model, fingerprint)
         for slot in slots:
             final = directory / slot_file(fingerprint, slot["slot"])
             os.replace(directory / temp_file(fingerprint, slot["slot"]), final)
             os.chmod(final, 0o600)
             slot["file"] = final.name
         now = time.time()
-        saved = Saved(model, fingerprint, now, now, slots)
+        # the count of restores that reused nothing goes on across saves: it is about the
+        # model and its settings, not about one conversation
+        saved = Saved(model, fingerprint, now, now, slots,
+                      before.useless_restores if before is not None else 0)
         self._write_meta(directory, saved)
         keep = {f"{fingerprint}.json", f"{fingerprint}.off", *(s["file"] for s in slots)}
         for path in directory.iterdir():  # older slot files of this fingerprint
@@ -167,18 +173,22 @@ class KvStore:
         saved.used_at = time.time()
         self._write_meta(self.root / saved.model, saved)
 
-    def note_reuse(self, model: str, fingerprint: str, reused: int) -> str | None:
-        """What a restore's first request reused. Returns the reason this fingerprint is
-        no longer kept when the restores keep reusing nothing."""
+    def note_reuse(self, model: str, fingerprint: str, reused: int, useful: int = 1,
+                   ) -> str | None:
+        """What a restore's first request reused; under `useful` tokens (cache.min_tokens:
+        a chat template's first tokens match any conversation) counts as nothing. Returns
+        the reason this fingerprint is no longer kept when the restores keep reusing
+        nothing."""
         saved = self.find(model, fingerprint)
         if saved is None:
             return None
-        saved.useless_restores = 0 if reused > 0 else saved.useless_restores + 1
+        saved.useless_restores = 0 if reused >= useful else saved.useless_restores + 1
         if saved.useless_restores < USELESS_RESTORES:
             self._write_meta(self.root / model, saved)
             return None
-        reason = (f"its last {saved.useless_restores} restores reused no tokens (llama-server "
-                  "processed the prompt again), so its cache is no longer saved; "
+        reason = (f"its last {saved.useless_restores} restores reused nothing (under "
+                  f"{useful} tokens: llama-server processed the prompt again), so its cache "
+                  "is no longer saved; "
                   f"`llmctl cache clear {model}` tries again")
         self.drop(model, fingerprint)
         path = self.root / model / f"{fingerprint}.off"
