@@ -223,7 +223,7 @@ def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_
         assert daemon.backend()["kv"]["restored_tokens"] > 0
         reused = chat(daemon, other)["cache_n"]
         assert reused < 64  # the chat template's first tokens at most (cache.min_tokens)
-        wait_for(lambda: daemon.backend()["kv"].get("reused_tokens") == reused, 20,
+        wait_for(lambda n=reused: daemon.backend()["kv"].get("reused_tokens") == n, 20,
                  "the reuse noted", daemon.log)
     kv_record = daemon.backend()["kv"]
     assert not kv_record["kept"] and "last 2 restores reused nothing" in kv_record["reason"]
