@@ -141,7 +141,9 @@ def test_a_daemon_restart_reuses_the_prompt(kv: Home, make_daemon) -> None:
     assert daemon.stop() == 0  # shutdown saves before it stops llama-server
     assert saves(kv, "tiny-alpha")
     daemon = make_daemon()
-    assert daemon.switch("tiny-alpha").status_code == 200
+    switched = daemon.cli("switch", "tiny-alpha")
+    assert switched.returncode == 0, switched
+    assert "restoring cache tiny-alpha" in switched.stderr.splitlines()
     assert daemon.backend()["kv"]["restored_tokens"] > 500
     assert reused_share(chat(daemon, stream=False)) >= 0.9
 
