@@ -177,3 +177,25 @@ def test_restores_that_reuse_nothing_stop_the_saving(tmp_path: Path) -> None:
     assert store.off_reason("m", "ffff") == reason == store.any_off_reason("m")
     store.clear("m")
     assert store.off_reason("m", "ffff") is None
+
+
+# --- the configuration ------------------------------------------------------------------------
+
+
+def test_cache_keys_are_checked_and_located(tmp_path: Path) -> None:
+    from llmctl.core.config import ConfigError, load_global, load_model_file
+
+    bad = tmp_path / "default.yaml"
+    bad.write_text("cache:\n  persist: sometimes\n")
+    with pytest.raises(ConfigError, match=r"default.yaml:2: cache.persist: expected one of "
+                                          r"auto, off"):
+        load_global(bad)
+    bad.write_text("llama:\n  swa_full: maybe\n")
+    with pytest.raises(ConfigError, match="llama.swa_full: expected true or false"):
+        load_global(bad)
+    model = tmp_path / "config.yaml"
+    model.write_text("id: m\nmodel_file: m.gguf\ncache:\n  max_disk: 5\n")
+    with pytest.raises(ConfigError, match="cache.max_disk: unknown key"):  # global only
+        load_model_file(model)
+    model.write_text("id: m\nmodel_file: m.gguf\ncache:\n  persist: 'off'\n")
+    load_model_file(model)
