@@ -86,16 +86,22 @@ def test_switch_away_and_back_reuses_the_prompt(kv: Home, make_daemon) -> None:
     assert f"restored {backend['kv']['restored_tokens']:,} tokens" in status.stdout, status
 
 
+def hanging_save(home: Home, make_daemon: Any, save_timeout: str) -> Daemon:
+    """`hangs` is loaded, holds 500 tokens, and its save writes half a file and then hangs."""
+    home.write_config(cache={"save_timeout": save_timeout, "min_tokens": 10})
+    home.add_model("hangs", script={"load_seconds": 0.1, "slot_tokens": 500,
+                                    "slot_save_seconds": 60})
+    home.add_model("other", script={"load_seconds": 0.1})
+    daemon = make_daemon()
+    assert daemon.switch("hangs").status_code == 200
+    return daemon
+
+
 def test_a_save_cut_at_its_timeout_leaves_no_file_and_the_stop_goes_on(
         fake_home: Home, make_daemon) -> None:
     """Fault injection a real llama-server cannot be made to produce on demand: a save that
     hangs half-written (the scripted fake writes half its file, then waits)."""
-    fake_home.write_config(cache={"save_timeout": "300ms", "min_tokens": 10})
-    fake_home.add_model("hangs", script={"load_seconds": 0.1, "slot_tokens": 500,
-                                         "slot_save_seconds": 60})
-    fake_home.add_model("other", script={"load_seconds": 0.1})
-    daemon = make_daemon()
-    assert daemon.switch("hangs").status_code == 200
+    daemon = hanging_save(fake_home, make_daemon, "300ms")
     r = daemon.switch("other", timeout=20)
     assert r.status_code == 200, r.text
     assert saves(fake_home) == []
@@ -108,12 +114,7 @@ def test_a_save_cut_at_its_timeout_leaves_no_file_and_the_stop_goes_on(
 
 
 def test_a_forced_switch_does_not_wait_for_a_save(fake_home: Home, make_daemon) -> None:
-    fake_home.write_config(cache={"save_timeout": "60s", "min_tokens": 10})
-    fake_home.add_model("hangs", script={"load_seconds": 0.1, "slot_tokens": 500,
-                                         "slot_save_seconds": 60})
-    fake_home.add_model("other", script={"load_seconds": 0.1})
-    daemon = make_daemon()
-    assert daemon.switch("hangs").status_code == 200
+    daemon = hanging_save(fake_home, make_daemon, "60s")
     r = daemon.switch("other", force=1, timeout=20)
     assert r.status_code == 200, r.text
     assert daemon.backend()["model"] == "other"
@@ -314,3 +315,22 @@ def test_a_sliding_window_model_without_swa_full_is_not_claimed_as_kept(
     assert expected in daemon.cli("status").stdout
     assert daemon.switch("tiny-alpha").status_code == 200
     assert saves(home) == []
+
+
+def test_a_forced_stop_cuts_a_save_under_way(fake_home: Home, make_daemon) -> None:
+    import threading
+
+    daemon = hanging_save(fake_home, make_daemon, "60s")
+    switched: list[Any] = []
+    waiting = threading.Thread(target=lambda: switched.append(daemon.switch("other",
+                                                                            timeout=60)))
+    waiting.start()
+    wait_for(lambda: daemon.backend()["state"] == "stopping"
+             and list((fake_home.runtime / "kv" / "hangs").iterdir()), 20,
+             "the save to begin", daemon.log)
+    r = daemon.post("/stop", params={"force": 1}, timeout=20)
+    assert r.status_code == 200 and r.json()["stopped"] == "hangs", r.text
+    waiting.join(30)
+    assert switched and switched[0].status_code == 409  # the planned switch was cancelled
+    assert list((fake_home.runtime / "kv" / "hangs").iterdir()) == []
+    assert "a forced stop cuts the KV-cache save of hangs" in daemon.log.read_text()
