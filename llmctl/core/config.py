@@ -194,6 +194,13 @@ def _positive_duration(v: Any) -> str | None:
     return None if seconds else f"must be longer than 0, got {v!r}"
 
 
+def _save_timeout(v: Any) -> str | None:
+    """A KV-cache save runs inside a stop, and a daemon's shutdown gives its stop 60 s."""
+    if (err := _positive_duration(v)) is not None:
+        return err
+    return None if (parse_duration(v) or 0) <= 30 else f"must be at most 30s, got {v!r}"
+
+
 # Names a client may send as `model`: ids plus what OpenAI and Ollama clients use (`:`, `/`).
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:/-]{0,127}$")
 RESERVED_NAMES = ("local",)  # the proxy's own model name
@@ -300,7 +307,7 @@ SECTIONS: dict[str, Any] = {
     "cache": {
         "persist": _choice("auto", "off"),
         "min_tokens": _int(1),
-        "save_timeout": _positive_duration,
+        "save_timeout": _save_timeout,
         "max_disk": _int(0),
         "swa_full_max": _int(0),
     },

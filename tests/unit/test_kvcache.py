@@ -190,6 +190,9 @@ def test_cache_keys_are_checked_and_located(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"default.yaml:2: cache.persist: expected one of "
                                           r"auto, off"):
         load_global(bad)
+    bad.write_text("cache:\n  save_timeout: 2m\n")
+    with pytest.raises(ConfigError, match="cache.save_timeout: must be at most 30s"):
+        load_global(bad)
     bad.write_text("llama:\n  swa_full: maybe\n")
     with pytest.raises(ConfigError, match="llama.swa_full: expected true or false"):
         load_global(bad)

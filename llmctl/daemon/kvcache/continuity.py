@@ -57,6 +57,9 @@ class Continuity:
 
     def __post_init__(self) -> None:
         self.store = KvStore(self.paths.kv_dir)
+        # a lifecycle worker that died during a save left its temporary file: no save is
+        # under way now (this worker has none yet)
+        self.store.discard_temps()
 
     # --- before a launch ----------------------------------------------------------------------
 

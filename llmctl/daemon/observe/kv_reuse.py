@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.ipc.channel import ChannelClosed
 
 
 class ReuseWatch:
@@ -32,6 +33,9 @@ class ReuseWatch:
             return None
         self._reported = key
         restored, reused = int(kv["restored_tokens"]), int(figures.cached or 0)
-        self.hub.channel.post(p.KvReuse(str(backend.model), str(kv.get("fingerprint")),
-                                        restored, reused))
+        try:
+            self.hub.channel.post(p.KvReuse(str(backend.model), str(kv.get("fingerprint")),
+                                            restored, reused))
+        except ChannelClosed:  # the worker is stopping; the figures below still count
+            pass
         return {"restored": restored, "reused": reused, "prompt": int(figures.prompt)}
