@@ -11,8 +11,8 @@ down. Its jobs live beside it, one module each:
 - loading.py        switch and load, until ready or failed
 - stopping.py       stop, until the process is gone; then what was planned for afterwards
 - default_model.py  Ensure: wake the idle-unloaded model or load the default one
-- cache_command.py  the saved KV caches: list, clear, what a restore reused (daemon/kvcache/
-                    does the work; stopping and loading save and restore)
+- kvcache/command.py  (beside the KV store) the saved caches: list, clear, what a restore
+                    reused; stopping and loading save and restore
 
 This module routes the messages to them, and does the periodic work: a load's checks, a
 stop's steps, the liveness of a ready backend, the log's size bound.
@@ -30,7 +30,6 @@ from typing import Any
 
 from llmctl.core.paths import Paths
 from llmctl.daemon.backend.adoption import Adoption
-from llmctl.daemon.backend.cache_command import CacheCommand
 from llmctl.daemon.backend.context import BackendContext, Emit
 from llmctl.daemon.backend.default_model import DefaultModel
 from llmctl.daemon.backend.exits import describe_exit
@@ -38,6 +37,7 @@ from llmctl.daemon.backend.loading import Loader
 from llmctl.daemon.backend.log_file import bound_log, read_log_tail
 from llmctl.daemon.backend.stopping import Stopper
 from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.kvcache.command import CacheCommand
 
 log = logging.getLogger("llmctld.lifecycle")
 

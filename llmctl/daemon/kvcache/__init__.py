@@ -11,9 +11,11 @@ llama-server's slot API) and read by the proxy for its views:
                  under a temporary name and renamed, private, bounded (LRU), stale ones dropped
 - slots.py       llama-server's /slots list, save and restore over HTTP, each with a deadline
 - transfer.py    a save or restore run in a thread, so the lifecycle loop ticks through it
+- command.py     the lifecycle worker's Cache command (list, clear) and KvReuse notice
 - view.py        what `llmctl inspect` shows of a model (read-only, the proxy)
 - continuity.py  what the lifecycle's phases call: plan a launch, start and finish a save or
                  a restore, list and clear, learn what a restore reused
 
-It never decides when a backend stops or loads, and holds no llama-server process.
+It never decides when a backend stops or loads, and holds no llama-server process (command.py
+reads the backend record it is given, to show what a restore reused).
 """
