@@ -55,11 +55,11 @@ class Stopper:
         stopping = self.stopping
         if stopping is not None and stopping.save is not None:
             log.info("a forced stop cuts the KV-cache save of %s", stopping.model)
-            self._end_save(stopping)
+            self._end_save(stopping, cut=True)
 
-    def _end_save(self, stopping: Stopping) -> None:
+    def _end_save(self, stopping: Stopping, cut: bool = False) -> None:
         assert stopping.save is not None and self.ctx.proc is not None
-        stopping.kv = self.ctx.kv.finish_save(stopping.save)
+        stopping.kv = self.ctx.kv.finish_save(stopping.save, cut)
         stopping.save = None
         stopping.termination = Termination(self.ctx.proc, self.ctx.stop_grace)
 

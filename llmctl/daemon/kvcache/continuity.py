@@ -145,13 +145,14 @@ class Continuity:
         return job.start(run_save, int(settings.get("min_tokens") or 1),
                          lambda tokens: tokens * per_token <= budget)
 
-    def finish_save(self, job: Job) -> dict[str, Any]:
+    def finish_save(self, job: Job, cut: bool = False) -> dict[str, Any]:
         """Commit what answered (within the disk budget), else nothing; the facts for the
-        stopped record."""
+        stopped record. `cut`: a forced stop ended it early."""
         self.job = None
         model, fingerprint = job.model, job.fingerprint
         if job.timed_out() or job.error:
-            why = ("took longer than cache.save_timeout" if job.timed_out() else job.error)
+            why = job.error if not job.timed_out() else (
+                "cut by a forced stop" if cut else "took longer than cache.save_timeout")
             log.warning("saving the KV cache of %s failed (%s); it is not kept, the stop goes "
                         "on", model, why)
             return {"model": model, "save_error": why}
