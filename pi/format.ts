@@ -47,10 +47,15 @@ export function progressBar(percent: number | null | undefined, width = 20): str
 	return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${Math.floor(p)}%`;
 }
 
+/** The daemon's load phases as people read them (restoring: the saved KV cache is read back). */
+export function phaseLabel(phase: string | undefined): string | undefined {
+	return phase === "restoring" ? "restoring cache" : phase;
+}
+
 export function formatProgress(progress: Progress | null | undefined): string {
 	if (!progress) return "";
 	const parts: string[] = [];
-	if (progress.phase) parts.push(progress.phase);
+	if (progress.phase) parts.push(phaseLabel(progress.phase) as string);
 	if (typeof progress.percent === "number" && Number.isFinite(progress.percent)) {
 		parts.push(`${Math.floor(Math.max(0, Math.min(100, progress.percent)))}%`);
 	}

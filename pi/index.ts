@@ -38,6 +38,7 @@ import {
 	formatProgress,
 	modelLabel,
 	oneLine,
+	phaseLabel,
 	progressBar,
 	statusText,
 	summarizeReload,
@@ -192,7 +193,7 @@ class ProgressView {
 				this.status = `starting ${this.target}…`;
 				break;
 			case "progress": {
-				this.step = ev.phase || "loading";
+				this.step = phaseLabel(ev.phase) || "loading";
 				this.percent = ev.percent;
 				const pct =
 					typeof ev.percent === "number" && Number.isFinite(ev.percent)

@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="e.g. unsloth/Qwen3-8B-GGUF:Q4_K_M (default quantisation Q4_K_M)")
     cmd.add_argument("--id", help="model id (default: from the repository and file)")
     cmd.add_argument("--name", help="display name (default: the GGUF's general.name)")
-    from llmctl.cli import activity, top
+    from llmctl.cli import activity, cache, top
+
+    cache.add_arguments(add("cache", "saved KV caches (model, tokens, size, age, fingerprint "
+                            "match); `cache clear [MODEL]` removes them", json_flag=True))
 
     activity.add_arguments(add("activity", "recent requests: route, model, status, timings, "
                                "tokens, tokens/s", json_flag=True))
@@ -301,6 +304,12 @@ def cmd_activity(client: Any, args: argparse.Namespace) -> int:
     return activity.run(client, args)
 
 
+def cmd_cache(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import cache
+
+    return cache.run(client, args)
+
+
 def cmd_top(client: Any, args: argparse.Namespace) -> int:
     from llmctl.cli import top
 
@@ -310,7 +319,7 @@ def cmd_top(client: Any, args: argparse.Namespace) -> int:
 COMMANDS = {
     "switch": cmd_switch, "stop": cmd_stop, "status": cmd_status, "active": cmd_active,
     "models": cmd_models, "inspect": cmd_inspect, "logs": cmd_logs, "reload": cmd_reload,
-    "activity": cmd_activity, "top": cmd_top,
+    "activity": cmd_activity, "top": cmd_top, "cache": cmd_cache,
 }
 
 

@@ -7,6 +7,8 @@ import time
 from typing import Any, TextIO
 
 BAR = 24
+# the daemon's phase names as people read them (restoring: the saved KV cache is read back)
+PHASES = {"restoring": "restoring cache"}
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
@@ -56,7 +58,8 @@ class Progress(StatusLine):
         elif name == "starting":
             self._status(f"starting {self.model}")
         elif name == "progress":
-            self._progress(event.get("phase") or "loading", event.get("percent"))
+            phase = event.get("phase") or "loading"
+            self._progress(PHASES.get(phase, phase), event.get("percent"))
 
     def _progress(self, phase: str, percent: float | None) -> None:
         if self.tty:

@@ -69,6 +69,8 @@ def render_status(status: dict[str, Any], url: str) -> str:
         lines.append(f"model    none ({unloaded['model']} unloaded for idleness)")
     else:
         lines.append(f"model    none ({state}) — load one with `llmctl switch <model>`")
+    if (kv := kv_line(b.kv, state)) is not None:
+        lines.append(f"cache    {kv}")
     lines.append(f"requests {status['in_flight']} in flight, {status.get('requests_total', 0)}"
                  f" served by this proxy worker")
     lines.append(f"default  {status['default_model'] or '-'}")
@@ -77,6 +79,28 @@ def render_status(status: dict[str, Any], url: str) -> str:
     if status.get("config_error"):
         lines.append(f"config   ERROR: {status['config_error']}")
     return "\n".join(lines)
+
+
+def kv_line(kv: dict[str, Any] | None, state: str) -> str | None:
+    """The KV cache of the backend: what was restored and reused, or saved, or why not."""
+    if not kv:
+        return None
+    if state == "stopped":
+        if kv.get("saved_tokens"):
+            return (f"saved {kv['saved_tokens']:,} tokens of {kv.get('model')} "
+                    f"({size(kv.get('saved_bytes'))}, {duration(kv.get('save_seconds'))})")
+        why = kv.get("save_error") or kv.get("save_skipped")
+        return f"{kv.get('model')} not saved: {why}" if why else None
+    if not kv.get("kept"):
+        return f"not kept: {kv.get('reason')}"
+    if kv.get("restored_tokens"):
+        reused = kv.get("reused_tokens")
+        return (f"restored {kv['restored_tokens']:,} tokens in "
+                f"{duration(kv.get('restore_seconds'))}" + (
+                    "" if reused is None else f", the first request reused {reused:,}"))
+    if kv.get("restore_error"):
+        return f"kept; the saved cache could not be restored ({kv['restore_error']})"
+    return f"kept: {kv.get('reason')}"
 
 
 def render_models(data: dict[str, Any]) -> str:
@@ -147,6 +171,12 @@ def render_inspect(data: dict[str, Any]) -> str:
                      f", {g.get('block_count', '?')} layers")
     if data.get("gguf_error"):
         lines.append(f"gguf     cannot read header: {data['gguf_error']}")
+    if data.get("kv_cache"):
+        kv = data["kv_cache"]
+        saved = kv.get("saved") or []
+        lines.append(f"kv cache {'kept' if kv['kept'] else 'NOT kept'}: {kv['reason']}" + (
+            f"; saved: {sum(s['tokens'] for s in saved):,} tokens "
+            f"({size(sum(s['bytes'] for s in saved))})" if saved else ""))
     if not data["available"]:
         lines.append(f"ERROR    {data['error']}")
     if data.get("config"):

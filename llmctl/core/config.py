@@ -62,7 +62,16 @@ DEFAULTS: dict[str, Any] = {
         "embeddings": False,
         "reranking": False,
         "pooling": None,
+        "swa_full": None,  # None: the KV store decides (daemon/kvcache/policy.py)
+        "cache_ram": 8192,  # MiB, llama-server's --cache-ram (its own default); -1 no limit, 0 off
         "extra_args": [],
+    },
+    "cache": {  # KV-cache continuity across switches and restarts (daemon/kvcache/)
+        "persist": "auto",
+        "min_tokens": 256,
+        "save_timeout": "10s",
+        "max_disk": 8192,  # MiB, never more than half the free space of the disk it is on
+        "swa_full_max": 1024,  # MiB of extra KV memory --swa-full may cost under `auto`
     },
     "observability": {  # daemon/observe/observer.py: off means not even the middleware is installed
         "metrics": True,
@@ -185,6 +194,13 @@ def _positive_duration(v: Any) -> str | None:
     return None if seconds else f"must be longer than 0, got {v!r}"
 
 
+def _save_timeout(v: Any) -> str | None:
+    """A KV-cache save runs inside a stop, and a daemon's shutdown gives its stop 60 s."""
+    if (err := _positive_duration(v)) is not None:
+        return err
+    return None if (parse_duration(v) or 0) <= 30 else f"must be at most 30s, got {v!r}"
+
+
 # Names a client may send as `model`: ids plus what OpenAI and Ollama clients use (`:`, `/`).
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+:/-]{0,127}$")
 RESERVED_NAMES = ("local",)  # the proxy's own model name
@@ -284,7 +300,16 @@ SECTIONS: dict[str, Any] = {
         "embeddings": _bool,
         "reranking": _bool,
         "pooling": _optional(_choice("none", "mean", "cls", "last", "rank")),
+        "swa_full": _optional(_bool),
+        "cache_ram": _int(-1),
         "extra_args": _str_list,
+    },
+    "cache": {
+        "persist": _choice("auto", "off"),
+        "min_tokens": _int(1),
+        "save_timeout": _save_timeout,
+        "max_disk": _int(0),
+        "swa_full_max": _int(0),
     },
     "observability": {
         "metrics": _bool,
@@ -312,6 +337,7 @@ MODEL_SCHEMA: dict[str, Any] = {
     "draft_model_file": _str,
     "description": _str,
     "llama": SECTIONS["llama"],
+    "cache": {k: SECTIONS["cache"][k] for k in ("persist", "min_tokens")},
     "pi": SECTIONS["pi"],
     "idle_unload": _duration_or_never,
     "aliases": _aliases,
@@ -500,8 +526,8 @@ def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any],
                 derived: dict[str, Any] | None = None) -> dict[str, Any]:
     """The effective configuration of one model: global settings, then what discovery derived
     from the GGUF file (`derived`, e.g. pi.model.contextWindow), then the model's own `llama`
-    and `pi` sections merged on top, plus its identity keys."""
-    own: dict[str, Any] = {k: model_data[k] for k in ("llama", "pi") if k in model_data}
+    `cache` and `pi` sections merged on top, plus its identity keys."""
+    own: dict[str, Any] = {k: model_data[k] for k in ("llama", "cache", "pi") if k in model_data}
     merged = deep_merge(global_cfg.data, deep_merge(derived, own) if derived else own)
     merged["id"] = model_data["id"]
     merged["name"] = model_data.get("name", model_data["id"])

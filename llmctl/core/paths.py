@@ -47,6 +47,11 @@ class Paths(NamedTuple):  # not a dataclass: importing dataclasses costs the CLI
         return self.runtime / "llmctld.pid"
 
     @property
+    def kv_dir(self) -> Path:
+        """Saved KV caches, one directory per model (daemon/kvcache/store.py)."""
+        return self.runtime / "kv"
+
+    @property
     def logs_dir(self) -> Path:
         return self.runtime / "logs"
 

@@ -72,6 +72,10 @@ class Backend:
     pinned: bool = False  # `llmctl switch --pin`: never unloaded for idleness
     # after an idle unload: {"model", "idle_seconds", "at"}, what the next request wakes
     unloaded: dict[str, Any] | None = None
+    # KV-cache continuity (daemon/kvcache/): while it runs, whether it is kept and why, its
+    # fingerprint, what a restore brought back and the first request reused; once stopped,
+    # what was saved (or why not)
+    kv: dict[str, Any] | None = None
 
     def transition(self, to: str, **facts: Any) -> None:
         """Move to state `to`, setting `facts` (field names of this record)."""

@@ -277,3 +277,30 @@ def test_the_dashboard_shows_the_idle_countdown_and_pins(real_home: Home, make_d
     until(browser, lambda: text(browser, "#idle") == "pinned — never unloaded for idleness",
           "the pin")
     assert daemon.status()["backend"]["pinned"] is True
+
+
+def test_the_dashboard_shows_the_saved_caches_and_clears_them(real_home: Home, make_daemon,
+                                                               browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    real_home.write_config(llama={"ctx_size": 2048}, cache={"min_tokens": 64})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    prompt = " ".join(f"line {i} of a long prompt." for i in range(40))
+    r = daemon.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [
+        {"role": "user", "content": prompt}]})
+    assert r.status_code == 200, r.text
+    browser.get(daemon.url + "/")
+    until(browser, lambda: text(browser, "#kv").startswith("kept: saved when it stops"),
+          "the active model's KV cache")
+    click_switch(browser, "tiny-beta")
+    until(browser, lambda: "tiny-alpha" in text(browser, "#caches tbody"), "the saved cache")
+    row = text(browser, "#caches tbody")
+    assert "yes" in row and "KiB" in row
+    click_switch(browser, "tiny-alpha")  # the restore, then what it brought back
+    until(browser, lambda: "progress: restoring cache" in text(browser, "#switch-events"),
+          "the restoring phase")
+    until(browser, lambda: text(browser, "#kv").startswith("restored "), "the restore")
+    browser.find_element(By.ID, "caches-clear").click()
+    until(browser, lambda: not text(browser, "#caches tbody"), "the clear")
+    assert not (real_home.runtime / "kv" / "tiny-alpha").exists()

@@ -21,10 +21,10 @@ GUARDED = [
     ("POST", "/models/load"), ("POST", "/models/unload"),
     ("GET", "/api/tags"), ("GET", "/api/version"), ("POST", "/api/chat"),
     ("POST", "/api/generate"), ("POST", "/api/show"), ("GET", "/api/ps"),
-    ("POST", "/pull"),
+    ("POST", "/pull"), ("POST", "/cache/clear"),
 ]
 # reads a page may send but must not read
-READS = ["/", "/metrics", "/activity", "/models/sse"]
+READS = ["/", "/metrics", "/activity", "/models/sse", "/cache"]
 
 
 @pytest.fixture(scope="module")

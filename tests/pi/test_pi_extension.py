@@ -448,6 +448,22 @@ def test_rpc_switch_shows_progress_and_refreshes_metadata(daemon, pi):
         assert any("already active" in n for n in notices(msgs, "info")), msgs
 
 
+def test_rpc_switch_back_shows_the_cache_being_restored(daemon, pi):
+    """A model whose KV cache was saved at its last stop restores it before it is ready:
+    Pi's status line says "restoring cache" meanwhile."""
+    switch(daemon, "tiny-alpha")
+    prompt = " ".join(f"line {i} of a prompt worth keeping." for i in range(30))  # ~1k tokens
+    r = daemon.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [
+        {"role": "user", "content": prompt}]})
+    assert r.status_code == 200, r.text
+    switch(daemon, "tiny-beta")  # saves tiny-alpha's cache
+    with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
+        msgs = rpc.command("/llm switch tiny-alpha")
+    statuses = [m.get("statusText") or "" for m in ui(msgs, "setStatus")]
+    assert "llmctl: restoring cache tiny-alpha…" in statuses, statuses
+    assert daemon.backend()["kv"]["restored_tokens"] > 500
+
+
 def test_rpc_ambiguous_switch_opens_picker(daemon, pi):
     switch(daemon, "tiny-alpha")
     with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:

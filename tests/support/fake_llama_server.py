@@ -71,6 +71,13 @@ Script keys (all optional):
                               request has ``tools`` and whose last message is not a tool
                               result calls that tool (finish_reason ``tool_calls``; streamed
                               as a name delta, then the arguments' JSON in two pieces).
+``slot_tokens``               ``GET /slots`` reports this many tokens held by every slot
+                              (``n_prompt_tokens``), as after a served prompt.
+``slot_save_seconds`` (0)     ``POST /slots/N?action=save`` (needs ``--slot-save-path``)
+                              writes half of ``slot_save_bytes`` (4096) to the file, waits
+                              this long (cut short by SIGTERM: the process exits with the
+                              file half written), writes the rest and answers like the real
+                              one; ``action=restore`` reads the file back.
 ``record_requests``           a file path: each completion request body is appended to it
                               as one JSON line (to check what llama-server was sent).
 
@@ -345,6 +352,7 @@ class State:
         self.n_parallel = 1
         self.metrics = False
         self.slots_enabled = True
+        self.slot_save_path: str | None = None
         self.api_keys: list[str] = []
         self.lock = threading.Lock()
         self.slot_busy: list[bool] = []
@@ -515,6 +523,8 @@ class Handler(BaseHTTPRequestHandler):
                     501, "This server does not support metrics endpoint. Start it with `--metrics`",
                     "not_supported_error"))
             return self._send_bytes(200, self._metrics().encode(), "text/plain; version=0.0.4")
+        if path.startswith("/slots/") and self.command == "POST":
+            return self._slot_action(path, url.query, body)
         if path in COMPLETION_PATHS and self.command == "POST":
             return self._completion(path, body)
         if path == "/v1/messages" and self.command == "POST":
@@ -597,11 +607,48 @@ class Handler(BaseHTTPRequestHandler):
         per_slot = STATE.n_ctx // max(1, STATE.n_parallel)
         with STATE.lock:
             busy = list(STATE.slot_busy)
+        held = {"n_prompt_tokens": int(STATE.script["slot_tokens"])} \
+            if STATE.script.get("slot_tokens") else {}
         return [{"id": i, "n_ctx": per_slot, "speculative": False, "is_processing": b,
-                 "id_task": -1, "params": {"n_predict": -1},
+                 "id_task": -1, "params": {"n_predict": -1}, **held,
                  "next_token": [{"has_next_token": b, "has_new_line": False, "n_remain": -1,
                                  "n_decoded": 0}]}
                 for i, b in enumerate(busy)]
+
+    def _slot_action(self, path: str, query: str, body: bytes):
+        action = query.partition("action=")[2].split("&")[0]
+        name = (json.loads(body or b"{}") or {}).get("filename", "")
+        if STATE.slot_save_path is None:
+            return self._send_json(501, _error_body(
+                501, "This server does not support slots action. Start it with "
+                "`--slot-save-path`", "not_supported_error"))
+        if not name or "/" in name or name.startswith("."):
+            return self._send_json(400, _error_body(400, "Invalid filename",
+                                                    "invalid_request_error"))
+        file = os.path.join(STATE.slot_save_path, name)
+        tokens = int(STATE.script.get("slot_tokens") or 0)
+        if action == "save":
+            size = int(STATE.script.get("slot_save_bytes") or 4096)
+            with open(file, "wb") as f:
+                f.write(b"\0" * (size // 2))
+                f.flush()
+                _sleep_unless_stopping(float(STATE.script.get("slot_save_seconds") or 0))
+                if STATE.stopping:
+                    return None  # the process is going: the file stays half written
+                f.write(b"\0" * (size - size // 2))
+            return self._send_json(200, {"id_slot": int(path.rsplit("/", 1)[1]),
+                                         "filename": name, "n_saved": tokens,
+                                         "n_written": size, "timings": {"save_ms": 1.0}})
+        if action == "restore":
+            try:
+                size = os.path.getsize(file)
+            except OSError:
+                return self._send_json(400, _error_body(
+                    400, "Unable to restore slot", "invalid_request_error"))
+            return self._send_json(200, {"id_slot": int(path.rsplit("/", 1)[1]),
+                                         "filename": name, "n_restored": tokens,
+                                         "n_read": size, "timings": {"restore_ms": 1.0}})
+        return self._send_json(400, _error_body(400, "Invalid action", "invalid_request_error"))
 
     def _metrics(self):
         with STATE.lock:
@@ -1075,6 +1122,8 @@ def main(argv=None) -> int:
     STATE.slot_sem = threading.Semaphore(STATE.n_parallel)
     STATE.metrics = "--metrics" in opts
     STATE.slots_enabled = ("--no-slots" not in opts) if flavor() == "new" else ("--slots" in opts)
+    save_path = opt(opts, "--slot-save-path")
+    STATE.slot_save_path = save_path if isinstance(save_path, str) else None
     key = opt(opts, "--api-key")
     if isinstance(key, str):
         STATE.api_keys = [k for k in key.split(",") if k]

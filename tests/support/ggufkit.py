@@ -28,9 +28,11 @@ def _kv(key: str, vtype: int, value: Any) -> bytes:
 
 def write_header(path: Path, *, name: str | None = "Test Model", arch: str = "llama",
                  ctx: int | None = 4096, file_type: int | None = 15,
-                 split: tuple[int, int] | None = None, pad: int = 0) -> Path:
+                 split: tuple[int, int] | None = None, pad: int = 0,
+                 numbers: dict[str, int] | None = None) -> Path:
     """A GGUF v3 header with no tensors: enough for llmctl's scan (file_type 15 = Q4_K_M).
-    `pad` appends that many bytes (a file's size matters to the header cache)."""
+    `pad` appends that many bytes (a file's size matters to the header cache); `numbers`
+    adds uint32 keys (e.g. `llama.attention.sliding_window`)."""
     kvs = [_kv("general.architecture", _STRING, arch)]
     if name is not None:
         kvs.append(_kv("general.name", _STRING, name))
@@ -38,6 +40,7 @@ def write_header(path: Path, *, name: str | None = "Test Model", arch: str = "ll
         kvs.append(_kv("general.file_type", _U32, file_type))
     if ctx is not None:
         kvs.append(_kv(f"{arch}.context_length", _U32, ctx))
+    kvs += [_kv(key, _U32, value) for key, value in (numbers or {}).items()]
     if split is not None:
         kvs += [_kv("split.no", _U16, split[0] - 1), _kv("split.count", _U16, split[1]),
                 _kv("split.tensors.count", _I32, 0)]

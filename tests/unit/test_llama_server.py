@@ -129,7 +129,7 @@ def test_new_argv_for_defaults(tmp_path: Path, new_caps: Capabilities) -> None:
         "--alias", "my-model", "-fa", "auto",
         "-ngl", "999", "-c", "0", "-ctk", "q8_0", "-ctv", "q8_0", "-np", "1",
         "--load-mode", "none", "--metrics", "--slots", "--reasoning-format", "deepseek",
-        "--no-ui",
+        "--no-ui", "--cache-ram", "8192",
     ]
 
 
@@ -302,3 +302,19 @@ def test_find_binary_name_not_on_path(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "'no-such-llama-server' was not found on PATH" in str(info.value)
     assert INSTALL_HINT in str(info.value)
 
+
+
+# --- the KV-cache flags (daemon/kvcache/ decides; build_argv spells them) ------------------
+
+
+def test_cache_flags(tmp_path: Path, new_caps: Capabilities, old_caps: Capabilities) -> None:
+    argv = build_argv(BINARY, new_caps, config(tmp_path, cache_ram=-1), MODEL,
+                      slot_save_path=Path("/run/kv/my-model"), swa_full=True)
+    assert value_of(argv, "--cache-ram") == "-1"
+    assert value_of(argv, "--slot-save-path") == "/run/kv/my-model"
+    assert argv.count("--swa-full") == 1
+    plain = build_argv(BINARY, new_caps, config(tmp_path), MODEL)
+    assert "--slot-save-path" not in plain and "--swa-full" not in plain
+    # a build without them keeps nothing rather than failing to start
+    old = build_argv(BINARY, old_caps, config(tmp_path), MODEL, Path("/kv"), True)
+    assert "--slot-save-path" not in old and "--cache-ram" not in old

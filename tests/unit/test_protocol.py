@@ -13,6 +13,8 @@ from llmctl.daemon.ipc import protocol as p
     p.Reply("a.1", True, {"model": "qwen"}), p.error_reply("a.1", "not_found", "no such"),
     p.State({"state": "ready"}), p.Workers({"proxy": {"pid": 1}}), p.ReloadConfig(),
     p.Shutdown(), p.Ready(42), p.Failed("RuntimeError: boom"),
+    p.Switch("a.7", "qwen", pin=True, force=True), p.Stop("a.8", 30, force=True),
+    p.Cache("a.9"), p.Cache("a.10", "clear", "qwen"), p.KvReuse("qwen", "0123abcd", 2000, 1990),
 ])
 def test_every_kind_round_trips(message: p.Message) -> None:
     wire = p.encode(message)

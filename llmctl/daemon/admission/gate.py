@@ -68,7 +68,8 @@ class Gate:
         self.view.notify()
 
     def begin(self, kind: type[p.Command], force: bool, **fields: Any) -> Pending:
-        """Start a switch or stop: refused while requests are in flight unless forced."""
+        """Start a switch or stop: refused while requests are in flight unless forced (then
+        they are cut, and the lifecycle worker lets no KV-cache save delay it)."""
         if self.in_flight and not force:
             deadline = time.monotonic() + BUSY_GRACE
             self.busy.draining += 1
@@ -82,6 +83,8 @@ class Gate:
         for lease in list(self.busy.leases):
             if lease.relay is not None:
                 lease.relay.abort()
+        if force:
+            fields["force"] = True
         pending = self.commands.send(kind, **fields)
         if not pending.answered:  # e.g. refused at once: the channel is closed
             self.gating.add(pending.id)

@@ -29,6 +29,7 @@ from llmctl.core.config import MODEL_ID_RE
 from llmctl.core.resolve import resolve
 from llmctl.daemon import ui
 from llmctl.daemon.admission.gate import Busy
+from llmctl.daemon.api.cache_route import cache_response
 from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.pull_route import pull_response
@@ -36,6 +37,7 @@ from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
 from llmctl.daemon.backend.log_file import read_log_tail
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
+from llmctl.daemon.kvcache.view import kv_view
 from llmctl.daemon.observe import routes as observe_routes
 from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.relay import anthropic_stream
@@ -61,6 +63,8 @@ ROUTES = Map([
     Rule("/reload", endpoint="reload", methods=["POST"]),
     Rule("/restart-proxy", endpoint="restart_proxy", methods=["POST"]),
     Rule("/pull", endpoint="pull", methods=["POST"]),
+    Rule("/cache", endpoint="cache", methods=["GET"]),
+    Rule("/cache/clear", endpoint="cache_clear", methods=["POST"]),
     Rule("/v1/models", endpoint="v1_models", methods=["GET"]),
     Rule("/metrics", endpoint="metrics", methods=["GET"]),
     Rule("/activity", endpoint="activity", methods=["GET"]),
@@ -198,6 +202,8 @@ class App:
                          suggestions=match.candidates)
         summary = self._model_summary(entry)
         summary["config"] = entry.config
+        if entry.config and entry.model_path is not None:
+            summary["kv_cache"] = kv_view(self.hub.paths, entry, self.hub.backend.backend)
         return json_response(summary)
 
     def on_active(self, request: Request) -> Response:
@@ -347,6 +353,12 @@ class App:
 
     def on_pull(self, request: Request) -> Response:
         return pull_response(request, self.hub, error)
+
+    def on_cache(self, request: Request) -> Response:
+        return cache_response(request, self.hub, False, json_response, _reply_response, error)
+
+    def on_cache_clear(self, request: Request) -> Response:
+        return cache_response(request, self.hub, True, json_response, _reply_response, error)
 
     def on_restart_proxy(self, request: Request) -> Response:
         self.hub.commands.send(p.RestartProxy)

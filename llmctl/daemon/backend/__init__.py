@@ -2,6 +2,7 @@
 
 lifecycle.py is the entry point (messages in, periodic ticks); its jobs are context.py (the
 backend record, state.json, messages out), adoption.py (boot), loading.py (switch and load),
-stopping.py (stop) and default_model.py (Ensure). Beside them: llama_server.py (the binary
+stopping.py (stop; a KV-cache save first) and default_model.py (Ensure); the KV cache
+itself is daemon/kvcache/'s. Beside them: llama_server.py (the binary
 and its flags), process.py (spawn, adopt, signal, health), log_file.py, stall.py, exits.py,
 catalog.py (the model catalog as the lifecycle reads it) and starter.py."""

@@ -21,6 +21,7 @@ from llmctl.core.state import Backend, write_state
 from llmctl.daemon.backend import catalog
 from llmctl.daemon.backend.process import BackendProcess
 from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.kvcache.continuity import Continuity
 
 Emit = Callable[[p.Message], None]
 log = logging.getLogger("llmctld.lifecycle")
@@ -45,6 +46,7 @@ class BackendContext:
         self.proc: BackendProcess | None = None  # the one llama-server, loading or running
         self.log_path: Path | None = None
         self.default_failure: DefaultFailure | None = None
+        self.kv = Continuity(paths)  # the saved KV caches (daemon/kvcache/)
         self.log_max = 20 * 1024 * 1024
         self.stop_grace = 10.0
         self.ready_timeout = 600.0
@@ -66,6 +68,9 @@ class BackendContext:
 
     def reply(self, rid: str, ok: bool, error: dict[str, Any] | None = None,
               **data: Any) -> None:
+        events = self.kv.take_events()  # saves and restores, counted once by the proxy
+        if events:
+            data["kv_events"] = events
         self.emit(p.Reply(rid, ok, data, error))
 
     def event(self, rids: list[str], name: str, **data: Any) -> None:

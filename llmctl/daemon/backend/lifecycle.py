@@ -11,6 +11,8 @@ down. Its jobs live beside it, one module each:
 - loading.py        switch and load, until ready or failed
 - stopping.py       stop, until the process is gone; then what was planned for afterwards
 - default_model.py  Ensure: wake the idle-unloaded model or load the default one
+- kvcache/command.py  (beside the KV store) the saved caches: list, clear, what a restore
+                    reused; stopping and loading save and restore
 
 This module routes the messages to them, and does the periodic work: a load's checks, a
 stop's steps, the liveness of a ready backend, the log's size bound.
@@ -35,6 +37,7 @@ from llmctl.daemon.backend.loading import Loader
 from llmctl.daemon.backend.log_file import bound_log, read_log_tail
 from llmctl.daemon.backend.stopping import Stopper
 from llmctl.daemon.ipc import protocol as p
+from llmctl.daemon.kvcache.command import CacheCommand
 
 log = logging.getLogger("llmctld.lifecycle")
 
@@ -52,13 +55,16 @@ class Lifecycle:
         self.loader = Loader(self.ctx, self.stopper)
         self.adoption = Adoption(self.ctx, self.loader)
         self.defaults = DefaultModel(self.ctx, self.loader, self.stopper)
+        self.cache = CacheCommand(self.ctx)
         self.shutting_down = False
         self.finished = False
         self._last_watch = 0.0
         self._last_log_check = 0.0
         self._table: dict[type[p.Message], Callable[[Any], None]] = {
-            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin),
-            p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds),
+            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin, force=m.force),
+            p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds, force=m.force),
+            p.Cache: lambda m: self.cache.handle(m.id, m.action, m.model),
+            p.KvReuse: self.cache.reused,
             p.Status: lambda m: self.ctx.reply(m.id, True, backend=self.ctx.backend.to_dict()),
             p.Ensure: lambda m: self.defaults.ensure(m.id),
             p.ReloadConfig: lambda m: self.reload(),
@@ -88,11 +94,14 @@ class Lifecycle:
         self.ctx.read_limits()
         self.ctx.default_failure = None  # the user asked for a fresh look
 
-    def stop(self, rid: str, idle_seconds: float | None = None) -> None:
+    def stop(self, rid: str, idle_seconds: float | None = None, force: bool = False) -> None:
         """Stop what runs. `idle_seconds`: an idle unload (the proxy saw no request for that
-        long), recorded in the backend record so that the next request wakes this model."""
+        long), recorded in the backend record so that the next request wakes this model.
+        `force`: no KV-cache save, and one under way is cut."""
         ctx, stopper, loader = self.ctx, self.stopper, self.loader
         if stopper.stopping is not None:
+            if force:
+                stopper.cut_save()
             stopper.drop_plan("cancelled by a stop request")
             stopper.stopping.waiters.append(rid)
             return
@@ -105,7 +114,7 @@ class Lifecycle:
                 ctx.reply(rid, True, stopped=model)
             return
         if ctx.proc is not None:
-            stopping = stopper.begin([])
+            stopping = stopper.begin([], force=force)
             stopping.waiters.append(rid)
             if idle_seconds is not None and stopping.model:
                 log.info("unloading %s after %.0fs without requests", stopping.model,
@@ -146,6 +155,8 @@ class Lifecycle:
                 self.finished = True
             elif done is not None and done.then is not None:
                 self.loader.launch(done.then)
+            if done is not None:
+                self.cache.after_save()
         elif self.loader.load is not None:
             self.loader.check(now)
         elif ctx.proc is not None and (exited or now - self._last_watch >= WATCH_POLL):

@@ -109,8 +109,9 @@ def parse_help(text: str, binary: str = "llama-server") -> Capabilities:
 
 
 def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path: Path,
-               ) -> list[str]:
-    """The llama-server command line for one model's merged config."""
+               slot_save_path: Path | None = None, swa_full: bool = False) -> list[str]:
+    """The llama-server command line for one model's merged config. `slot_save_path` and
+    `swa_full` come from the KV store's decision for this model (daemon/kvcache/policy.py)."""
     server, llama = cfg["server"], cfg["llama"]
     argv = [str(binary), "-m", str(model_path), "--host", str(server["host"]),
             "--port", str(server["port"]), "--alias", cfg["id"]]
@@ -150,6 +151,7 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
         if caps.has(flag):
             argv += [flag]
             break
+    argv += _cache_flags(caps, llama, slot_save_path, swa_full)
     argv += _task_flags(caps, llama)
     for key, flags, what in _FILE_FLAGS:
         if cfg.get(key):
@@ -161,6 +163,21 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
             argv += [spelling, str(cfg[key])]
     argv += [str(a) for a in llama["extra_args"]]
     return argv
+
+
+def _cache_flags(caps: Capabilities, llama: dict[str, Any], slot_save_path: Path | None,
+                 swa_full: bool) -> list[str]:
+    """The host prompt cache's size, and what KV-cache continuity needs: where slots are
+    saved, and the full-size sliding-window cache without which a restore reuses nothing.
+    A build without them simply keeps nothing (policy.py says why)."""
+    flags: list[str] = []
+    if caps.has("--cache-ram"):
+        flags += ["--cache-ram", str(llama["cache_ram"])]
+    if slot_save_path is not None and caps.has("--slot-save-path"):
+        flags += ["--slot-save-path", str(slot_save_path)]
+        if swa_full and caps.has("--swa-full"):
+            flags += ["--swa-full"]
+    return flags
 
 
 def _task_flags(caps: Capabilities, llama: dict[str, Any]) -> list[str]:

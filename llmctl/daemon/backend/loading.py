@@ -7,6 +7,9 @@
 - A load is a phase the loop ticks through (`check()`): the process's exit is a failure with
   its log tail; /health 200 is ready; past server.readyTimeoutMs, or stalled (stall.py), the
   process is stopped and the load fails. Progress events come from the bytes read of the GGUF.
+- Once /health answers, a saved KV cache of this model and fingerprint is restored before
+  the backend is reported ready (phase `restoring`, daemon/kvcache/), so the requests held
+  for the load find their prefix. A failed restore is dropped; the model is ready anyway.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class Loader:
 
     # --- switch --------------------------------------------------------------------------------
 
-    def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False) -> None:
+    def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False,
+               force: bool = False) -> None:
         ctx = self.ctx
         if not default:
             ctx.default_failure = None  # an explicit switch: the user is on it
@@ -76,7 +80,10 @@ class Loader:
         try:
             binary = llama_server.find_binary(cfg["server"]["binary"])
             caps = llama_server.detect(binary)  # cached per binary (path, size, mtime)
-            argv = llama_server.build_argv(binary, caps, cfg, entry.model_path)
+            kv = ctx.kv.plan(model_id, cfg, entry.model_path)
+            argv = llama_server.build_argv(binary, caps, cfg, entry.model_path, kv.save_dir,
+                                           kv.decision.swa_full)
+            ctx.kv.seal(kv, argv, cfg, entry.model_path)
         except llama_server.BackendSetupError as e:
             if ctx.proc is None and stopping is None:
                 # never drop a serving model for a switch that cannot start
@@ -96,10 +103,12 @@ class Loader:
             # Asked for the model that runs, whose config has changed since: apply it.
             reason = "its configuration changed"
             log.info("restarting %s: %s", model_id, reason)
-        plan = Plan(model_id, cfg, entry.model_path, argv, [rid], default, pin)
+        plan = Plan(model_id, cfg, entry.model_path, argv, [rid], default, pin, kv)
         if self.load is not None:
             self.end("cancelled", f"superseded by a switch to {model_id}")
         stopping = self.stopper.stopping
+        if stopping is not None and force:
+            self.stopper.cut_save()
         if stopping is not None:
             if stopping.then is not None:
                 old = stopping.then
@@ -110,7 +119,7 @@ class Loader:
             ctx.event([rid], "stopping", model=stopping.model)
             return
         if ctx.proc is not None:
-            self.stopper.begin([rid], reason).then = plan
+            self.stopper.begin([rid], reason, force).then = plan
             return
         self.launch(plan)
 
@@ -151,18 +160,22 @@ class Loader:
         now = time.monotonic()
         log.info("starting %s (llama-server pid %d, log %s)", model_id, proc.pid, log_path)
         ctx.proc, ctx.log_path = proc, log_path
+        if plan.kv is not None:
+            ctx.kv.launching(plan.kv)
         self.load = Load(model=model_id, model_path=plan.model_path, proc=proc,
                          log_path=log_path, log_offset=offset, started=now,
                          deadline=now + plan.cfg["server"]["readyTimeoutMs"] / 1000,
                          waiters=list(plan.waiters), model_size=file_size(plan.model_path),
                          reads_file=not plan.cfg["llama"]["mmap"], default=plan.default,
                          pin=plan.pin,
-                         stall=StallDetector(plan.cfg["server"]["stallTimeoutMs"] / 1000))
+                         stall=StallDetector(plan.cfg["server"]["stallTimeoutMs"] / 1000),
+                         kv=plan.kv)
         ctx.backend.transition(
             "starting", model=model_id, host=host, port=port, model_path=str(plan.model_path),
             started_at=time.time(), progress={"phase": "spawning", "percent": 0.0 if
                                               self.load.reads_file else None},
-            pid=proc.pid, create_time=proc.create_time, cmdline=proc.cmdline)
+            pid=proc.pid, create_time=proc.create_time, cmdline=proc.cmdline,
+            kv=plan.kv.record() if plan.kv is not None else None)
         ctx.changed()
 
     # --- the load, tick by tick ----------------------------------------------------------------
@@ -177,10 +190,19 @@ class Loader:
             self.end("load_failed", f"llama-server {describe_exit(code)} while loading "
                      f"{load.model}" + (f": {hint}" if hint else ""), exit_code=code, tail=tail)
             return
+        if load.restore is not None:
+            if load.restore.finished(now):
+                self._ready(load, now)
+            return
         host, port = ctx.backend.host or "", ctx.backend.port or 0
         status = health(host, port, timeout=0.5)
         if status == 200:
-            self._ready(load, now)
+            if load.kv is not None:
+                load.restore = ctx.kv.begin_restore(load.kv, host, port)
+            if load.restore is None:
+                self._ready(load, now)
+            else:
+                self._progress(load, "restoring", None, now)
             return
         if now > load.deadline:
             tail = read_log_tail(load.log_path, load.log_offset)
@@ -201,10 +223,14 @@ class Loader:
             return
         if (phase, percent) != (load.phase, load.percent) and \
                 now - load.last_progress >= PROGRESS_EVERY:
-            load.phase, load.percent, load.last_progress = phase, percent, now
-            ctx.backend.progress = {"phase": phase, "percent": percent}
-            ctx.event(load.waiters, "progress", model=load.model, phase=phase, percent=percent)
-            ctx.changed(write=False)
+            self._progress(load, phase, percent, now)
+
+    def _progress(self, load: Load, phase: str, percent: float | None, now: float) -> None:
+        ctx = self.ctx
+        load.phase, load.percent, load.last_progress = phase, percent, now
+        ctx.backend.progress = {"phase": phase, "percent": percent}
+        ctx.event(load.waiters, "progress", model=load.model, phase=phase, percent=percent)
+        ctx.changed(write=False)
 
     def _ready(self, load: Load, now: float) -> None:
         ctx = self.ctx
@@ -213,8 +239,11 @@ class Loader:
         self.load = None
         if load.default:
             ctx.default_failure = None
+        kv = ctx.backend.kv
+        if load.restore is not None and load.kv is not None:
+            kv = load.kv.record(**ctx.kv.finish_restore(load.restore))
         ctx.backend.transition("ready", ready_at=time.time(), load_seconds=seconds,
-                               progress=None, error=None, pinned=load.pin)
+                               progress=None, error=None, pinned=load.pin, kv=kv)
         ctx.changed()
         for rid in load.waiters:
             ctx.reply(rid, True, event="ready", model=load.model, load_seconds=seconds,

@@ -9,6 +9,8 @@ from typing import Any
 
 from llmctl.daemon.backend.process import BackendProcess, Termination
 from llmctl.daemon.backend.stall import StallDetector
+from llmctl.daemon.kvcache.continuity import KvPlan
+from llmctl.daemon.kvcache.transfer import Job
 
 
 @dataclass
@@ -31,6 +33,8 @@ class Load:
     default: bool = False  # started by an Ensure
     pin: bool = False
     stall: StallDetector = field(default_factory=lambda: StallDetector(0.0))
+    kv: KvPlan | None = None
+    restore: Job | None = None  # restoring the saved KV cache: /health answered already
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Plan:
     waiters: list[str]
     default: bool = False
     pin: bool = False
+    kv: KvPlan | None = None
 
 
 @dataclass
@@ -60,12 +65,15 @@ class Failure:
 
 @dataclass
 class Stopping:
-    """A llama-server being stopped, and what its end answers or starts."""
+    """A llama-server being stopped, and what its end answers or starts. While its KV cache
+    is saved (`save`) no signal has been sent yet (`termination` is None)."""
 
-    termination: Termination
+    termination: Termination | None
     model: str | None
     waiters: list[str] = field(default_factory=list)  # Stop commands, answered when done
     cancelled: list[tuple[list[str], str]] = field(default_factory=list)  # (rids, why)
     failure: Failure | None = None
     then: Plan | None = None
     unloaded: dict[str, Any] | None = None  # an idle unload: recorded once it is stopped
+    save: Job | None = None
+    kv: dict[str, Any] | None = None  # what the save did, for the stopped record

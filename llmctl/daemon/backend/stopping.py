@@ -5,11 +5,16 @@ planned for afterwards, `Stopping.then`).
 The loop never waits for the process: `step()` is called each tick and returns the finished
 phase once the process is gone (process.Termination: SIGTERM, a second SIGTERM after 1 s,
 SIGKILL at server.stopTimeoutMs).
+
+A ready backend whose KV cache is kept is saved first (daemon/kvcache/: a job in a thread,
+bounded by cache.save_timeout) and signalled once the save answered or ran out of time; a
+forced stop skips the save, and one that comes during a save cuts it (`cut_save`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from llmctl.daemon.backend.context import BackendContext
 from llmctl.daemon.backend.exits import describe_exit
@@ -24,17 +29,39 @@ class Stopper:
         self.ctx = ctx
         self.stopping: Stopping | None = None
 
-    def begin(self, rids: list[str], reason: str | None = None) -> Stopping:
-        """Start stopping the running llama-server; `rids` hear a `stopping` event."""
+    def begin(self, rids: list[str], reason: str | None = None,
+              force: bool = False) -> Stopping:
+        """Start stopping the running llama-server; `rids` hear a `stopping` event. Unless
+        `force`d, a ready backend's KV cache is saved first."""
         ctx = self.ctx
         assert ctx.proc is not None
-        model = ctx.backend.model
+        backend = ctx.backend
+        model = backend.model
         log.info("stopping %s (llama-server pid %d)", model, ctx.proc.pid)
         ctx.event(rids, "stopping", model=model, **({"reason": reason} if reason else {}))
-        ctx.backend.transition("stopping")
-        self.stopping = Stopping(Termination(ctx.proc, ctx.stop_grace), model)
+        save = None if force or backend.state != "ready" else ctx.kv.begin_save(
+            model, backend.kv, backend.host, backend.port)
+        backend.transition("stopping")
+        self.stopping = Stopping(None, model, save=save)
+        if save is None:
+            self.stopping.termination = Termination(ctx.proc, ctx.stop_grace)
+        else:
+            backend.progress = {"phase": "saving", "percent": None}
         ctx.changed(write=False)
         return self.stopping
+
+    def cut_save(self) -> None:
+        """A forced stop or switch arrived during the save: signal the process now."""
+        stopping = self.stopping
+        if stopping is not None and stopping.save is not None:
+            log.info("a forced stop cuts the KV-cache save of %s", stopping.model)
+            self._end_save(stopping, cut=True)
+
+    def _end_save(self, stopping: Stopping, cut: bool = False) -> None:
+        assert stopping.save is not None and self.ctx.proc is not None
+        stopping.kv = self.ctx.kv.finish_save(stopping.save, cut)
+        stopping.save = None
+        stopping.termination = Termination(self.ctx.proc, self.ctx.stop_grace)
 
     def drop_plan(self, why: str) -> None:
         """The switch planned for after this stop will not happen: tell its clients."""
@@ -48,9 +75,15 @@ class Stopper:
         and answered), else None."""
         stopping, ctx = self.stopping, self.ctx
         assert stopping is not None
+        if stopping.save is not None:
+            if not stopping.save.finished(time.monotonic()):
+                return None
+            self._end_save(stopping)
+        assert stopping.termination is not None
         if not stopping.termination.step():
             return None
         self.stopping, ctx.proc = None, None
+        ctx.kv.after_stop(stopping.model)
         failure = stopping.failure
         exit_code = stopping.termination.exit_code
         if failure is not None and failure.code == "load_stalled":  # say how it ended
@@ -59,7 +92,7 @@ class Stopper:
             tail = failure.tail if failure.tail is not None else []
             ctx.record_failure(failure.model, failure.message, exit_code, tail, changed=False)
         else:
-            ctx.backend.transition("stopped", unloaded=stopping.unloaded)
+            ctx.backend.transition("stopped", unloaded=stopping.unloaded, kv=stopping.kv)
         ctx.changed()
         if failure is not None:
             ctx.refuse(failure.waiters, failure.code, failure.message, model=failure.model,

@@ -5,10 +5,16 @@ Wire form: one JSON object per channel frame (see channel.py), {"type": <KIND>, 
 Who sends what (docs/architecture.md has the picture):
 
   proxy -> lifecycle (relayed by the supervisor), each answered by exactly one Reply:
-    Switch(id, model, pin)  load `model`, replacing what runs (pin: no idle unload)
-    Stop(id, idle_seconds)  stop the backend (cancels a load); idle_seconds: an idle unload
+    Switch(id, model, pin, force)  load `model`, replacing what runs (pin: no idle unload;
+                        force: requests in flight were cut, so no KV-cache save delays it)
+    Stop(id, idle_seconds, force)  stop the backend (cancels a load); idle_seconds: an idle
+                        unload; force as for Switch
     Status(id)          reply carries the backend record (a proxy's first look)
     Ensure(id)          make sure a model is loaded: the idle-unloaded one, else the default
+    Cache(id, action, model)  the saved KV caches: list them, or clear (all, or one model's)
+  proxy -> lifecycle, no answer:
+    KvReuse(model, fingerprint, restored, reused)  what the first request after a restore
+                        reused of the restored cache (timings.cache_n)
   proxy -> supervisor, answered by one Reply:
     Reload(id)          re-read the configuration everywhere (also SIGHUP)
     RestartProxy(id)    graceful proxy restart (also SIGUSR2)
@@ -63,6 +69,7 @@ class Switch(Command):
     id: str
     model: str
     pin: bool = False  # keep it loaded: never unloaded for idleness (`llmctl switch --pin`)
+    force: bool = False  # in-flight requests were cut: nothing (no KV save) may delay it
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,19 @@ class Stop(Command):
     KIND: ClassVar[str] = "stop"
     id: str
     idle_seconds: float | int | None = None  # an idle unload, after that long without requests
+    force: bool = False  # as Switch.force
+
+
+@dataclass(frozen=True)
+class Cache(Command):
+    """The saved KV caches (daemon/kvcache/): `list`, or `clear` them (all, or `model`'s).
+    Through the lifecycle worker, the only writer of the store, so a clear never races a
+    save."""
+
+    KIND: ClassVar[str] = "cache"
+    id: str
+    action: str = "list"
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,19 @@ class Status(Command):
 class Ensure(Command):
     KIND: ClassVar[str] = "ensure"
     id: str
+
+
+@dataclass(frozen=True)
+class KvReuse(Message):
+    """What the first request after a KV-cache restore reused (llama-server's
+    timings.cache_n): the proxy sees it, the lifecycle worker stops saving a model whose
+    restores keep reusing nothing. No reply."""
+
+    KIND: ClassVar[str] = "kv_reuse"
+    model: str
+    fingerprint: str
+    restored: int
+    reused: int
 
 
 @dataclass(frozen=True)
@@ -173,8 +206,8 @@ class Malformed(Message):
 
 
 KINDS: dict[str, type[Message]] = {cls.KIND: cls for cls in (
-    Switch, Stop, Status, Ensure, Reload, RestartProxy, Event, Reply, State, Workers,
-    ReloadConfig, Shutdown, Ready, Failed)}
+    Switch, Stop, Status, Ensure, Cache, KvReuse, Reload, RestartProxy, Event, Reply, State,
+    Workers, ReloadConfig, Shutdown, Ready, Failed)}
 
 
 class ProtocolError(Exception):

@@ -111,6 +111,18 @@ class Metrics:
         self.idle_unloads = Counter(
             "llmctl_idle_unloads", "Models unloaded because they sat idle", ["model"],
             registry=None)
+        self.kv_tokens = {kind: Counter(
+            f"llmctl_kv_{kind}_tokens", help_, ["model"], registry=None) for kind, help_ in (
+            ("restored", "KV-cache tokens restored from a save when a model loaded"),
+            ("reused", "Restored KV-cache tokens the first request after the restore reused "
+             "(llama-server's timings.cache_n)"),
+            ("saved", "KV-cache tokens saved when a model stopped"))}
+        self.kv_bytes = {kind: Counter(
+            f"llmctl_kv_{kind}_bytes", f"Bytes of KV-cache files {kind}", ["model"],
+            registry=None) for kind in ("saved", "restored")}
+        self.kv_seconds = {kind: Histogram(
+            f"llmctl_kv_{kind}_seconds", f"How long each KV-cache {kind} took", ["model"],
+            buckets=DURATION_BUCKETS, registry=None) for kind in ("save", "restore")}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._request_sums: dict[tuple[str, int, str], RequestSums] = {}
         self.pending = Pending()
@@ -164,14 +176,32 @@ class Metrics:
         self.pending.requests.append(sums)
         return sums
 
+    def count_kv_reuse(self, model: str, kv: dict[str, int]) -> None:
+        self.inc(self.child(self.kv_tokens["reused"], model), kv["reused"])
+
+    def _count_kv_events(self, events: Any) -> None:
+        """Saves and restores, each carried by exactly one lifecycle reply."""
+        for event in events if isinstance(events, list) else []:
+            model, kind = str(event.get("model") or ""), event.get("kind")
+            if kind not in ("save", "restore"):
+                continue
+            done = "saved" if kind == "save" else "restored"
+            self.inc(self.child(self.kv_tokens[done], model), float(event.get("tokens") or 0))
+            self.inc(self.child(self.kv_bytes[done], model), float(event.get("bytes") or 0))
+            self.observe(self.child(self.kv_seconds[kind], model),
+                         float(event.get("seconds") or 0))
+
     def count_backend_message(self, message: Any) -> None:
-        """A lifecycle Reply (a protocol record): switch outcomes, load times, idle unloads.
-        Each reply reaches only the proxy worker whose command it answers."""
+        """A lifecycle Reply (a protocol record): switch outcomes, load times, idle unloads,
+        KV-cache saves and restores. Each reply reaches only the proxy worker whose command
+        it answers."""
         from llmctl.daemon.ipc import protocol as p
 
         if not isinstance(message, p.Reply):
             return
         data = message.data
+        if "kv_events" in data:
+            self._count_kv_events(data["kv_events"])
         model = str(data.get("model") or "")
         if data.get("event") == "ready":
             if data.get("already_active"):

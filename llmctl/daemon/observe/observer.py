@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.daemon.observe import usage
+from llmctl.daemon.observe.kv_reuse import ReuseWatch
 from llmctl.daemon.relay.native_routes import backend_path
 
 log = logging.getLogger("llmctld.proxy")
@@ -55,6 +56,7 @@ class Observer:
     def __init__(self, app: Any, hub: Any, metrics: Any | None, activity: Any | None):
         self.app, self.hub, self.metrics, self.activity = app, hub, metrics, activity
         self._failed = False
+        self.reuse = ReuseWatch(hub)
         if metrics is not None:
             hub.listeners.append(self._backend_message)
             import gevent
@@ -95,14 +97,18 @@ class Observer:
             error = (usage.error_message(tail) or f"HTTP {status}")[:300]
         elif stream and b'"error"' in tail:  # a stream that ended with an error event
             error = usage.error_message(tail)
+        kv = self.reuse.seen(figures) if status < 400 and not figures.empty() else None
         if self.metrics is not None:
             self.metrics.count_request(body.family, status, body.model or "", duration, ttfb,
                                        figures)
+            if kv is not None:
+                self.metrics.count_kv_reuse(body.model or "", kv)
         if self.activity is not None:
             environ = body.environ
             self.activity.append((time.time() - duration, environ.get("REMOTE_ADDR"),
                                   environ["REQUEST_METHOD"], environ["PATH_INFO"], body.family,
-                                  body.model, status, stream, duration, ttfb, figures, error))
+                                  body.model, status, stream, duration, ttfb, figures, error,
+                                  kv))
 
     def flush(self) -> None:
         """Write what the metrics hold in memory to their files (at the worker's exit)."""
@@ -120,8 +126,8 @@ class Observer:
 def activity_entry(record: tuple[Any, ...]) -> dict[str, Any]:
     """An activity entry as /activity shows it, from the tuple Observer.record() logged."""
     (at, address, method, route, family, model, status, stream, duration, ttfb, figures,
-     error) = record
-    return {
+     error, kv) = record
+    entry = {
         "time": round(at, 3), "client": client_kind(address), "method": method,
         "route": route, "family": family, "model": model, "status": status, "stream": stream,
         "duration_ms": round(duration * 1000, 2),
@@ -132,6 +138,9 @@ def activity_entry(record: tuple[Any, ...]) -> dict[str, Any]:
         if figures.tokens_per_s is not None else None,
         "error": error,
     }
+    if kv is not None:  # the first request after a KV-cache restore: what it reused
+        entry["kv_restored_tokens"], entry["kv_reused_tokens"] = kv["restored"], kv["reused"]
+    return entry
 
 
 class ObservedBody:

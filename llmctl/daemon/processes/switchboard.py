@@ -32,7 +32,8 @@ class Switchboard:
         self.pending: dict[str, Worker] = {}
         self._from_proxy: dict[type[p.Message], Handler] = {
             p.Switch: self._forward, p.Stop: self._forward, p.Status: self._forward,
-            p.Ensure: self._forward, **{k: own[k] for k in (p.Ready, p.Failed, p.Reload,
+            p.Ensure: self._forward, p.Cache: self._forward, p.KvReuse: self._notify,
+            **{k: own[k] for k in (p.Ready, p.Failed, p.Reload,
                                                               p.RestartProxy)},
         }
         self._from_lifecycle: dict[type[p.Message], Handler] = {
@@ -79,6 +80,13 @@ class Switchboard:
             return
         self.pending[message.id] = source
         self.send(lifecycle, message)
+
+    def _notify(self, source: Worker, message: p.Message) -> None:
+        """A proxy's notice for the lifecycle worker, which nobody waits on: dropped while
+        that worker restarts."""
+        lifecycle = self.workers["lifecycle"]
+        if lifecycle.channel is not None:
+            self.send(lifecycle, message)
 
     def _to_sender(self, source: Worker, message: p.Event | p.Reply) -> None:
         if isinstance(message, p.Reply):

@@ -1,6 +1,7 @@
 // The llmctl dashboard. Plain browser JavaScript, no build step and no dependencies: it polls
 // GET /status, follows GET /activity?follow=1 and GET /logs?follow=1 (NDJSON and text
-// streams read with fetch), and drives POST /switch/<id>?stream=1 and POST /stop. Every URL
+// streams read with fetch), lists GET /cache (saved KV caches) and drives
+// POST /switch/<id>?stream=1, POST /stop and POST /cache/clear. Every URL
 // is relative, so the page talks to the daemon that served it.
 "use strict";
 
@@ -11,7 +12,7 @@ const LOG_CHARS = 200000;
 const WINDOW_S = 60;
 
 const state = { status: null, statusTick: Date.now(), models: [], activity: [], logModel: null,
-                logAbort: null, switching: false, busyRetry: null };
+                logAbort: null, switching: false, busyRetry: null, kvGeneration: null };
 
 // --- small helpers ---------------------------------------------------------------------------
 
@@ -130,6 +131,13 @@ function renderStatus() {
       ? `unloads in ${countdown(idle.unloads_at * 1000 - state.statusTick)}` : idle.text || null;
   $("idle-label").hidden = $("idle").hidden = idleText === null;
   $("idle").textContent = idleText || "";
+  const kv = kvText(backend.kv, backend.state);
+  $("kv-label").hidden = $("kv").hidden = kv === null;
+  $("kv").textContent = kv || "";
+  if (backend.generation !== state.kvGeneration) {  // a save or restore may have happened
+    state.kvGeneration = backend.generation;
+    loadCaches();
+  }
   $("backend-error").hidden = !(backend.state === "failed" && backend.error);
   $("backend-error").textContent = backend.state === "failed" ? backend.error || "" : "";
   const logModel = backend.model || null;
@@ -142,7 +150,28 @@ function isActive(id) {
   return !!b && b.model === id && (b.state === "starting" || b.state === "ready");
 }
 
+// the load's phases as people read them (the daemon's names: spawning, loading, warming,
+// restoring = the saved KV cache being read back before the model serves)
+const PHASES = { restoring: "restoring cache" };
+
+function kvText(kv, backendState) {
+  if (!kv) return null;
+  if (backendState === "stopped") {
+    if (kv.saved_tokens) return `saved ${kv.saved_tokens.toLocaleString()} tokens of ${kv.model} (${bytes(kv.saved_bytes)})`;
+    const why = kv.save_error || kv.save_skipped;
+    return why ? `${kv.model} not saved: ${why}` : null;
+  }
+  if (!kv.kept) return `not kept: ${kv.reason}`;
+  if (kv.restored_tokens) {
+    const reused = kv.reused_tokens === null || kv.reused_tokens === undefined ? ""
+      : `, the first request reused ${kv.reused_tokens.toLocaleString()}`;
+    return `restored ${kv.restored_tokens.toLocaleString()} tokens in ${seconds(kv.restore_seconds)}${reused}`;
+  }
+  return `kept: ${kv.reason}`;
+}
+
 function showProgress(phase, percent) {
+  phase = PHASES[phase] || phase;
   const fill = $("load-fill");
   if (percent === null || percent === undefined) {
     fill.classList.add("indeterminate");
@@ -213,7 +242,7 @@ async function switchTo(model, force) {
       if (event.event === "progress") {
         $("load").hidden = false;
         showProgress(event.phase, event.percent);
-        switchEvent(`progress: ${event.phase}${event.percent !== null && event.percent !== undefined ? ` ${event.percent}%` : ""}`);
+        switchEvent(`progress: ${PHASES[event.phase] || event.phase}${event.percent !== null && event.percent !== undefined ? ` ${event.percent}%` : ""}`);
       } else if (event.event === "ready") {
         switchEvent(`ready: ${event.model}${event.already_active ? " (already active)" : ` in ${seconds(event.load_seconds)}`}`, "ready");
       } else if (event.event === "error") {
@@ -243,6 +272,35 @@ async function stop(force) {
   const result = await response.json();
   showMessage(result.stopped ? `stopped ${result.stopped}` : "no model was running", "info");
   await loadModels();
+}
+
+// --- saved KV caches --------------------------------------------------------------------------
+
+async function loadCaches() {
+  const response = await fetch("/cache", { cache: "no-store" });
+  if (!response.ok) return;
+  const data = await response.json();
+  const body = $("caches").tBodies[0];
+  body.replaceChildren();
+  for (const c of data.caches) {
+    const clear = el("button", { textContent: "Clear", className: "plain" });
+    clear.addEventListener("click", () => clearCaches(c.model));
+    body.append(el("tr", {},
+      el("td", {}, c.model), el("td", { textContent: c.tokens.toLocaleString() }),
+      el("td", { className: "muted", textContent: bytes(c.bytes) }),
+      el("td", { className: "muted", textContent: seconds(c.age_s) }),
+      el("td", { className: c.matches ? "" : "muted", textContent: c.matches ? "yes" : "stale" }),
+      el("td", {}, clear)));
+  }
+  $("caches-empty").hidden = data.caches.length > 0;
+  $("caches-used").textContent = `${bytes(data.used_bytes) === "–" ? "0 B" : bytes(data.used_bytes)} of ${bytes(data.budget_bytes)}`;
+}
+
+async function clearCaches(model) {
+  const response = await fetch(`/cache/clear${model ? `?model=${encodeURIComponent(model)}` : ""}`,
+                               { method: "POST" });
+  if (!response.ok) showMessage((await errorOf(response)).message);
+  await loadCaches();
 }
 
 // --- activity and the tokens/s chart ---------------------------------------------------------
@@ -364,6 +422,7 @@ async function followLog(model) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("stop").addEventListener("click", () => stop(false));
+  $("caches-clear").addEventListener("click", () => clearCaches(null));
   $("message-close").addEventListener("click", hideMessage);
   $("message-force").addEventListener("click", () => { const retry = state.busyRetry; hideMessage(); if (retry) retry(); });
   loadModels();
