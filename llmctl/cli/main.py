@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "tokens, tokens/s", json_flag=True))
     top.add_arguments(add("top", "a live view: model, state, in flight, requests/min, "
                           "tokens/s, the last requests"))
+    from llmctl.cli import worker_args
+
+    worker_args.add_arguments(add("worker", "run a llama.cpp rpc-server here, supervised, for "
+                                  "a llmctld elsewhere (see `llmctl worker --help`)"))
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -138,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         except ClientError as e:
             return fail(str(e), e.code, {}, args.json)
         return run(args.client, args.write, args.json, url)
+    if command == "worker":  # runs here, in the foreground; needs no daemon
+        from llmctl.worker.command import run as run_worker
+
+        return run_worker(args)
     if command in ("add", "pull"):  # local work: they need no daemon
         from llmctl.cli import acquire
 

@@ -26,6 +26,7 @@ from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.catalog import ModelEntry
 from llmctl.core.config import MODEL_ID_RE
+from llmctl.core.log_file import read_log_tail
 from llmctl.core.resolve import resolve
 from llmctl.daemon import ui
 from llmctl.daemon.admission.gate import Busy
@@ -33,7 +34,6 @@ from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
-from llmctl.daemon.backend.log_file import read_log_tail
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
 from llmctl.daemon.observe import routes as observe_routes

@@ -26,13 +26,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmctl.core.exits import describe_exit
+from llmctl.core.log_file import bound_log, read_log_tail
 from llmctl.core.paths import Paths
 from llmctl.daemon.backend.adoption import Adoption
 from llmctl.daemon.backend.context import BackendContext, Emit
 from llmctl.daemon.backend.default_model import DefaultModel
-from llmctl.daemon.backend.exits import describe_exit
 from llmctl.daemon.backend.loading import Loader
-from llmctl.daemon.backend.log_file import bound_log, read_log_tail
 from llmctl.daemon.backend.stopping import Stopper
 from llmctl.daemon.ipc import protocol as p
 

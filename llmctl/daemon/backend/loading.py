@@ -16,10 +16,10 @@ import os
 import time
 
 from llmctl.core.config import ConfigError
+from llmctl.core.exits import describe_exit
+from llmctl.core.log_file import file_size, open_for_start, read_log_tail
 from llmctl.daemon.backend import catalog, llama_server
 from llmctl.daemon.backend.context import BackendContext
-from llmctl.daemon.backend.exits import describe_exit
-from llmctl.daemon.backend.log_file import file_size, open_for_start, read_log_tail
 from llmctl.daemon.backend.phases import Failure, Load, Plan
 from llmctl.daemon.backend.process import (
     OWNER_ENV,
