@@ -12,6 +12,8 @@ from llmctl.daemon.ipc import protocol as p
     p.Reload("a.5"), p.RestartProxy("a.6"), p.Event("a.1", "progress", {"percent": 5.0}),
     p.Reply("a.1", True, {"model": "qwen"}), p.error_reply("a.1", "not_found", "no such"),
     p.State({"state": "ready"}), p.Workers({"proxy": {"pid": 1}}), p.ReloadConfig(),
+    p.RpcHealth([{"name": "gpu-a", "address": "10.0.0.2:50052", "state": "down",
+                  "error": "connection refused", "since": 1.5}]), p.RpcHealth([]),
     p.Shutdown(), p.Ready(42), p.Failed("RuntimeError: boom"),
 ])
 def test_every_kind_round_trips(message: p.Message) -> None:

@@ -25,7 +25,7 @@ from werkzeug.wrappers import Request, Response
 from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.catalog import ModelEntry
-from llmctl.core.config import MODEL_ID_RE
+from llmctl.core.config import MODEL_ID_RE, model_workers
 from llmctl.core.log_file import read_log_tail
 from llmctl.core.resolve import resolve
 from llmctl.daemon import ui
@@ -164,6 +164,7 @@ class App:
             "default_model": hub.config.default_model,
             "config_error": hub.config.config_error,
             "idle": hub.gate.scheduler.status(),
+            "workers": hub.rpc.public(),  # RPC workers (daemon.workers: our processes)
         })
 
     def on_models(self, request: Request) -> Response:
@@ -185,6 +186,10 @@ class App:
         summary["aliases"] = entry.config["aliases"] if entry.config else []
         if entry.config:
             llama = entry.config["llama"]
+            summary["workers"] = [name for name, _ in model_workers(entry.config)] \
+                if entry.available else []
+            if entry.available and (why := self.hub.rpc.refusal(entry.id, entry.config)):
+                summary["available"], summary["error"] = False, why
             summary["ctx_size"] = llama["ctx_size"]
             summary["pi"] = entry.config["pi"]["model"]
         return summary
@@ -312,6 +317,8 @@ class App:
         assert entry is not None and match.model is not None
         if not entry.available:
             return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")
+        if (why := hub.rpc.refusal(match.model, entry.config)) is not None:
+            return error(503, "unavailable", why)
         try:
             command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model,
                                      pin=_flag(request, "pin"))
