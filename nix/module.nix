@@ -6,6 +6,7 @@
 # per-model logs. The service's PATH is built from `package` and `backendPackage` only.
 #
 # The flake's nixosModules.default sets `package`; imported on its own, set it yourself.
+# worker-module.nix (services.llmctl-worker, a machine lending its devices over RPC) comes with it.
 {
   config,
   lib,
@@ -82,6 +83,8 @@ let
   ];
 in
 {
+  imports = [ ./worker-module.nix ];
+
   options.services.llmctld = {
     enable = lib.mkEnableOption "llmctld, which serves one local GGUF model (llama-server) behind an OpenAI-compatible proxy";
 

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMES = ("ggml-rpc-server", "rpc-server")
+NAMES = ("ggml-rpc-server", "rpc-server", "llama-rpc-server")  # the last: nixpkgs
 DEFAULT_PORT = 50052
 HELP_TIMEOUT = 10.0
 _FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
