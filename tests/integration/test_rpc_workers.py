@@ -221,6 +221,14 @@ def test_llmctl_worker_forwards_a_stop_and_leaves_no_orphan(home: Home, ports: P
 
     worker.start()
     child = worker.rpc_server()
+    assert child is not None and worker.proc is not None
+    worker.proc.send_signal(signal.SIGHUP)  # restart the rpc-server (after an upgrade)
+    wait_for(lambda: (now := worker.rpc_server()) is not None and now.pid != child.pid, 10,
+             "the rpc-server to be restarted on SIGHUP", worker.stderr)
+    worker.wait_ready(count=3)
+    assert "received SIGHUP: restarting rpc-server" in worker.text()
+    assert "giving up" not in worker.text() and worker.proc.poll() is None
+    child = worker.rpc_server()
     assert child is not None
     assert worker.stop() == 0
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
