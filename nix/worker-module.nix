@@ -180,10 +180,6 @@ in
         Type = "exec";
         ExecStart = "${cfg.package}/bin/llmctl ${lib.escapeShellArgs args}";
         DynamicUser = true;
-        SupplementaryGroups = [
-          "video"
-          "render"
-        ];
         RuntimeDirectory = "llmctl-worker";
         CacheDirectory = "llmctl-worker";
         # SIGTERM to `llmctl worker`, which stops its rpc-server (SIGKILL after 10 s).
@@ -191,29 +187,9 @@ in
         TimeoutStopSec = 20;
         Restart = "on-failure";
         RestartSec = 2;
-        PrivateDevices = false;
-        DevicePolicy = "closed";
-        DeviceAllow = [
-          "char-drm rw"
-          "char-kfd rw"
-          "char-nvidia-frontend rw"
-          "char-nvidia-uvm rw"
-          "char-nvidia-caps rw"
-        ];
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        ProtectSystem = "strict";
         ProtectHome = true;
-        PrivateTmp = true;
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-        ];
-        RestrictNamespaces = true;
-        LockPersonality = true;
-        SystemCallArchitectures = "native";
-      };
+      }
+      // import ./gpu-sandbox.nix;
     };
 
     # On a host that runs llmctld too: start it after the worker, so that it is stopped first

@@ -5,13 +5,12 @@ worker vanishes under it."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
 import psutil
 
-from harness import ROOT, Home, wait_for
+from harness import ROOT, Home, stop_process, wait_for
 
 
 class RpcWorker:
@@ -61,15 +60,7 @@ class RpcWorker:
 
     def stop(self, timeout: float = 20) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"llmctl worker {self.name} did not stop:\n{self.text()}"
-                                 ) from None
+        return stop_process(self.proc, timeout, f"llmctl worker {self.name}", self.text)
 
     def accepted(self) -> int:
         """How many connections its rpc-server accepted (it logs each one)."""
