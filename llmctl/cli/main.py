@@ -2,7 +2,7 @@
 
 Exit codes (also in `llmctl --help`):
   0 ok · 1 error, or `active` with no model · 2 usage · 3 daemon not running · 4 not found ·
-  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port)
+  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port, RPC worker)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ EXIT_FOR_CODE = {
 EPILOG = """exit codes:
   0 ok   1 error (or `active` with no model)   2 usage   3 llmctld not running
   4 model not found   5 ambiguous model name   6 busy (requests in flight)
-  7 load failed or timed out   8 model or backend unavailable (config, binary, port)
+  7 load failed or timed out   8 model or backend unavailable (config, binary, port, RPC worker)
   130 interrupted (Ctrl-C)
 
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""

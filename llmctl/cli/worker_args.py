@@ -10,7 +10,8 @@ machine can spread a model over this machine's devices (config `workers:` and a 
 `llama.workers` there; docs/multi-machine.md).
 
 It stays in the foreground (for init systems), restarts the rpc-server when it crashes, gives
-up with the reason after three failed starts in a row, and stops it on SIGTERM or Ctrl-C.
+up with the reason after three failed starts in a row, stops it on SIGTERM or Ctrl-C, and
+restarts it on SIGHUP.
 
 rpc-server has no authentication: anyone who reaches its port can run code on this machine's
 devices and read their memory. So it listens on 127.0.0.1 unless you pass --allow-network;
