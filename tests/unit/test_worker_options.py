@@ -62,6 +62,9 @@ def test_the_binary_is_found_beside_llama_server_then_on_path(tmp_path: Path,
     newer = fake_rpc_server(on_path)
     assert rpc_server.find_binary(None, "llama-server") == newer
     assert rpc_server.find_binary(str(old_name), None) == old_name
+    newer.unlink()
+    nixpkgs = fake_rpc_server(on_path, "llama-rpc-server")  # what nixpkgs installs
+    assert rpc_server.find_binary(None, "llama-server") == nixpkgs
     with pytest.raises(WorkerSetupError, match="is not an executable file"):
         rpc_server.find_binary(str(tmp_path / "nope"), None)
 
@@ -72,7 +75,8 @@ def test_no_binary_anywhere_says_how_to_get_one(tmp_path: Path,
     monkeypatch.setattr(rpc_server, "_places", lambda configured: [tmp_path])
     with pytest.raises(WorkerSetupError) as e:
         rpc_server.find_binary(None, None)
-    assert "no ggml-rpc-server or rpc-server found" in str(e.value)
+    assert "no rpc-server (ggml-rpc-server, rpc-server or llama-rpc-server) found" in \
+        str(e.value)
     assert "CMAKE_ARGS=-DGGML_RPC=ON pip install --no-cache-dir" in str(e.value)
 
 
