@@ -72,24 +72,31 @@ def main_pid(svdir: Path) -> int | None:
 
 def test_runit_supervises_llmctl_worker(runit_worker: tuple[Path, int], tmp_path: Path) -> None:
     svdir, port = runit_worker
-    wait_for(lambda: probe("127.0.0.1", port, 0.5).up, 30, "the rpc-server to answer",
-             tmp_path / "log" / "current")
+    log = tmp_path / "log" / "current"
+
+    def ready(count: int) -> None:
+        """The worker's own word that its rpc-server answers (it looks every 50 ms), then
+        a look of our own."""
+        wait_for(lambda: log.exists() and log.read_text().count(" ready on 127.0.0.1:") >= count,
+                 30, f"the worker to report a ready rpc-server ({count})", log)
+        assert probe("127.0.0.1", port, 1.0).up
+
+    ready(1)
     worker = psutil.Process(wait_for(lambda: main_pid(svdir), 10, "runsv's pid of the worker"))
     assert " ".join(worker.cmdline()).startswith("llmctl worker: svc")  # exec'd, titled
     [first] = rpc_servers(port)
 
     first.kill()  # the worker restarts its rpc-server; runsv sees nothing
-    wait_for(lambda: [p.pid for p in rpc_servers(port)] not in ([], [first.pid]), 20,
-             "a new rpc-server")
-    wait_for(lambda: probe("127.0.0.1", port, 0.5).up, 20, "the new rpc-server to answer")
+    ready(2)
     assert main_pid(svdir) == worker.pid
     [second] = rpc_servers(port)
+    assert second.pid != first.pid
 
     os.kill(worker.pid, signal.SIGKILL)  # runsv restarts the worker; its child died with it
     wait_for(lambda: (pid := main_pid(svdir)) is not None and pid != worker.pid, 20,
              "runsv to restart the worker")
     wait_for(lambda: not alive(second), 10, "the killed worker's rpc-server to be gone")
-    wait_for(lambda: probe("127.0.0.1", port, 0.5).up, 30, "the restarted worker's rpc-server")
+    ready(3)
     assert len(rpc_servers(port)) == 1
 
     result = run("sv", "-w", str(STOP_TIMEOUT), "down", str(svdir), timeout=STOP_TIMEOUT + 5)
@@ -97,6 +104,6 @@ def test_runit_supervises_llmctl_worker(runit_worker: tuple[Path, int], tmp_path
     wait_for(lambda: rpc_servers(port) == [], 10, "the rpc-server to stop with the service")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    log = (tmp_path / "log" / "current").read_text()
-    assert "ready on 127.0.0.1:" in log and "was killed by SIGKILL; restarting it" in log
-    assert "received SIGTERM: stopping rpc-server" in log
+    text = log.read_text()
+    assert "was killed by SIGKILL; restarting it" in text, text
+    assert "received SIGTERM: stopping rpc-server" in text, text
