@@ -54,6 +54,9 @@
           services.llmctld.package =
             lib.mkDefault
               self.packages.${pkgs.stdenv.hostPlatform.system}.llmctl-unwrapped;
+          services.llmctl-worker.package =
+            lib.mkDefault
+              self.packages.${pkgs.stdenv.hostPlatform.system}.llmctl-unwrapped;
         };
 
       checks = forAllSystems (

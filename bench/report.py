@@ -252,6 +252,21 @@ def control_tables(r: dict[str, Any]) -> str:
         parts.append(table(["real model", "direct", "llmctld", "llmctld vs direct"], rows,
                            f"== real model: {real.get('model')} "
                            f"({real.get('gguf_mb', 0):.0f} MB), {real.get('tokens')} tokens =="))
+    rpc = r.get("rpc")
+    if rpc:
+        rows = []
+        for model in sorted(k for k, v in rpc.items() if isinstance(v, dict)):
+            x = rpc[model]
+            rows.append([f"{model}: decode tokens/s", _f(_get(x, "local", "tokens_per_s"),
+                                                         "{:.1f}"),
+                         _f(_get(x, "rpc", "tokens_per_s"), "{:.1f}"),
+                         _versus(None, None, "ratio", x.get("ratio"))])
+            rows.append([f"{model}: switch to it (s)", _f(_get(x, "local", "switch_s")),
+                         _f(_get(x, "rpc", "switch_s")), ""])
+        parts.append(table(["rpc workers", "local", "2 loopback workers", "workers vs local"],
+                           rows, f"== a model over {rpc.get('workers')} RPC workers on "
+                           f"{rpc.get('transport')}, {rpc.get('tokens')} tokens (no target: "
+                           "loopback is not a network) =="))
     cs = r.get("cold_start")
     if cs:
         parts.append(table(["cold start", "p50 ms", "min ms", "max ms"], [[

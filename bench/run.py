@@ -25,7 +25,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: import `bench` from the checkout
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from bench import control, hops, profiling, realmodel, report, workloads  # noqa: E402
+from bench import control, hops, profiling, realmodel, report, rpcworkers, workloads  # noqa: E402
 from bench.plan import FULL, QUICK, ROUTER_MODEL, Ctx  # noqa: E402
 from bench.stack import (  # noqa: E402
     DAEMON_MODULE,
@@ -52,6 +52,7 @@ SECTIONS: dict[str, Callable[[Ctx], None]] = {
     "restart": control.restart,
     "switch": control.switch,
     "real": realmodel.real_model,
+    "rpc": rpcworkers.rpc_workers,
 }
 # cold start runs first, before anything else is running
 ALL = ["cold", *SECTIONS]

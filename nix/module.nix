@@ -6,6 +6,7 @@
 # per-model logs. The service's PATH is built from `package` and `backendPackage` only.
 #
 # The flake's nixosModules.default sets `package`; imported on its own, set it yourself.
+# worker-module.nix (services.llmctl-worker, a machine lending its devices over RPC) comes with it.
 {
   config,
   lib,
@@ -82,6 +83,8 @@ let
   ];
 in
 {
+  imports = [ ./worker-module.nix ];
+
   options.services.llmctld = {
     enable = lib.mkEnableOption "llmctld, which serves one local GGUF model (llama-server) behind an OpenAI-compatible proxy";
 
@@ -253,10 +256,6 @@ in
         Type = "exec";
         User = cfg.user;
         Group = cfg.group;
-        SupplementaryGroups = [
-          "video"
-          "render"
-        ];
         ExecStartPre = linkFiles;
         ExecStart = "${cfg.package}/bin/llmctld";
         ExecReload = "${coreutils}/kill -HUP $MAINPID";
@@ -278,50 +277,10 @@ in
         KillSignal = "SIGTERM";
         TimeoutStopSec = 45;
 
-        # GPUs: device nodes stay visible (PrivateDevices would hide them), limited to the
-        # GPU classes; access itself comes from the video/render groups.
-        PrivateDevices = false;
-        DevicePolicy = "closed";
-        DeviceAllow = [
-          "char-drm rw" # /dev/dri: Vulkan, ROCm, Intel
-          "char-kfd rw" # /dev/kfd: ROCm
-          "char-nvidia-frontend rw" # /dev/nvidia*, /dev/nvidiactl
-          "char-nvidia-uvm rw"
-          "char-nvidia-caps rw"
-        ];
-
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        ProtectSystem = "strict";
         # A models directory under /home stays readable.
         ProtectHome = if modelsUnderHome then "read-only" else true;
-        PrivateTmp = true;
-        ProtectClock = true;
-        ProtectControlGroups = true;
-        ProtectHostname = true;
-        ProtectKernelLogs = true;
-        ProtectKernelModules = true;
-        ProtectKernelTunables = true;
-        ProtectProc = "invisible";
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-        ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        RemoveIPC = true;
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [
-          "@system-service"
-          "@resources"
-          "~@privileged"
-        ];
-        # Not set on purpose: MemoryDenyWriteExecute (GPU drivers JIT-compile kernels) and
-        # PrivateUsers (it would map the video/render groups away).
-      };
+      }
+      // import ./gpu-sandbox.nix;
     };
   };
 }

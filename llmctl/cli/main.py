@@ -2,7 +2,7 @@
 
 Exit codes (also in `llmctl --help`):
   0 ok · 1 error, or `active` with no model · 2 usage · 3 daemon not running · 4 not found ·
-  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port)
+  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port, RPC worker)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ EXIT_FOR_CODE = {
 EPILOG = """exit codes:
   0 ok   1 error (or `active` with no model)   2 usage   3 llmctld not running
   4 model not found   5 ambiguous model name   6 busy (requests in flight)
-  7 load failed or timed out   8 model or backend unavailable (config, binary, port)
+  7 load failed or timed out   8 model or backend unavailable (config, binary, port, RPC worker)
   130 interrupted (Ctrl-C)
 
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""
@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "tokens, tokens/s", json_flag=True))
     top.add_arguments(add("top", "a live view: model, state, in flight, requests/min, "
                           "tokens/s, the last requests"))
+    from llmctl.cli import worker_args
+
+    worker_args.add_arguments(add("worker", "run a llama.cpp rpc-server here, supervised, for "
+                                  "a llmctld elsewhere (see `llmctl worker --help`)"))
     cmd = add("completion", "print a shell completion script (see `llmctl completion --help`)")
     cmd.description = COMPLETION_HELP
     cmd.add_argument("shell", choices=("bash", "zsh", "fish"))
@@ -141,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         except ClientError as e:
             return fail(str(e), e.code, {}, args.json)
         return run(args.client, args.write, args.json, url)
+    if command == "worker":  # runs here, in the foreground; needs no daemon
+        from llmctl.worker.command import run as run_worker
+
+        return run_worker(args)
     if command in ("add", "pull"):  # local work: they need no daemon
         from llmctl.cli import acquire
 

@@ -78,6 +78,9 @@ def render_status(status: dict[str, Any], url: str) -> str:
         lines.append(f"idle     {status['idle']['text']}")
     if status.get("config_error"):
         lines.append(f"config   ERROR: {status['config_error']}")
+    from llmctl.cli.rpc_workers import worker_lines
+
+    lines += worker_lines(status.get("workers") or [])
     return "\n".join(lines)
 
 

@@ -47,7 +47,9 @@ DEFAULTS: dict[str, Any] = {
         "allow_backend_writes": False,
         "model_dirs": [],
         "starter": True,
+        "rpc_check_interval": "5s",  # how often llmctld looks at each RPC worker
     },
+    "workers": {},  # RPC workers: name -> host:port (llama.workers picks them per model)
     "llama": {
         "flash_attn": "auto",
         "gpu_layers": 999,
@@ -64,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "pooling": None,
         "swa_full": None,  # None: the KV store decides (daemon/kvcache/policy.py)
         "cache_ram": 8192,  # MiB, llama-server's --cache-ram (its own default); -1 no limit, 0 off
+        "workers": [],  # names from `workers:`, or "all": llama-server --rpc
         "extra_args": [],
     },
     "cache": {  # KV-cache continuity across switches and restarts (daemon/kvcache/)
@@ -199,6 +202,9 @@ def _save_timeout(v: Any) -> str | None:
     if (err := _positive_duration(v)) is not None:
         return err
     return None if (parse_duration(v) or 0) <= 30 else f"must be at most 30s, got {v!r}"
+def _between(v: Any, lo: float, hi: float) -> str | None:
+    seconds = parse_duration(v) or 0.0
+    return None if lo <= seconds <= hi else f"must be between {lo:g}s and {hi:g}s, got {v!r}"
 
 
 # Names a client may send as `model`: ids plus what OpenAI and Ollama clients use (`:`, `/`).
@@ -250,6 +256,67 @@ def _field_names(v: Any) -> str | None:
     return None
 
 
+WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+
+
+def _worker_map(v: Any) -> str | None:
+    """`workers:` maps names to `host:port`, as llama.cpp's RPC client reads an endpoint:
+    IPv4 or a host name (it splits at the first `:` and resolves IPv4 only)."""
+    if not isinstance(v, dict):
+        return f"expected a mapping of worker names to host:port, got {v!r}"
+    seen: dict[str, str] = {}
+    for name, address in v.items():
+        if not isinstance(name, str) or not WORKER_NAME_RE.match(name) or name == "all":
+            return (f"{name!r} is not a usable worker name: letters, digits, '.', '_' or '-' "
+                    "(and not `all`, which llama.workers uses for every worker)")
+        if (problem := worker_address_problem(address)) is not None:
+            return f"{name}: {problem}"
+        if address in seen:
+            return f"{name} and {seen[address]} are the same worker ({address})"
+        seen[address] = name
+    return None
+
+
+def worker_address_problem(address: Any) -> str | None:
+    if not isinstance(address, str) or address.count(":") != 1:
+        hint = " (llama.cpp's RPC client takes IPv4 or a host name, not IPv6)" \
+            if isinstance(address, str) and address.count(":") > 1 else ""
+        return f"expected host:port, got {address!r}{hint}"
+    host, port = address.split(":")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{port!r} in {address!r} is not a port number"
+    if not _HOST_NAME_RE.match(host):
+        return f"{host!r} in {address!r} is not an IPv4 address or host name"
+    return None
+
+
+def _worker_names(v: Any) -> str | None:
+    if v == "all":
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        return f"expected a list of worker names (from `workers:`) or `all`, got {v!r}"
+    if len(set(v)) != len(v):
+        return f"a worker appears twice in {v!r}"
+    return None
+
+
+def model_workers(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, host:port) of the RPC workers a merged config asks for (`llama.workers`), in
+    its order (`all`: every worker, in the order of `workers:`). Raises ValueError naming
+    an unknown worker."""
+    known: dict[str, str] = cfg.get("workers") or {}
+    wanted = cfg["llama"].get("workers") or []
+    names = list(known) if wanted == "all" else list(wanted)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        defined = ", ".join(known) if known else "none: add a `workers:` section"
+        raise ValueError(f"names no worker {', '.join(map(repr, unknown))} (workers in "
+                         f"config/default.yaml: {defined})")
+    return [(name, known[name]) for name in names]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -285,7 +352,9 @@ SECTIONS: dict[str, Any] = {
         "allow_backend_writes": _bool,
         "model_dirs": _str_list,
         "starter": _bool,
+        "rpc_check_interval": lambda v: _positive_duration(v) or _between(v, 0.2, 3600),
     },
+    "workers": _worker_map,
     "llama": {
         "flash_attn": _flash_attn,
         "gpu_layers": _int(-1),
@@ -302,6 +371,7 @@ SECTIONS: dict[str, Any] = {
         "pooling": _optional(_choice("none", "mean", "cls", "last", "rank")),
         "swa_full": _optional(_bool),
         "cache_ram": _int(-1),
+        "workers": _worker_names,
         "extra_args": _str_list,
     },
     "cache": {
@@ -497,6 +567,10 @@ def load_global(file: Path) -> GlobalConfig:
             "listening beyond this machine needs `daemon.allow_remote: true`"))
     if daemon["default_model"] is not None and not MODEL_ID_RE.match(daemon["default_model"]):
         raise doc.error("daemon.default_model", f"{daemon['default_model']!r} is not a model id")
+    try:
+        model_workers(merged)
+    except ValueError as e:
+        raise doc.error("llama.workers", str(e)) from None
     return GlobalConfig(merged, file, exists=True)
 
 
@@ -545,6 +619,10 @@ def merge_model(global_cfg: GlobalConfig, model_data: dict[str, Any],
 def idle_unload_seconds(model_config: dict[str, Any]) -> float | None:
     """How long a model may sit idle before it is unloaded; None: never (0 is never too)."""
     return parse_duration(model_config.get("idle_unload")) or None
+
+
+def rpc_check_seconds(global_cfg: GlobalConfig) -> float:
+    return parse_duration(global_cfg.data["daemon"]["rpc_check_interval"]) or 5.0
 
 
 def queue_timeout_seconds(global_cfg: GlobalConfig) -> float:

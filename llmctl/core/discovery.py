@@ -29,7 +29,14 @@ from typing import Any
 from llmctl.core import model_ids
 from llmctl.core.aliases import check_aliases
 from llmctl.core.catalog import Catalog, ModelEntry
-from llmctl.core.config import ConfigError, GlobalConfig, LoadedYaml, load_model_file, merge_model
+from llmctl.core.config import (
+    ConfigError,
+    GlobalConfig,
+    LoadedYaml,
+    load_model_file,
+    merge_model,
+    model_workers,
+)
 from llmctl.core.scan import CONFIG_NAMES, FoundModel, HeaderCache, header_cache, scan
 
 
@@ -203,6 +210,11 @@ def _config_entry(config_file: Path, models: list[FoundModel], global_cfg: Globa
                                        ("mmproj_file", entry.mmproj_path),
                                        ("draft_model_file", entry.draft_path))
                if p is not None and not p.is_file()]
+    try:
+        model_workers(entry.config)
+    except ValueError as e:  # a worker name not in the global `workers:`
+        entry.error = str(doc.error("llama.workers", str(e)))
+        return entry
     if missing:
         key, path = missing[0]
         entry.error = str(doc.error(key if key in data else "model_file",

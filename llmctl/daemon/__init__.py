@@ -7,6 +7,7 @@
 - relay/      where a proxied byte goes: /v1 and llama-server's own routes, to llama-server
 - api/        the control face: the WSGI app, its routes, and the proxy worker's views
 - observe/    what it shows: metrics, activity, GPU memory
+- rpc/        llama.cpp RPC workers: their health, checked and mirrored
 - ollama/     the Ollama-compatible /api/*
 - ui/         the dashboard's static files
 """

@@ -304,3 +304,45 @@ def test_the_dashboard_shows_the_saved_caches_and_clears_them(real_home: Home, m
     browser.find_element(By.ID, "caches-clear").click()
     until(browser, lambda: not text(browser, "#caches tbody"), "the clear")
     assert not (real_home.runtime / "kv" / "tiny-alpha").exists()
+def test_the_dashboard_shows_the_rpc_workers_and_what_they_block(
+        ports: Ports, tmp_path: Path, real_home: Home, tiny_gguf: Path,
+        make_daemon, browser: Any) -> None:
+    """A worker that is up and one that is not there yet: the workers card says so, and the
+    model needing the missing one shows why it cannot load, until that worker starts."""
+    from selenium.webdriver.common.by import By
+
+    from rpckit import RpcWorker
+
+    up = RpcWorker(real_home, "gpu-a", ports.take(), tmp_path).start()
+    later = RpcWorker(real_home, "gpu-b", ports.take(), tmp_path)
+    try:
+        real_home.write_config(workers={"gpu-a": up.address, "gpu-b": later.address},
+                               daemon={"rpc_check_interval": "0.5s"})
+        real_home.add_model("tiny-rpc", tiny_gguf, llama={"workers": "all"})
+        daemon = make_daemon()
+        browser.get(daemon.url + "/")
+        until(browser, lambda: "gpu-b" in text(browser, "#workers"), "the workers card")
+        rows = until(browser, lambda: text(browser, '#workers tr[data-worker="gpu-b"]') if
+                     "down" in text(browser, '#workers tr[data-worker="gpu-b"]') else None,
+                     "gpu-b shown down")
+        assert later.address in rows and "connection refused" in rows
+        assert "up" in text(browser, '#workers tr[data-worker="gpu-a"]')
+        model = until(browser, lambda: text(browser, '#models tr[data-model="tiny-rpc"]') if
+                      "needs RPC worker gpu-b" in text(browser, '#models tr[data-model="tiny-rpc"]')
+                      else None, "the model's reason")
+        assert "which is down" in model
+        button = browser.find_element(By.CSS_SELECTOR, '#models tr[data-model="tiny-rpc"] button')
+        assert not button.is_enabled()
+
+        later.start()
+        until(browser, lambda: "down" not in text(browser, '#workers tr[data-worker="gpu-b"]'),
+              "gpu-b shown up")
+        click_switch(browser, "tiny-rpc")  # enabled again: the model can load now
+        until(browser, lambda: text(browser, "#active-model") == "tiny-rpc", "tiny-rpc active")
+        until(browser, lambda: "serving tiny-rpc" in text(browser, "#workers"),
+              "the workers serving it")
+        daemon.stop()  # the backend before its workers
+    finally:
+        for worker in (up, later):
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.stop()

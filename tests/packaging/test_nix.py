@@ -142,6 +142,44 @@ def test_module_rejects_what_it_cannot_honour(module_eval: dict) -> None:
     assert any("no authentication" in w for w in got["warnings"])
 
 
+def test_worker_module_runs_llmctl_worker_on_loopback_with_an_rpc_build(module_eval: dict
+                                                                      ) -> None:
+    assert module_eval["worker-disabled"] == {"failedAssertions": [], "firewall": [],
+                                              "warnings": []}
+    got = module_eval["worker-defaults"]
+    assert (got["failedAssertions"], got["warnings"], got["firewall"]) == ([], [], [])
+    # PATH: llmctl and a llama.cpp built with rpcSupport, nothing else
+    assert got["path"] == ["llmctl-0.1.0", "llama-cpp-rpc"]
+    unit = got["serviceConfig"]
+    assert unit["ExecStart"].endswith(
+        "-llmctl-0.1.0/bin/llmctl 'worker' '--host' '127.0.0.1' '--port' '50052' '--name' 'rpc'")
+    assert (unit["KillMode"], unit["Restart"], unit["DynamicUser"]) == ("mixed", "on-failure",
+                                                                        True)
+    assert {"video", "render"} <= set(unit["SupplementaryGroups"])
+    assert got["llmctldAfter"] is None  # no llmctld on this host: nothing to order
+
+
+def test_worker_module_options_reach_the_command_and_order_llmctld(module_eval: dict) -> None:
+    got = module_eval["worker-custom"]
+    assert got["failedAssertions"] == []
+    assert got["serviceConfig"]["ExecStart"].endswith(
+        "'worker' '--host' '10.0.0.7' '--port' '50100' '--name' 'gpu-box' '--allow-network' "
+        "'--threads' '8' '--device' 'CUDA0,CUDA1' '--cache-dir' '/var/cache/llmctl-worker'")
+    assert got["firewall"] == [50100]
+    assert any("no authentication" in w for w in got["warnings"])
+    assert got["environment"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    # llmctld on the same host starts after the worker, so it is stopped before it
+    assert "llmctl-worker.service" in got["llmctldAfter"]
+
+
+def test_worker_module_refuses_an_open_address_without_allow_network(module_eval: dict) -> None:
+    failed = "\n".join(module_eval["worker-refused"]["failedAssertions"])
+    assert "host is 0.0.0.0: rpc-server has no authentication" in failed
+    assert "openFirewall needs allowNetwork" in failed
+    assert "must not set PATH" in failed
+    assert module_eval["worker-refused"]["firewall"] == []
+
+
 @pytest.fixture(scope="module")
 def flake_copy(tmp_path_factory) -> pathlib.Path:
     """The files the flake reads, outside git (a flake in a git tree sees only tracked files)."""

@@ -15,12 +15,14 @@ SHEBANGS = ("#!/bin/sh", "#!/sbin/openrc-run")
 # Sourced by a service script, never run: shell too, but without a shebang.
 SETTINGS_FILES = [
     CONTRIB / "runit" / "llmctld" / "conf",
+    CONTRIB / "runit" / "llmctl-worker" / "conf",
     CONTRIB / "s6" / "llmctld" / "conf",
     CONTRIB / "sysvinit" / "llmctld.default",
     CONTRIB / "openrc" / "llmctld.confd",
 ]
 PLIST = CONTRIB / "launchd" / "io.github.sigilmakes.llmctld.plist"
 USER_UNIT = CONTRIB / "systemd" / "llmctld.service"
+WORKER_UNIT = CONTRIB / "systemd" / "llmctl-worker@.service"
 
 
 def shell_scripts() -> list[pathlib.Path]:
@@ -36,6 +38,8 @@ def test_every_service_script_is_found() -> None:
     assert names == {
         "freebsd/llmctld",
         "openrc/llmctld",
+        "runit/llmctl-worker/log/run",
+        "runit/llmctl-worker/run",
         "runit/llmctld/log/run",
         "runit/llmctld/run",
         "s6/llmctld/finish",
@@ -87,6 +91,25 @@ def test_systemd_user_unit_verifies() -> None:
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr
     )
+
+
+def test_systemd_worker_unit_verifies_as_an_instance(tmp_path: pathlib.Path,
+                                                    llmctld_bin: pathlib.Path) -> None:
+    """A template: verified as the instance a user enables (the port), and its command is
+    one `llmctl worker` accepts."""
+    instance = tmp_path / "llmctl-worker@50052.service"
+    instance.write_text(WORKER_UNIT.read_text())
+    result = run(require_tool("systemd-analyze"), "verify", str(instance))
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
+        result.stdout + result.stderr
+    )
+    exec_start = next(ln for ln in WORKER_UNIT.read_text().splitlines()
+                      if ln.startswith("ExecStart="))
+    assert exec_start == ("ExecStart=/usr/bin/env llmctl worker --port %i --name %i "
+                          "$LLMCTL_WORKER_ARGS")
+    help_text = run(str(llmctld_bin.parent / "llmctl"), "worker", "--help").stdout
+    for flag in ("--port", "--name", "--allow-network", "--host", "--device"):
+        assert flag in help_text
 
 
 def test_contrib_readmes_cover_every_system() -> None:

@@ -165,15 +165,7 @@ class Daemon:
 
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"llmctld did not stop within {timeout}s:\n"
-                                 f"{self.log.read_text()[-3000:]}") from None
+        return stop_process(self.proc, timeout, "llmctld", lambda: self.log.read_text()[-3000:])
 
     @property
     def pid(self) -> int:
@@ -234,6 +226,20 @@ class Daemon:
         return subprocess.run([str(ROOT / "bin" / "llmctl"), *args],
                               env=env or self.env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, what: str,
+                 output: Callable[[], str]) -> int:
+    """SIGTERM, and its exit code once it is gone; past `timeout` it is killed and the test
+    fails with `output()` (its log)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise AssertionError(f"{what} did not stop within {timeout}s:\n{output()}") from None
 
 
 def owned_backends(runtime: Path) -> list[psutil.Process]:

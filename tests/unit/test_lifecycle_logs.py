@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmctl.daemon.backend.log_file import bound_log, read_log_tail, rotate_log
+from llmctl.core.log_file import bound_log, read_log_tail, rotate_log
 
 
 def test_running_log_is_cut_to_its_newest_part(tmp_path: Path) -> None:

@@ -316,6 +316,14 @@ class StubHub:
         self.backend = types.SimpleNamespace(backend=Backend(
             state="starting", model="tiny-alpha", progress={"phase": "loading", "percent": 40.0}))
         self.workers = {"proxy": {"restarts": 3}, "lifecycle": {"restarts": 0}}
+        from llmctl.daemon.rpc.view import RpcView
+
+        self.rpc = RpcView()
+        self.rpc.apply([
+            {"name": "gpu-a", "address": "127.0.0.1:50052", "state": "up",
+             "devices": [{"free": 2048, "total": 4096}]},
+            {"name": "gpu-b", "address": "127.0.0.1:50053", "state": "down",
+             "error": "connection refused"}])
 
 
 def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.MonkeyPatch
@@ -334,6 +342,11 @@ def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.Mon
                 if s.name.endswith("_total")}
     assert restarts == {"proxy": 3, "lifecycle": 0}
     assert len(families["llmctl_gpu_memory_used_bytes"].samples) == 2
+    up = {s.labels["worker"]: (s.labels["state"], s.value)
+          for s in families["llmctl_rpc_worker_up"].samples}
+    assert up == {"gpu-a": ("up", 1.0), "gpu-b": ("down", 0.0)}
+    free = families["llmctl_rpc_worker_memory_free_bytes"].samples
+    assert [(s.labels, s.value) for s in free] == [({"worker": "gpu-a", "device": "0"}, 2048)]
 
 
 # --- the CLI's views -------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from llmctl.daemon.ipc import protocol as p
     p.Reload("a.5"), p.RestartProxy("a.6"), p.Event("a.1", "progress", {"percent": 5.0}),
     p.Reply("a.1", True, {"model": "qwen"}), p.error_reply("a.1", "not_found", "no such"),
     p.State({"state": "ready"}), p.Workers({"proxy": {"pid": 1}}), p.ReloadConfig(),
+    p.RpcHealth([{"name": "gpu-a", "address": "10.0.0.2:50052", "state": "down",
+                  "error": "connection refused", "since": 1.5}]), p.RpcHealth([]),
     p.Shutdown(), p.Ready(42), p.Failed("RuntimeError: boom"),
     p.Switch("a.7", "qwen", pin=True, force=True), p.Stop("a.8", 30, force=True),
     p.Cache("a.9"), p.Cache("a.10", "clear", "qwen"), p.KvReuse("qwen", "0123abcd", 2000, 1990),

@@ -25,7 +25,8 @@ from werkzeug.wrappers import Request, Response
 from llmctl import __version__
 from llmctl.core.aliases import name_index
 from llmctl.core.catalog import ModelEntry
-from llmctl.core.config import MODEL_ID_RE
+from llmctl.core.config import MODEL_ID_RE, model_workers
+from llmctl.core.log_file import read_log_tail
 from llmctl.core.resolve import resolve
 from llmctl.daemon import ui
 from llmctl.daemon.admission.gate import Busy
@@ -34,7 +35,6 @@ from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
-from llmctl.daemon.backend.log_file import read_log_tail
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
 from llmctl.daemon.kvcache.view import kv_view
@@ -168,6 +168,7 @@ class App:
             "default_model": hub.config.default_model,
             "config_error": hub.config.config_error,
             "idle": hub.gate.scheduler.status(),
+            "workers": hub.rpc.public(),  # RPC workers (daemon.workers: our processes)
         })
 
     def on_models(self, request: Request) -> Response:
@@ -189,6 +190,10 @@ class App:
         summary["aliases"] = entry.config["aliases"] if entry.config else []
         if entry.config:
             llama = entry.config["llama"]
+            summary["workers"] = [name for name, _ in model_workers(entry.config)] \
+                if entry.available else []
+            if entry.available and (why := self.hub.rpc.refusal(entry.id, entry.config)):
+                summary["available"], summary["error"] = False, why
             summary["ctx_size"] = llama["ctx_size"]
             summary["pi"] = entry.config["pi"]["model"]
         return summary
@@ -318,6 +323,8 @@ class App:
         assert entry is not None and match.model is not None
         if not entry.available:
             return error(422, "unavailable", f"{match.model} cannot be loaded: {entry.error}")
+        if (why := hub.rpc.refusal(match.model, entry.config)) is not None:
+            return error(503, "unavailable", why)
         try:
             command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model,
                                      pin=_flag(request, "pin"))

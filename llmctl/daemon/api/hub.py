@@ -5,6 +5,7 @@
 - `hub.commands` CommandClient: send a command to the lifecycle worker or the supervisor
 - `hub.gate`     Gate: leases for proxied requests, the busy rule, switch/stop admission
 - `hub.workers`  the supervisor's latest Workers message (pids, restarts)
+- `hub.rpc`      RpcView: the RPC workers' health, from the lifecycle's RpcHealth messages
 
 A reader greenlet feeds every channel message to the table in `_table`: adding a message kind
 the proxy receives means adding one entry there.
@@ -27,6 +28,7 @@ from llmctl.daemon.api.config_view import ConfigView
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 from llmctl.daemon.ipc.commands import CommandClient
+from llmctl.daemon.rpc.view import RpcView
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -38,6 +40,7 @@ class Hub:
         self.paths = paths
         self.daemon_info = daemon_info
         self.workers: dict[str, Any] = {}
+        self.rpc = RpcView()
         # called with every channel message before it is dispatched (daemon/observe/observer.py's
         # metrics count switch outcomes, load times and idle unloads from them)
         self.listeners: list[Callable[[p.Message], None]] = []
@@ -52,6 +55,7 @@ class Hub:
             p.Event: self.commands.deliver,
             p.Reply: self.commands.deliver,
             p.Workers: lambda m: setattr(self, "workers", m.workers),
+            p.RpcHealth: lambda m: self.rpc.apply(m.workers),
             p.ReloadConfig: lambda m: self.config.refresh(),
         }
 
@@ -64,6 +68,8 @@ class Hub:
             reply = status.reply()
             if reply.ok and isinstance(reply.data.get("backend"), dict):
                 self.backend.apply(reply.data["backend"], only_newer=True)
+            if reply.ok and isinstance(reply.data.get("rpc_workers"), list):
+                self.rpc.apply(reply.data["rpc_workers"])
 
         gevent.spawn(first_look)
 

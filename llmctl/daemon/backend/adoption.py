@@ -13,10 +13,10 @@ import os
 import time
 from pathlib import Path
 
+from llmctl.core.log_file import file_size
 from llmctl.core.state import Backend, read_state
 from llmctl.daemon.backend.context import BackendContext
 from llmctl.daemon.backend.loading import Loader
-from llmctl.daemon.backend.log_file import file_size
 from llmctl.daemon.backend.phases import Load
 from llmctl.daemon.backend.process import BackendProcess, health, stop_owned_orphans
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.core.config import ConfigError, GlobalConfig, load_global
+from llmctl.core.config import ConfigError, GlobalConfig, load_global, rpc_check_seconds
 from llmctl.core.paths import Paths
 from llmctl.core.state import Backend, write_state
 from llmctl.daemon.backend import catalog
 from llmctl.daemon.backend.process import BackendProcess
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.kvcache.continuity import Continuity
+from llmctl.daemon.rpc.health import Checker
 
 Emit = Callable[[p.Message], None]
 log = logging.getLogger("llmctld.lifecycle")
@@ -50,6 +51,8 @@ class BackendContext:
         self.log_max = 20 * 1024 * 1024
         self.stop_grace = 10.0
         self.ready_timeout = 600.0
+        self.rpc = Checker()  # the RPC workers' health (backend/rpc_guard.py acts on it)
+        self.rpc_published = 0  # the checker's generation last sent to the proxies
 
     # --- limits ---------------------------------------------------------------------------------
 
@@ -63,6 +66,7 @@ class BackendContext:
         self.log_max = cfg.data["daemon"]["log_max_bytes"]
         self.stop_grace = cfg.data["server"]["stopTimeoutMs"] / 1000
         self.ready_timeout = cfg.data["server"]["readyTimeoutMs"] / 1000
+        self.rpc.configure(cfg.data["workers"], rpc_check_seconds(cfg))
 
     # --- messages out ---------------------------------------------------------------------------
 

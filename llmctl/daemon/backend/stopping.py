@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
+from llmctl.core.exits import describe_exit
 from llmctl.daemon.backend.context import BackendContext
-from llmctl.daemon.backend.exits import describe_exit
 from llmctl.daemon.backend.phases import Stopping
 from llmctl.daemon.backend.process import Termination
 

@@ -19,7 +19,9 @@ Who sends what (docs/architecture.md has the picture):
     Reload(id)          re-read the configuration everywhere (also SIGHUP)
     RestartProxy(id)    graceful proxy restart (also SIGUSR2)
   lifecycle -> the proxy that sent the command:  Event(id, event, data) ..., then Reply
-  lifecycle -> every proxy:                      State(backend) after each backend change
+  lifecycle -> every proxy:                      State(backend) after each backend change,
+                                                 RpcHealth(workers) after each change of
+                                                 the RPC workers' health
   supervisor -> proxy:                           Workers(workers)
   supervisor -> worker:                          ReloadConfig(), Shutdown() (lifecycle)
   worker -> supervisor:                          Ready(pid) once it serves; Failed(error)
@@ -165,6 +167,15 @@ class State(Message):
 
 
 @dataclass(frozen=True)
+class RpcHealth(Message):
+    """The RPC workers' health (daemon/rpc/records.py WorkerHealth.public(), one per
+    configured worker) after a change; not llmctld's own worker processes (Workers)."""
+
+    KIND: ClassVar[str] = "rpc_health"
+    workers: list[Any]
+
+
+@dataclass(frozen=True)
 class Workers(Message):
     KIND: ClassVar[str] = "workers"
     workers: dict[str, Any]
@@ -207,7 +218,7 @@ class Malformed(Message):
 
 KINDS: dict[str, type[Message]] = {cls.KIND: cls for cls in (
     Switch, Stop, Status, Ensure, Cache, KvReuse, Reload, RestartProxy, Event, Reply, State,
-    Workers, ReloadConfig, Shutdown, Ready, Failed)}
+    RpcHealth, Workers, ReloadConfig, Shutdown, Ready, Failed)}
 
 
 class ProtocolError(Exception):

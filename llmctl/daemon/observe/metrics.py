@@ -364,4 +364,5 @@ class LiveCollector:
         for role, info in sorted(hub.workers.items()):
             restarts.add_metric([role], float(info.get("restarts") or 0))
         yield restarts
+        yield from hub.rpc.collect()
         yield from self.gpu.collect()

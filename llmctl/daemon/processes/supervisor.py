@@ -33,7 +33,7 @@ import signal
 import socket
 import time
 
-from llmctl.daemon.backend.exits import describe_exit
+from llmctl.core.exits import describe_exit
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelBroken, ChannelClosed, channel_pair
 from llmctl.daemon.processes.switchboard import Switchboard
@@ -310,8 +310,7 @@ class Supervisor:
                 self.switchboard.route(worker, message)
 
     def _ready(self, source: Worker, message: p.Ready) -> None:
-        source.ready = True
-        source.boot_failures = 0
+        source.mark_ready()
         if source.role == "proxy":
             self.retire_old_proxies()  # its successor serves: the old one may drain
 

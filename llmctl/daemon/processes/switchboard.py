@@ -37,7 +37,8 @@ class Switchboard:
                                                               p.RestartProxy)},
         }
         self._from_lifecycle: dict[type[p.Message], Handler] = {
-            p.Event: self._to_sender, p.Reply: self._to_sender, p.State: self._broadcast_state,
+            p.Event: self._to_sender, p.Reply: self._to_sender, p.State: self._broadcast,
+            p.RpcHealth: self._broadcast,
             **{k: own[k] for k in (p.Ready, p.Failed)},
         }
 
@@ -103,6 +104,6 @@ class Switchboard:
             return
         self.send(sender, reply)
 
-    def _broadcast_state(self, source: Worker, message: p.State) -> None:
+    def _broadcast(self, source: Worker, message: p.State | p.RpcHealth) -> None:
         for worker in [self.workers["proxy"], *self.retiring.values()]:
             self.send(worker, message)

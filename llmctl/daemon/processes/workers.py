@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import signal
 import socket
 import sys
 import traceback
@@ -20,70 +19,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmctl.core.restarts import (
+    BOOT_FAILURES_MAX,
+    MAX_QUICK_RESTARTS,
+    FatalError,
+    RestartRecord,
+    backoff,
+)
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 
 Target = Callable[[socket.socket], int]  # (the worker's channel end) -> exit code
 
-RESTART_WINDOW = 30.0  # quick deaths within this many seconds count toward backoff
-MAX_QUICK_RESTARTS = 8  # then the supervisor gives up
-BOOT_FAILURES_MAX = 3  # deaths before Ready in a row, then the supervisor gives up
 PR_SET_CHILD_SUBREAPER = 36
-# killed from outside (a user, the chaos test, ourselves): not the worker failing to boot
-_EXTERNAL_SIGNALS = (-signal.SIGKILL, -signal.SIGTERM)
-
-
-class FatalError(Exception):
-    """The supervisor gives up: a worker keeps failing."""
+__all__ = ["BOOT_FAILURES_MAX", "MAX_QUICK_RESTARTS", "FatalError", "ProcessOps", "Worker",
+           "backoff", "become_subreaper"]
 
 
 @dataclass
-class Worker:
+class Worker(RestartRecord):
+    """One worker of llmctld; its restart rules (core/restarts.py) are `llmctl worker`'s too."""
+
     role: str
     target: Target | None  # None for a retiring proxy (never respawned)
     pid: int | None = None
     channel: Channel | None = None
-    started: float = 0.0
-    ready: bool = False
-    restarts: int = 0
-    quick_deaths: int = 0
-    boot_failures: int = 0
-    due: float = 0.0  # when to (re)start, monotonic
-    last_exit: str | None = None
-    last_error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.label = f"the {self.role} worker"
 
     def info(self) -> dict[str, Any]:
         return {"pid": self.pid, "restarts": self.restarts, "last_exit": self.last_exit}
-
-    def schedule_restart(self, code: int, now: float) -> None:
-        """The worker died with `code`: set when it starts again (`due`), or raise FatalError.
-        A death before Ready (other than a kill from outside) is a boot failure;
-        BOOT_FAILURES_MAX in a row, or MAX_QUICK_RESTARTS quick deaths, end the daemon."""
-        quick = now - self.started < RESTART_WINDOW
-        self.quick_deaths = self.quick_deaths + 1 if quick else 0
-        if not self.ready and code not in _EXTERNAL_SIGNALS:
-            self.boot_failures += 1
-        else:
-            self.boot_failures = 0
-        if self.boot_failures >= BOOT_FAILURES_MAX:
-            raise FatalError(
-                f"the {self.role} worker keeps failing before it is ready "
-                f"({self.last_error or self.last_exit}; {self.boot_failures} times in a "
-                "row); giving up — see the errors above")
-        if self.quick_deaths >= MAX_QUICK_RESTARTS:
-            raise FatalError(
-                f"the {self.role} worker keeps failing ({self.last_exit}, "
-                f"{self.quick_deaths} quick restarts); giving up — see the errors above")
-        self.last_error = None
-        # the first restart is immediate (no refused or stalled connections); repeated quick
-        # deaths back off exponentially, capped
-        self.due = now + backoff(self.quick_deaths)
-        self.restarts += 1
-
-
-def backoff(quick_deaths: int) -> float:
-    """Delay before restarting a worker after its n-th quick death in a row."""
-    return 0.0 if quick_deaths <= 1 else min(0.1 * 2 ** (quick_deaths - 2), 5.0)
 
 
 def become_subreaper() -> None:

@@ -44,6 +44,10 @@ let
           type = types.attrsOf types.str;
           default = { };
         };
+        networking.firewall.allowedTCPPorts = mkOption {
+          type = types.listOf types.port;
+          default = [ ];
+        };
       }
       # The stub merges undeclared definitions freely; the real lib needs a declaration, here
       # with NixOS's default PATH packages, which the module has to override.
@@ -98,6 +102,67 @@ let
       inherit (config.environment) variables;
     };
 
+  # services.llmctl-worker (nix/worker-module.nix), beside or without llmctld
+  evaluateWorker =
+    { worker, llmctld ? { } }:
+    (lib.evalModules {
+      modules = [
+        module
+        nixosStubs
+        {
+          config.services.llmctl-worker =
+            lib.optionalAttrs setPackage { package = pkgs.llmctl-unwrapped; } // worker;
+          config.services.llmctld = lib.optionalAttrs setPackage { package = pkgs.llmctl-unwrapped; } // llmctld;
+        }
+      ];
+      specialArgs = { inherit pkgs; };
+    }).config;
+
+  workerSummary =
+    config:
+    let
+      service = (config.systemd or { }).services.llmctl-worker or null;
+      daemon = (config.systemd or { }).services.llmctld or null;
+    in
+    {
+      failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+      inherit (config) warnings;
+      firewall = config.networking.firewall.allowedTCPPorts;
+    }
+    // lib.optionalAttrs (service != null) {
+      inherit (service) serviceConfig environment wantedBy;
+      path = map (p: p.name) service.path;
+      llmctldAfter = if daemon == null then null else daemon.after or null;
+    };
+
+  workerScenarios = {
+    worker-disabled = { worker = { }; };
+    worker-defaults = { worker.enable = true; };
+    worker-custom = {
+      worker = {
+        enable = true;
+        host = "10.0.0.7";
+        port = 50100;
+        name = "gpu-box";
+        allowNetwork = true;
+        openFirewall = true;
+        threads = 8;
+        devices = [ "CUDA0" "CUDA1" ];
+        cache = true;
+        environment.CUDA_VISIBLE_DEVICES = "0,1";
+      };
+      llmctld.enable = true;
+    };
+    worker-refused = {
+      worker = {
+        enable = true;
+        host = "0.0.0.0";
+        openFirewall = true;
+        environment.PATH = "/usr/bin";
+      };
+    };
+  };
+
   scenarios = {
     disabled = { };
     defaults = {
@@ -131,3 +196,4 @@ in
   lib = if lib ? isStub then "stub" else "nixpkgs";
 }
 // lib.mapAttrs (_: services: summary (evaluate services)) scenarios
+// lib.mapAttrs (_: s: workerSummary (evaluateWorker s)) workerScenarios

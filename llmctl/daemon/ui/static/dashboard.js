@@ -1,7 +1,7 @@
 // The llmctl dashboard. Plain browser JavaScript, no build step and no dependencies: it polls
-// GET /status, follows GET /activity?follow=1 and GET /logs?follow=1 (NDJSON and text
-// streams read with fetch), lists GET /cache (saved KV caches) and drives
-// POST /switch/<id>?stream=1, POST /stop and POST /cache/clear. Every URL
+// GET /status (the RPC workers' health too), follows GET /activity?follow=1 and GET
+// /logs?follow=1 (NDJSON and text streams read with fetch), lists GET /cache (saved KV
+// caches) and drives POST /switch/<id>?stream=1, POST /stop and POST /cache/clear. Every URL
 // is relative, so the page talks to the daemon that served it.
 "use strict";
 
@@ -12,7 +12,8 @@ const LOG_CHARS = 200000;
 const WINDOW_S = 60;
 
 const state = { status: null, statusTick: Date.now(), models: [], activity: [], logModel: null,
-                logAbort: null, switching: false, busyRetry: null, kvGeneration: null };
+                logAbort: null, switching: false, busyRetry: null, kvGeneration: null,
+                workersSeen: "" };
 
 // --- small helpers ---------------------------------------------------------------------------
 
@@ -142,7 +143,36 @@ function renderStatus() {
   $("backend-error").textContent = backend.state === "failed" ? backend.error || "" : "";
   const logModel = backend.model || null;
   if (logModel !== state.logModel) followLog(logModel);
-  if (state.models.length && state.models.some((m) => m.active !== isActive(m.id))) loadModels();
+  // a worker coming or going changes which models can load
+  const workersSeen = (state.status.workers || []).map((w) => `${w.name}=${w.state}`).join(",");
+  const workersChanged = workersSeen !== state.workersSeen;
+  state.workersSeen = workersSeen;
+  renderWorkers(state.status.workers || []);
+  if (state.models.length && (workersChanged
+      || state.models.some((m) => m.active !== isActive(m.id)))) loadModels();
+}
+
+// The RPC workers (config `workers:`): their state since when, what they offer or why not.
+function renderWorkers(workers) {
+  $("workers-card").hidden = workers.length === 0;
+  const body = $("workers").tBodies[0];
+  body.replaceChildren();
+  for (const w of workers) {
+    const since = w.since ? new Date(w.since * 1000).toLocaleTimeString([], { hour12: false }) : "–";
+    const free = (w.devices || []).reduce((sum, d) => sum + (d.free || 0), 0);
+    const detail = w.state === "down" || w.state === "busy" ? w.error || ""
+      : [w.in_use ? `serving ${w.in_use}` : "",
+         w.devices && w.devices.length ? `${w.devices.length} device(s), ${bytes(free)} free` : ""]
+        .filter(Boolean).join(" · ");
+    const row = el("tr", {},
+      el("td", { textContent: w.name }),
+      el("td", { className: "muted", textContent: w.address }),
+      el("td", {}, el("span", { className: `state worker-${w.state}`, textContent: w.state })),
+      el("td", { className: "muted", textContent: since }),
+      el("td", { className: w.state === "up" ? "muted" : "unavailable", textContent: detail }));
+    row.dataset.worker = w.name;
+    body.append(row);
+  }
 }
 
 function isActive(id) {

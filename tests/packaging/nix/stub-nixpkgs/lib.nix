@@ -296,6 +296,7 @@ let
     };
     platforms.unix = [ ];
     escapeShellArg = s: "'${replaceStrings [ "'" ] [ "'\\''" ] (toString s)}'";
+    escapeShellArgs = args: concatStringsSep " " (map lib.escapeShellArg args);
     makeBinPath = pkgs: concatStringsSep ":" (map (p: "${p}/bin") pkgs);
     # Marks this lib for eval-module.nix, which reports which lib it ran with.
     isStub = true;

@@ -56,7 +56,6 @@ let
     fakes [
       "coreutils"
       "installShellFiles"
-      "llama-cpp"
       "makeBinaryWrapper"
       "nodejs"
       "ruff"
@@ -67,6 +66,10 @@ let
     // {
       inherit fake lib python3Packages;
       llama-cpp-vulkan = fake "llama-cpp-vulkan" { };
+      # .override as nixpkgs' package has it: rpcSupport (GGML_RPC=ON) shows in the name
+      llama-cpp = fake "llama-cpp" {
+        override = args: fake "llama-cpp${if args.rpcSupport or false then "-rpc" else ""}" { };
+      };
       llmctl-unwrapped = fake "llmctl-0.1.0" { };
       callPackage = lib.callPackageWith pkgs;
       stdenv.hostPlatform = {

@@ -1,8 +1,8 @@
-"""Each model's llama-server log file: opened for a start (rotated when too big), kept under
-daemon.log_max_bytes while the backend runs, and read back (the tail of this run) for errors,
-`llmctl logs` and GET /logs.
+"""A child's log file: each model's llama-server log (llmctld) and an rpc-server's log
+(`llmctl worker`). Opened for a start (rotated when too big), kept under a size limit while
+the child runs, and read back (the tail of this run) for errors, `llmctl logs` and GET /logs.
 
-llama-server writes the file itself (no pipe through a worker that could die), so all this
+The child writes the file itself (no pipe through a supervisor that could die), so all this
 works on the file, never on a stream.
 """
 

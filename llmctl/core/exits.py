@@ -1,4 +1,5 @@
-"""How a process ended, in words: one wording for the daemon log, the API and the CLI."""
+"""How a process ended, in words: one wording for the daemon log, the API, the CLI and
+`llmctl worker`."""
 
 from __future__ import annotations
 
