@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "allow_backend_writes": False,
         "model_dirs": [],
         "starter": True,
+        "memory_margin": 1024,  # MiB kept free on the host and on each device (daemon/memory/)
     },
     "llama": {
         "flash_attn": "auto",
@@ -62,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "embeddings": False,
         "reranking": False,
         "pooling": None,
+        "cache_ram": 8192,  # MiB, llama-server's --cache-ram (its own default); -1 no limit, 0 off
         "extra_args": [],
     },
     "observability": {  # daemon/observe/observer.py: off means not even the middleware is installed
@@ -269,6 +271,7 @@ SECTIONS: dict[str, Any] = {
         "allow_backend_writes": _bool,
         "model_dirs": _str_list,
         "starter": _bool,
+        "memory_margin": _int(0),
     },
     "llama": {
         "flash_attn": _flash_attn,
@@ -284,6 +287,7 @@ SECTIONS: dict[str, Any] = {
         "embeddings": _bool,
         "reranking": _bool,
         "pooling": _optional(_choice("none", "mean", "cls", "last", "rank")),
+        "cache_ram": _int(-1),
         "extra_args": _str_list,
     },
     "observability": {
