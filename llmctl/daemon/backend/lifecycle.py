@@ -57,7 +57,8 @@ class Lifecycle:
         self._last_watch = 0.0
         self._last_log_check = 0.0
         self._table: dict[type[p.Message], Callable[[Any], None]] = {
-            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin),
+            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin, fit=m.fit,
+                                                  fit_check=m.fit_check),
             p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds),
             p.Status: lambda m: self.ctx.reply(m.id, True, backend=self.ctx.backend.to_dict()),
             p.Ensure: lambda m: self.defaults.ensure(m.id),

@@ -7,6 +7,9 @@
 - A load is a phase the loop ticks through (`check()`): the process's exit is a failure with
   its log tail; /health 200 is ready; past server.readyTimeoutMs, or stalled (stall.py), the
   process is stopped and the load fails. Progress events come from the bytes read of the GGUF.
+- Before a switch stops or spawns anything, daemon/memory/ judges whether the launch fits in
+  free memory (`insufficient_memory` when not; `fit` applies what would, `fit_check=False`
+  skips it).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from llmctl.daemon.backend.process import (
 )
 from llmctl.daemon.backend.stall import StallDetector
 from llmctl.daemon.backend.stopping import Stopper
+from llmctl.daemon.memory.estimator import memory_cache
+from llmctl.daemon.memory.preload import PreloadCheck
 
 log = logging.getLogger("llmctld.lifecycle")
 
@@ -40,10 +45,12 @@ class Loader:
     def __init__(self, ctx: BackendContext, stopper: Stopper):
         self.ctx, self.stopper = ctx, stopper
         self.load: Load | None = None
+        self.memory = PreloadCheck(memory_cache(ctx.paths))
 
     # --- switch --------------------------------------------------------------------------------
 
-    def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False) -> None:
+    def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False,
+               fit: bool = False, fit_check: bool = True) -> None:
         ctx = self.ctx
         if not default:
             ctx.default_failure = None  # an explicit switch: the user is on it
@@ -83,6 +90,19 @@ class Loader:
                 ctx.record_failure(model_id, str(e), None, [])
             ctx.refuse([rid], "backend_setup", str(e), model=model_id, default=as_default)
             return
+        # before anything is stopped or spawned: does it fit? (daemon/memory/preload.py)
+        path = entry.model_path
+        admitted = self.memory.admit(
+            model_id, cfg, entry, argv, (ctx.proc.pid, ctx.backend.cmdline or []) if ctx.proc
+            else None, caps, lambda c: llama_server.build_argv(binary, caps, c, path),
+            check=fit_check, fit=fit)
+        if admitted.argv is None:
+            ctx.refuse([rid], "insufficient_memory", admitted.refusal or "", model=model_id,
+                       default=as_default, memory=admitted.memory)
+            return
+        if admitted.fitted:
+            ctx.event([rid], "fitted", model=model_id, **admitted.fitted)
+        argv = admitted.argv
         reason = None
         if ctx.backend.state == "ready" and ctx.backend.model == model_id and \
                 ctx.proc is not None and ctx.proc.exit_status() is None:

@@ -5,7 +5,8 @@ Wire form: one JSON object per channel frame (see channel.py), {"type": <KIND>, 
 Who sends what (docs/architecture.md has the picture):
 
   proxy -> lifecycle (relayed by the supervisor), each answered by exactly one Reply:
-    Switch(id, model, pin)  load `model`, replacing what runs (pin: no idle unload)
+    Switch(id, model, pin, fit, fit_check)  load `model`, replacing what runs (pin: no idle
+                        unload; fit_check: refuse what cannot fit; fit: load what would)
     Stop(id, idle_seconds)  stop the backend (cancels a load); idle_seconds: an idle unload
     Status(id)          reply carries the backend record (a proxy's first look)
     Ensure(id)          make sure a model is loaded: the idle-unloaded one, else the default
@@ -63,6 +64,8 @@ class Switch(Command):
     id: str
     model: str
     pin: bool = False  # keep it loaded: never unloaded for idleness (`llmctl switch --pin`)
+    fit: bool = False  # load it with what fits when it does not as configured (`--fit`)
+    fit_check: bool = True  # refuse a load that does not fit in memory (`--no-fit-check`)
 
 
 @dataclass(frozen=True)
