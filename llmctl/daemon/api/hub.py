@@ -5,6 +5,7 @@
 - `hub.commands` CommandClient: send a command to the lifecycle worker or the supervisor
 - `hub.gate`     Gate: leases for proxied requests, the busy rule, switch/stop admission
 - `hub.workers`  the supervisor's latest Workers message (pids, restarts)
+- `hub.memory`   MemoryListing: what each model needs and whether it fits (daemon/memory/)
 
 A reader greenlet feeds every channel message to the table in `_table`: adding a message kind
 the proxy receives means adding one entry there.
@@ -27,6 +28,7 @@ from llmctl.daemon.api.config_view import ConfigView
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 from llmctl.daemon.ipc.commands import CommandClient
+from llmctl.daemon.memory.listing import MemoryListing
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -47,6 +49,7 @@ class Hub:
         self.commands = CommandClient(channel, lambda: self.config.ready_timeout,
                                       on_reply=lambda rid: self.gate.finished(rid))
         self.gate = Gate(self.backend, self.commands, self.config)
+        self.memory = MemoryListing(paths, lambda: self.backend.backend.pid, gevent.spawn)
         self._table: dict[type[p.Message], Any] = {
             p.State: lambda m: self.backend.apply(m.backend),
             p.Event: self.commands.deliver,
