@@ -86,16 +86,35 @@ class Estimator:
         self.directory = directory
         self.timeout = timeout
         self._records: OrderedDict[str, Record] = OrderedDict()
+        self._unusable: set[str] = set()
+        self._keys: OrderedDict[tuple[Any, ...], tuple[str, list[str] | None]] = OrderedDict()
 
     def key(self, launch: Launch) -> tuple[str, list[str] | None]:
-        """The launch's fingerprint, and llama-fit-params' argv when it is there."""
+        """The launch's fingerprint, and llama-fit-params' argv when it is there. Listings ask
+        for every model each time: the answer is kept while the argv and a plain stat of
+        every file involved stay the same (resolving paths for the fingerprint is most of
+        its cost: ~100 us a model)."""
         files = [*launch.files, *launch.extra_files]
+        server = Path(launch.argv[0])
+        stamp = (tuple(launch.argv), tuple(_stamp(f) for f in
+                                           [server, server.parent / fit_params.NAME, *files]))
+        known = self._keys.get(stamp)
+        if known is None:
+            known = self._keys[stamp] = self._key(launch, files)
+            while len(self._keys) > MEMORY_RECORDS:
+                self._keys.popitem(last=False)
+        return known
+
+    def _key(self, launch: Launch, files: list[Path]) -> tuple[str, list[str] | None]:
         tool = fit_params.find(Path(launch.argv[0]))
         if tool is not None:
             try:
                 argv = fit_params.fit_argv(tool, launch.argv, fit_params.accepted_flags(tool))
             except (fit_params.FitError, OSError) as e:
-                log.warning("%s is unusable, estimating from the GGUF instead: %s", tool, e)
+                if str(tool) not in self._unusable:  # said once, not per model and listing
+                    self._unusable.add(str(tool))
+                    log.warning("%s is unusable, estimating from the GGUF instead: %s",
+                                tool, e)
             else:
                 return fingerprint(argv, files, {}, v=VERSION, source="fit"), argv
         return fingerprint(launch.argv, files, _SERVER_IGNORE, v=VERSION, source="gguf"), None
@@ -155,9 +174,13 @@ class Estimator:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(record.to_dict(), f)
-            os.replace(tmp, self.directory / f"{record.key}.json")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(record.to_dict(), f)
+                os.replace(tmp, self.directory / f"{record.key}.json")
+            except BaseException:
+                os.unlink(tmp)
+                raise
             self._prune()
         except OSError as e:
             log.warning("cannot write the memory estimate cache in %s: %s", self.directory, e)
@@ -172,6 +195,14 @@ class Estimator:
                 os.unlink(entry.path)
             except OSError:
                 pass
+
+
+def _stamp(path: Path) -> tuple[Any, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _size(path: Path) -> int:

@@ -58,18 +58,26 @@ def find(server_binary: Path) -> Path | None:
 
 
 def accepted_flags(binary: Path) -> frozenset[str]:
+    """The flags its --help lists. Raises FitError for a tool that is not the estimator
+    llmctl knows (the verdict is kept per binary too: it is not asked again per model)."""
     st = binary.stat()
-    return _accepted_cached(str(binary), st.st_size, st.st_mtime_ns)
+    flags, error = _accepted_cached(str(binary), st.st_size, st.st_mtime_ns)
+    if error is not None:
+        raise FitError(error)
+    return flags
 
 
 @lru_cache(maxsize=8)
-def _accepted_cached(binary: str, size: int, mtime_ns: int) -> frozenset[str]:
-    code, out, err = _run([binary, "--help"], TIMEOUT)
+def _accepted_cached(binary: str, size: int, mtime_ns: int) -> tuple[frozenset[str], str | None]:
+    try:
+        code, out, err = _run([binary, "--help"], TIMEOUT)
+    except FitError as e:
+        return frozenset(), str(e)
     flags = frozenset(_HELP_FLAG.findall(out + err))
     if "--fit-print" not in flags:
-        raise FitError(f"{binary} --help lists no --fit-print (exit {code}): not the "
+        return flags, (f"{binary} --help lists no --fit-print (exit {code}): not the "
                        "llama-fit-params llmctl knows")
-    return flags
+    return flags, None
 
 
 def groups(args: list[str]) -> list[list[str]]:

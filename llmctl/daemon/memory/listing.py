@@ -49,7 +49,7 @@ class MemoryListing:
         self.free = free or FreeMemory()
         self._queue: OrderedDict[str, tuple[Launch, list[str] | None]] = OrderedDict()
         self._filling = False
-        self._free: tuple[float, Free] | None = None
+        self._free: tuple[float, Free, int] | None = None
 
     def field(self, entry: ModelEntry) -> dict[str, Any] | None:
         """The entry's `memory` object; None for a model that cannot be loaded anyway."""
@@ -71,9 +71,8 @@ class MemoryListing:
             return {"state": "pending"}
         if record.needs is None:
             return {"state": "failed", "error": record.error}
-        verdict = decide(record.needs, budget_for(cfg, caps, self._free_now(),
-                                                  released_by(self.running_pid())))
-        return fields(record.needs, verdict)
+        free, released = self._free_now()
+        return fields(record.needs, decide(record.needs, budget_for(cfg, caps, free, released)))
 
     def needs(self, entry: ModelEntry) -> Needs | None:
         """The figures alone, when known (for Ollama's sizes)."""
@@ -82,11 +81,12 @@ class MemoryListing:
             return None
         return Needs.from_dict(memory)
 
-    def _free_now(self) -> Free:
+    def _free_now(self) -> tuple[Free, int]:
+        """Free memory, and what the running model would give back: read once a second."""
         now = time.monotonic()
         if self._free is None or now - self._free[0] >= FREE_EVERY:
-            self._free = (now, self.free.now())
-        return self._free[1]
+            self._free = (now, self.free.now(), released_by(self.running_pid()))
+        return self._free[1], self._free[2]
 
     # --- the background job -------------------------------------------------------------------
 
