@@ -39,6 +39,19 @@ def home_with_big(real_home: Home, big_model: Path) -> Home:
     return real_home
 
 
+def leave_available(home: Home, mib: int) -> None:
+    """A margin that leaves about `mib` MiB available to a load, and no prompt cache."""
+    available = psutil.virtual_memory().available // MIB
+    home.write_config(daemon={"memory_margin": available - mib}, llama={"cache_ram": 0})
+
+
+def launched_context(home: Home) -> int:
+    """The -c of the one llama-server running for this home."""
+    (proc,) = owned_backends(home.runtime)
+    argv = proc.cmdline()
+    return int(argv[argv.index("-c") + 1])
+
+
 def kv_mib(n_ctx: int, bytes_per_element: float) -> int:
     """llama.cpp's KV size for the big model: K and V, 96 layers, 128 wide each."""
     return int(2 * 96 * 128 * n_ctx * bytes_per_element) // MIB
@@ -130,19 +143,13 @@ def test_a_routed_request_for_a_refused_model_does_not_load_it(home_with_big: Ho
 
 
 def test_fit_loads_the_context_that_fits(home_with_big: Home, make_daemon: Any) -> None:
-    # leave about 1.5 GiB above the margin: the big model fits with a few tens of thousands of
-    # tokens of context (without a prompt cache: llama.cache_ram 0)
-    available = psutil.virtual_memory().available // MIB
-    home_with_big.write_config(daemon={"memory_margin": available - 1536},
-                               llama={"cache_ram": 0})
+    leave_available(home_with_big, 1536)  # the big model fits with some 10k tokens of context
     daemon = make_daemon()
     assert daemon.cli("switch", "big").returncode == 8
     r = daemon.cli("switch", "big", "--fit")
     assert r.returncode == 0, r.stderr
     assert "big does not fit with -c 1048576; loading it with -c " in r.stderr, r.stderr
-    (proc,) = owned_backends(home_with_big.runtime)
-    argv = proc.cmdline()
-    fitted = int(argv[argv.index("-c") + 1])
+    fitted = launched_context(home_with_big)
     assert 4096 <= fitted < MILLION and f"-c {fitted} (--fit)" in r.stderr
     # a plain switch to it now finds it running: the fit is remembered, not undone
     again = daemon.cli("switch", "big")
@@ -202,13 +209,9 @@ def test_no_fit_check_loads_as_configured(home_with_big: Home, big_model: Path,
     """--no-fit-check: the configured launch is spawned although the check says no (here
     because of a margin that leaves 512 MiB: a 32k context's KV is 816 MiB)."""
     home_with_big.add_model("big-32k", big_model, llama={"ctx_size": 32768})
-    available = psutil.virtual_memory().available // MIB
-    home_with_big.write_config(daemon={"memory_margin": available - 512},
-                               llama={"cache_ram": 0})
+    leave_available(home_with_big, 512)
     daemon = make_daemon()
     assert daemon.cli("switch", "big-32k").returncode == 8
     r = daemon.cli("switch", "big-32k", "--no-fit-check")
     assert r.returncode == 0, r.stderr
-    (proc,) = owned_backends(home_with_big.runtime)
-    argv = proc.cmdline()
-    assert argv[argv.index("-c") + 1] == "32768"
+    assert launched_context(home_with_big) == 32768
