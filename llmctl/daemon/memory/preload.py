@@ -55,12 +55,26 @@ class Admission:
     fitted: dict[str, Any] | None = None  # {"ctx_size", "configured", ...} after --fit
 
 
+@dataclass(frozen=True)
+class Fit:
+    """A smaller launch that fits, checked with the estimator."""
+
+    flags: dict[str, int]  # what changed, as llama-server flags: {"-c": 417792, ...}
+    cfg: dict[str, Any]
+    argv: list[str]
+    needs: Needs
+
+    def describe(self, configured_ctx: int | None) -> dict[str, Any]:
+        return {"ctx_size": self.cfg["llama"]["ctx_size"], "configured": configured_ctx,
+                "gpu_layers": self.cfg["llama"]["gpu_layers"], "flags": self.flags}
+
+
 class PreloadCheck:
     def __init__(self, cache_dir: Path, free: FreeMemory | None = None):
         self.estimator = Estimator(cache_dir)
         self.free = free or FreeMemory()
-        # configured argv -> (the fitted argv, what changed) after a `--fit`
-        self.fitted: dict[tuple[str, ...], tuple[list[str], dict[str, Any]]] = {}
+        # configured argv -> the fit `--fit` loaded instead, and what it told
+        self.fitted: dict[tuple[str, ...], tuple[Fit, dict[str, Any]]] = {}
         self._launched: dict[tuple[str, ...], Needs] = {}  # what the running one needs
 
     def admit(self, model: str, cfg: dict[str, Any], entry: Any, argv: list[str],
@@ -71,9 +85,9 @@ class PreloadCheck:
         if not check:
             self.fitted.pop(configured, None)
             return Admission(argv)
-        remembered = self.fitted.get(configured)
-        if remembered is not None and not fit:
-            argv = remembered[0]
+        remembered = None if fit else self.fitted.get(configured)
+        if remembered is not None:
+            cfg, argv = remembered[0].cfg, remembered[0].argv
         if running is not None and running[1] == argv:
             return Admission(argv)  # it runs already: nothing is loaded
         launch = Launch.of(model, cfg, entry, argv)
@@ -86,20 +100,19 @@ class PreloadCheck:
         if verdict.fits:
             self._launched = {tuple(argv): record.needs}
             if fit:
-                self.fitted.pop(configured, None)
-            return Admission(argv, fitted=remembered[1] if remembered and not fit else None)
-        suggestion, fitted_cfg, fitted_argv, fitted_needs = self._suggest(
-            launch, record.needs, budget, cfg, rebuild)
-        if fit and fitted_argv is not None and fitted_needs is not None:
-            info = {"ctx_size": fitted_cfg["llama"]["ctx_size"], "configured": launch.ctx_size,
-                    "gpu_layers": fitted_cfg["llama"]["gpu_layers"], "flags": suggestion}
-            self.fitted[configured] = (fitted_argv, info)
-            self._launched = {tuple(fitted_argv): fitted_needs}
+                self.fitted.pop(configured, None)  # it fits as configured now
+            return Admission(argv, fitted=remembered[1] if remembered else None)
+        smaller = self._smaller(launch, record.needs, budget, cfg, rebuild)
+        if fit and smaller is not None:
+            told = smaller.describe(launch.ctx_size)
+            self.fitted[configured] = (smaller, told)
+            self._launched = {tuple(smaller.argv): smaller.needs}
             log.info("%s does not fit as configured; loading it with %s (--fit)", model,
-                     suggestion)
-            return Admission(fitted_argv, fitted=info)
-        message = describe(model, record.needs, verdict) + "." + advice(model, suggestion)
-        return Admission(None, message, {**fields(record.needs, verdict), "suggested": suggestion})
+                     smaller.flags)
+            return Admission(smaller.argv, fitted=told)
+        flags = smaller.flags if smaller else None
+        message = describe(model, record.needs, verdict) + "." + advice(model, flags)
+        return Admission(None, message, {**fields(record.needs, verdict), "suggested": flags})
 
     def _budget(self, cfg: dict[str, Any], caps: Any, running: tuple[int, list[str]] | None,
                 ) -> Budget:
@@ -108,15 +121,13 @@ class PreloadCheck:
                           released_by(running[0] if running else None),
                           replaced.devices if replaced else {})
 
-    def _suggest(self, launch: Launch, needs: Needs, budget: Budget, cfg: dict[str, Any],
-                 rebuild: Rebuild) -> tuple[dict[str, int] | None, dict[str, Any],
-                                            list[str] | None, Needs | None]:
-        """What would fit, checked with the estimator: (flags, config, argv, needs), or
-        (None, cfg, None, None)."""
+    def _smaller(self, launch: Launch, needs: Needs, budget: Budget, cfg: dict[str, Any],
+                 rebuild: Rebuild) -> Fit | None:
+        """The largest smaller context (and on a GPU the layers llama-fit-params picks) that
+        fits, checked with the estimator: at most SHRINK_TRIES runs."""
         layers: int | None = None
         ctx = context_that_fits(needs, budget)
-        if needs.devices and any(name in needs.devices for name in
-                                 decide(needs, budget).short):
+        if any(name in needs.devices for name in decide(needs, budget).short):
             picked = self._device_pick(launch)
             if picked is not None:
                 ctx, layers = min(ctx or picked[0], picked[0]), picked[1]
@@ -133,9 +144,9 @@ class PreloadCheck:
                 break
             if decide(record.needs, budget).fits:
                 flags = {"-c": ctx} if layers is None else {"-c": ctx, "-ngl": layers}
-                return flags, trial, argv, record.needs
+                return Fit(flags, trial, argv, record.needs)
             ctx = ctx * 3 // 4 // 256 * 256
-        return None, cfg, None, None
+        return None
 
     def _device_pick(self, launch: Launch) -> tuple[int, int] | None:
         """llama-fit-params' own -c/-ngl for free device memory (without the -c and -ngl
