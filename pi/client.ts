@@ -83,6 +83,16 @@ export interface StatusInfo {
 	idle?: IdleInfo;
 }
 
+/** What a model needs in memory with its flags, and whether it fits now (llmctl/daemon/memory/). */
+export interface MemoryInfo {
+	state: "known" | "pending" | "failed";
+	source?: string;
+	host_mib?: number;
+	devices?: Record<string, number>;
+	fits?: boolean;
+	error?: string;
+}
+
 export interface ModelInfo {
 	id: string;
 	name?: string;
@@ -92,6 +102,7 @@ export interface ModelInfo {
 	default?: boolean;
 	file?: string;
 	size_bytes?: number | null;
+	memory?: MemoryInfo | null;
 }
 
 export interface SwitchEvent {

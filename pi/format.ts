@@ -70,9 +70,20 @@ export function modelLabel(m: ModelInfo): string {
 	if (m.default) tags.push("default");
 	const size = formatBytes(m.size_bytes);
 	if (size) tags.push(size);
+	const memory = memoryTag(m);
+	if (memory) tags.push(memory);
 	if (tags.length) label += `  [${tags.join(", ")}]`;
 	if (m.available === false) label += `  (unavailable${m.error ? `: ${oneLine(m.error, 80)}` : ""})`;
 	return label;
+}
+
+/** "needs 3.0 MB" (host and devices together), "does not fit" when free memory is short. */
+export function memoryTag(m: ModelInfo): string {
+	const memory = m.memory;
+	if (!memory || memory.state !== "known" || typeof memory.host_mib !== "number") return "";
+	const mib = memory.host_mib + Object.values(memory.devices ?? {}).reduce((a, b) => a + b, 0);
+	const needs = `needs ${mib > 0 ? formatBytes(mib * 1024 * 1024) : "<1 MB"}`;
+	return memory.fits === false ? `${needs}, does not fit` : needs;
 }
 
 export function oneLine(text: string, max = 200): string {

@@ -2,7 +2,8 @@
 
 Exit codes (also in `llmctl --help`):
   0 ok · 1 error, or `active` with no model · 2 usage · 3 daemon not running · 4 not found ·
-  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port, RPC worker)
+  5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port,
+  RPC worker, memory)
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ EXIT_FOR_CODE = {
     "load_stalled": EXIT_LOAD_FAILED,
     "cancelled": EXIT_LOAD_FAILED, "unavailable": EXIT_UNAVAILABLE,
     "config_error": EXIT_UNAVAILABLE, "backend_setup": EXIT_UNAVAILABLE,
-    "port_in_use": EXIT_UNAVAILABLE,
+    "port_in_use": EXIT_UNAVAILABLE, "insufficient_memory": EXIT_UNAVAILABLE,
 }
 
 EPILOG = """exit codes:
   0 ok   1 error (or `active` with no model)   2 usage   3 llmctld not running
   4 model not found   5 ambiguous model name   6 busy (requests in flight)
-  7 load failed or timed out   8 model or backend unavailable (config, binary, port, RPC worker)
-  130 interrupted (Ctrl-C)
+  7 load failed or timed out   8 model or backend unavailable (config, binary, port,
+  RPC worker, not enough free memory)   130 interrupted (Ctrl-C)
 
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""
 
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--pin", action="store_true",
                          help="keep the model loaded: never unload it for idleness (a later "
                          "switch without --pin unpins it)")
+        cmd.add_argument("--fit", action="store_true",
+                         help="if it does not fit in free memory as configured, load it with "
+                         "the smaller context (and GPU layers) that fits")
+        cmd.add_argument("--no-fit-check", action="store_true",
+                         help="load it even when its estimated memory does not fit")
     cmd = add("stop", "stop the active model", json_flag=True)
     cmd.add_argument("--force", action="store_true", help="stop even while requests are in flight")
     add("status", "daemon and backend status", json_flag=True)
@@ -188,7 +194,8 @@ def cmd_switch(client: Any, args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, quiet=args.json)
     final: dict[str, Any] = {}
     try:
-        for event in client.switch(args.model, force=args.force, pin=args.pin):
+        for event in client.switch(args.model, force=args.force, pin=args.pin, fit=args.fit,
+                                   fit_check=not args.no_fit_check):
             progress.update(event)
             final = event
     finally:

@@ -57,6 +57,10 @@ class Progress(StatusLine):
             self._status(f"stopping {event.get('model')}{reason}")
         elif name == "starting":
             self._status(f"starting {self.model}")
+        elif name == "fitted":  # `switch --fit`: a smaller launch than configured
+            flags = " ".join(f"{k} {v}" for k, v in (event.get("flags") or {}).items())
+            self._line(f"{self.model} does not fit with -c {event.get('configured')}; "
+                       f"loading it with {flags} (--fit)")
         elif name == "progress":
             phase = event.get("phase") or "loading"
             self._progress(PHASES.get(phase, phase), event.get("percent"))

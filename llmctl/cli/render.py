@@ -116,7 +116,7 @@ def render_models(data: dict[str, Any]) -> str:
                 "  llmctl add /path/to/model.gguf              (links it in), or\n"
                 "  llmctl pull unsloth/Qwen3-8B-GGUF:Q4_K_M     (downloads from Hugging Face)\n"
                 "then `llmctl switch <id>` (see the README's Quick start).")
-    rows = [("", "ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX", "SOURCE")]
+    rows = [("", "ID", "NAME", "SIZE", "MEMORY", "PARAMS", "QUANT", "CTX", "SOURCE")]
     problems = []
     notes = []
     for m in models:
@@ -128,14 +128,76 @@ def render_models(data: dict[str, Any]) -> str:
         if m.get("note"):
             notes.append(f"  ~ {m['id']}: {m['note']}")
         rows.append((mark, m["id"], m["name"], size(m.get("size_bytes")),
-                     params(gguf.get("parameters")), gguf.get("quantization") or "-",
+                     memory_cell(m.get("memory")), params(gguf.get("parameters")), gguf.get("quantization") or "-",
                      str(gguf.get("context_length") or "-"), source(m)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     out.append("(* active, d default, ! unavailable, ~ note; SOURCE: config = a config.yaml, "
                "file = a GGUF in gguf/, else the model_dirs entry)")
+    out.append("(MEMORY: what it needs with its flags, `llmctl inspect` has the parts; "
+               "! does not fit in free memory now, … being estimated, ? unknown)")
     out += [f"  ? {p}" for p in data.get("problems") or []]
     return "\n".join(out + notes + problems)
+
+
+MIB = 1024 * 1024
+
+
+def memory_total(memory: dict[str, Any]) -> int:
+    """MiB a model needs in every place together (host and devices, no prompt cache)."""
+    return int(memory["host_mib"]) + sum(int(v) for v in (memory.get("devices") or {}).values())
+
+
+def memory_cell(memory: dict[str, Any] | None) -> str:
+    if not memory:
+        return "-"
+    state = memory.get("state")
+    if state == "pending":
+        return "…"
+    if state != "known":
+        return "?"
+    return size(memory_total(memory) * MIB) + ("" if memory.get("fits") else " !")
+
+
+def _mib(n: int) -> str:
+    return "<1 MiB" if n == 0 else size(n * MIB)  # llama-fit-params rounds down
+
+
+def memory_lines(memory: dict[str, Any] | None) -> list[str]:
+    """What `llmctl inspect` says about a model's memory (from GET /models/<id>)."""
+    if not memory:
+        return []
+    if memory.get("state") == "pending":
+        return ["memory   being estimated; ask again in a moment"]
+    if memory.get("state") != "known":
+        return [f"memory   unknown: {memory.get('error') or 'no estimate'}"]
+    where = [f"{_mib(memory['host_mib'])} on the host"] + [
+        f"{_mib(v)} on {name}" for name, v in (memory.get("devices") or {}).items()]
+    label = "llama-fit-params" if memory["source"] == "llama-fit-params" else \
+        "estimated from the GGUF, no llama-fit-params"
+    ctx = f" with -c {memory['ctx_size']}" if memory.get("ctx_size") else ""
+    parts = (f"weights {_mib(memory['weights_mib'])}, context "
+             f"{_mib(memory['context_mib'])}, compute {_mib(memory['compute_mib'])}")
+    if memory.get("extra_mib"):
+        parts += f", projector/draft {_mib(memory['extra_mib'])}"
+    if memory.get("cache_ram_mib"):
+        parts += f"; and up to {_mib(memory['cache_ram_mib'])} of prompt cache " \
+                 "(llama.cache_ram)"
+    available = memory["available"]["host_mib"]
+    released = f" + {_mib(memory['released_mib'])} from the running model" \
+        if memory.get("released_mib") else ""
+    verdict = "fits" if memory["fits"] else f"DOES NOT FIT ({', '.join(memory['short'])})"
+    lines = [f"memory   {', '.join(where)}{ctx} ({label})", f"         {parts}",
+             f"         {verdict}: {_mib(memory['need_host_mib'])} needed on the host, "
+             f"{size(max(0, available) * MIB)} available "
+             f"({size(memory['free']['host_mib'] * MIB)} free{released}, "
+             f"{size(memory['margin_mib'] * MIB)} kept free: "
+             "daemon.memory_margin)"]
+    for name, avail in (memory["available"].get("devices") or {}).items():
+        lines.append(f"         {name}: {_mib(memory['devices'][name])} needed, " + (
+            "free memory unknown" if avail is None else f"{size(max(0, avail) * MIB)} available"))
+    lines += [f"         note: {note}" for note in memory.get("notes") or []]
+    return lines
 
 
 def source(m: dict[str, Any]) -> str:
@@ -182,6 +244,7 @@ def render_inspect(data: dict[str, Any]) -> str:
             f"({size(sum(s['bytes'] for s in saved))})" if saved else ""))
     if not data["available"]:
         lines.append(f"ERROR    {data['error']}")
+    lines += memory_lines(data.get("memory"))
     if data.get("config"):
         lines.append("merged configuration:")
         dumped = yaml.safe_dump(data["config"], sort_keys=False, default_flow_style=False)

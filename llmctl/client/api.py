@@ -119,13 +119,14 @@ class Client:
     def reload(self) -> dict[str, Any]:
         return self.post("/reload")
 
-    def switch(self, query: str, force: bool = False, pin: bool = False,
-               ) -> Iterator[dict[str, Any]]:
+    def switch(self, query: str, force: bool = False, pin: bool = False, fit: bool = False,
+               fit_check: bool = True) -> Iterator[dict[str, Any]]:
         """Switch and yield the daemon's progress events, ending with `ready` or `error`.
         No read timeout: the daemon bounds the load (server.readyTimeoutMs)."""
         response = self._request("POST", f"/switch/{quote(query, safe='')}", stream=True,
                                  timeout=None, params={"stream": 1, "force": int(force),
-                                                                 "pin": int(pin)})
+                                                                 "pin": int(pin), "fit": int(fit),
+                                                                 "no_fit_check": int(not fit_check)})
         with response:
             for line in response.iter_lines():
                 if line:

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "model_dirs": [],
         "starter": True,
         "rpc_check_interval": "5s",  # how often llmctld looks at each RPC worker
+        "memory_margin": 1024,  # MiB kept free on the host and on each device (daemon/memory/)
     },
     "workers": {},  # RPC workers: name -> host:port (llama.workers picks them per model)
     "llama": {
@@ -353,6 +354,7 @@ SECTIONS: dict[str, Any] = {
         "model_dirs": _str_list,
         "starter": _bool,
         "rpc_check_interval": lambda v: _positive_duration(v) or _between(v, 0.2, 3600),
+        "memory_margin": _int(0),
     },
     "workers": _worker_map,
     "llama": {

@@ -155,6 +155,43 @@ def _parse(r: _Reader) -> dict[str, Any]:
 
 
 
+def read_layout(path: Path | str) -> dict[str, Any]:
+    """What a memory estimate needs from a header: every number-valued key, the length of
+    every array (a vocabulary's size), the architecture, and where the tensor data starts
+    (all that follows is weights)."""
+    st = os.stat(path)
+    return _read_header(str(path), st.st_size, _parse_layout)
+
+
+def _parse_layout(r: _Reader) -> dict[str, Any]:
+    r.pos = 8
+    n_tensors, n_kv = r.take("Q"), r.take("Q")
+    numbers: dict[str, Any] = {}
+    arrays: dict[str, int] = {}
+    for _ in range(n_kv):
+        key = r.string()
+        vtype = r.take("I")
+        if vtype == _ARRAY:
+            at = r.pos
+            r.take("I")
+            arrays[key] = r.take("Q")
+            r.pos = at
+            r.value(vtype, keep=False)
+        else:
+            value = r.value(vtype, keep=key == "general.architecture")
+            if value is not None:
+                numbers[key] = value
+    for _ in range(n_tensors):
+        r.skip_string()
+        n_dims = r.take("I")
+        r.pos += 8 * n_dims + 4 + 8  # the dimensions, the type, the offset
+    alignment = numbers.get("general.alignment") or 32
+    if r.pos > len(r.buf):
+        raise GGUFError("the tensor table runs past the end of the file")
+    return {"numbers": numbers, "arrays": arrays, "tensors": n_tensors,
+            "data_offset": -(-r.pos // alignment) * alignment}
+
+
 def read_metadata(path: Path | str) -> dict[str, Any]:
     """Every key/value pair of a GGUF header (for Ollama's /api/show): strings and numbers in
     full, arrays (the vocabulary, merges, ...) as empty lists, as Ollama shows them."""

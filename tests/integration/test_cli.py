@@ -66,7 +66,8 @@ def test_models_and_inspect(fake_home: Home, make_daemon) -> None:
     r = daemon.cli("models")
     assert r.returncode == 0
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "SIZE", "PARAMS", "QUANT", "CTX", "SOURCE"]
+    assert lines[0].split() == ["ID", "NAME", "SIZE", "MEMORY", "PARAMS", "QUANT", "CTX",
+                                "SOURCE"]
     assert any(ln.startswith(" d") and "tiny-beta" in ln for ln in lines)
     assert any("! broken:" in ln and "config.yaml:4: llama.ctx_size" in ln for ln in lines)
     data = json.loads(daemon.cli("models", "--json").stdout)

@@ -112,6 +112,11 @@ def test_the_dashboard_shows_and_drives_the_daemon(dash_home: Home, make_daemon,
     models = until(browser, lambda: text(browser, "#models tbody"), "the model list")
     for model in ("tiny-alpha", "tiny-beta", "slow", "long"):
         assert model in models
+    # what the loaded model needs in memory (estimated before its load), in its own column
+    memory = daemon.get("/models/tiny-alpha").json()["memory"]
+    assert memory["state"] == "known" and memory["host_mib"] > 0
+    assert text(browser, '#models tr[data-model="tiny-alpha"] td:nth-child(3)') == \
+        f"{memory['host_mib']:.1f} MiB"
     until(browser, lambda: "listening" in text(browser, "#log") or
           "model loaded" in text(browser, "#log"), "the model's log")
 

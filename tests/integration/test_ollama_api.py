@@ -87,7 +87,11 @@ def test_version_tags_show_and_ps(real_home: Home, make_daemon, tmp_path: Path) 
     assert e.value.status_code == 404 and "llmctl models" in e.value.error
 
     (running,) = oc.ps().models
-    assert running.model == "local" and running.size == local.size
+    # /api/ps's size is the memory it takes (llama-fit-params' figure for its launch), not
+    # the file's size as /api/tags says; size_vram the device part (none without a GPU)
+    memory = daemon.get("/models/tiny-alpha").json()["memory"]
+    assert memory["state"] == "known" and memory["devices"] == {}
+    assert running.model == "local" and running.size == memory["host_mib"] * 2**20 > 0
     assert running.expires_at is not None and running.expires_at > datetime.now(timezone.utc)
     assert running.size_vram == 0
 

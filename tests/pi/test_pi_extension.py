@@ -466,6 +466,9 @@ def test_rpc_switch_back_shows_the_cache_being_restored(daemon, pi):
 
 def test_rpc_ambiguous_switch_opens_picker(daemon, pi):
     switch(daemon, "tiny-alpha")
+    # the picker shows what each model needs in memory once llmctld has estimated it
+    wait_for(lambda: all(m["memory"]["state"] == "known" for m in daemon.get("/models").json()[
+        "models"] if m["id"].startswith("tiny-beta")), 60, "the memory estimates", daemon.log)
     with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
         seen: list[dict] = []
 
@@ -479,6 +482,7 @@ def test_rpc_ambiguous_switch_opens_picker(daemon, pi):
         assert len(options) == 2, options  # limited to the daemon's candidates
         assert any(o.startswith("tiny-beta ") for o in options)
         assert any(o.startswith("tiny-beta-long ") for o in options)
+        assert all(re.search(r"needs \d+(\.\d)? MB\b", o) for o in options), options
         assert any("Switched to tiny-beta" in n for n in notices(msgs, "info")), msgs
         assert daemon.backend()["model"] == "tiny-beta"
         assert rpc.state_model()["contextWindow"] == MODELS["tiny-beta"]["contextWindow"]

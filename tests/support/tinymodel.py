@@ -6,6 +6,8 @@ Needs PyPI ``gguf`` and ``numpy``.
 
     write_tiny_llama(path)   469 KB; load (spawn -> /health 200) 0.03 s idle, <= 0.5 s busy
     write_slow_llama(path)   63 MB; load 1.2-1.4 s idle, up to ~2.6 s on a busy 2-core box
+    write_big_llama(path)    44 MB, but 48 KiB of f16 KV per token (96 layers x 128): a
+                             1M-token context needs 48 GiB (25.5 GiB at q8_0), 2k 96 MiB
 
 (measured with llama.cpp build 11434, CPU, 2 cores, ``-c 512 -np 1 -fa auto -lm none``
 and with llmctl's full flag set).
@@ -42,6 +44,8 @@ from typing import Any
 __all__ = [
     "write_tiny_llama",
     "write_slow_llama",
+    "write_big_llama",
+    "BIG_MODEL_PARAMS",
     "SLOW_MODEL_PARAMS",
     "VOCAB_SIZE",
 ]
@@ -51,6 +55,10 @@ VOCAB_SIZE = 3 + 256
 
 # Parameters of the "slow" model: see write_slow_llama().
 SLOW_MODEL_PARAMS = dict(n_embd=32, n_layer=2, n_head=1, n_ff=64, extra_vocab=400_000)
+
+
+# Parameters of the "big" model: see write_big_llama().
+BIG_MODEL_PARAMS = dict(n_embd=128, n_layer=96, n_head=1, n_ff=128)
 
 
 # Fill-in-the-middle tokens (``fim=True``): llama-server's /infill refuses a model without them.
@@ -221,6 +229,14 @@ def write_slow_llama(path, *, name: str = "slow", seed: int = 0, **overrides) ->
     params = dict(SLOW_MODEL_PARAMS)
     params.update(overrides)
     return write_tiny_llama(path, name=name, seed=seed, **params)
+
+
+def write_big_llama(path, *, name: str = "big", seed: int = 0) -> pathlib.Path:
+    """Write a small file with a big KV cache per token, for memory-fit tests: the KV width
+    is n_layer x n_embd_kv = 96 x 128 (as a 12-layer 1024-wide model's), while the weights
+    stay 42 MiB because each layer is 128 wide. llama-fit-params on it: `-c 2048` ->
+    `Host 42 96 3`, `-c 1048576` -> `Host 42 49152 1025` (f16 K/V; q8_0 26112)."""
+    return write_tiny_llama(path, name=name, seed=seed, **BIG_MODEL_PARAMS)
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ from llmctl.daemon.ipc import protocol as p
 
 
 @pytest.mark.parametrize("message", [
-    p.Switch("a.1", "qwen"), p.Stop("a.2"), p.Status("a.3"), p.Ensure("a.4"),
+    p.Switch("a.1", "qwen"), p.Switch("a.7", "big", fit=True, fit_check=False), p.Stop("a.2"), p.Status("a.3"), p.Ensure("a.4"),
     p.Reload("a.5"), p.RestartProxy("a.6"), p.Event("a.1", "progress", {"percent": 5.0}),
     p.Reply("a.1", True, {"model": "qwen"}), p.error_reply("a.1", "not_found", "no such"),
     p.State({"state": "ready"}), p.Workers({"proxy": {"pid": 1}}), p.ReloadConfig(),

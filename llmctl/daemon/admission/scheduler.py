@@ -195,6 +195,8 @@ class Scheduler:
     def _load_failed(self, model: str, reply: p.Reply) -> Unavailable:
         error = reply.error or {}
         code, message = error.get("code", "load_failed"), error.get("message", "loading failed")
+        if code == "insufficient_memory":  # refused before anything was stopped or loaded
+            return Unavailable(503, code, message)
         if model != ENSURE:
             return Unavailable(503, code, f"loading {model} for this request failed: {message}")
         if code in ("no_model", "unavailable", "config_error"):

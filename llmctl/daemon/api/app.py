@@ -188,6 +188,7 @@ class App:
         summary["default"] = entry.id is not None and entry.id == self.hub.config.default_model
         summary.update(router_fields(entry.id, backend, int(self.started)))
         summary["aliases"] = entry.config["aliases"] if entry.config else []
+        summary["memory"] = self.hub.memory.field(entry)
         if entry.config:
             llama = entry.config["llama"]
             summary["workers"] = [name for name, _ in model_workers(entry.config)] \
@@ -327,7 +328,8 @@ class App:
             return error(503, "unavailable", why)
         try:
             command = hub.gate.begin(p.Switch, _flag(request, "force"), model=match.model,
-                                     pin=_flag(request, "pin"))
+                                     pin=_flag(request, "pin"), fit=_flag(request, "fit"),
+                                     fit_check=not _flag(request, "no_fit_check"))
         except Busy as e:
             return error(409, "busy", str(e), in_flight=e.in_flight)
         resolved = {"event": "resolved", "model": match.model, "query": query}
@@ -398,6 +400,7 @@ def _flag(request: Request, name: str) -> bool:
 _FAILURE_STATUS = {"not_found": 404, "unavailable": 503, "config_error": 422,
                    "backend_setup": 424, "port_in_use": 409, "cancelled": 409,
                    "load_timeout": 504, "load_failed": 502, "load_stalled": 502,
+                   "insufficient_memory": 503,
                    "timeout": 504}
 
 

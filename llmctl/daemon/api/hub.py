@@ -6,6 +6,7 @@
 - `hub.gate`     Gate: leases for proxied requests, the busy rule, switch/stop admission
 - `hub.workers`  the supervisor's latest Workers message (pids, restarts)
 - `hub.rpc`      RpcView: the RPC workers' health, from the lifecycle's RpcHealth messages
+- `hub.memory`   MemoryListing: what each model needs and whether it fits (daemon/memory/)
 
 A reader greenlet feeds every channel message to the table in `_table`: adding a message kind
 the proxy receives means adding one entry there.
@@ -28,6 +29,7 @@ from llmctl.daemon.api.config_view import ConfigView
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 from llmctl.daemon.ipc.commands import CommandClient
+from llmctl.daemon.memory.listing import MemoryListing
 from llmctl.daemon.rpc.view import RpcView
 
 log = logging.getLogger("llmctld.proxy")
@@ -50,6 +52,7 @@ class Hub:
         self.commands = CommandClient(channel, lambda: self.config.ready_timeout,
                                       on_reply=lambda rid: self.gate.finished(rid))
         self.gate = Gate(self.backend, self.commands, self.config)
+        self.memory = MemoryListing(paths, lambda: self.backend.backend.pid, gevent.spawn)
         self._table: dict[type[p.Message], Any] = {
             p.State: lambda m: self.backend.apply(m.backend),
             p.Event: self.commands.deliver,

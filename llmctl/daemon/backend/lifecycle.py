@@ -62,7 +62,8 @@ class Lifecycle:
         self._last_watch = 0.0
         self._last_log_check = 0.0
         self._table: dict[type[p.Message], Callable[[Any], None]] = {
-            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin, force=m.force),
+            p.Switch: lambda m: self.loader.switch(m.id, m.model, pin=m.pin, force=m.force,
+                                                  fit=m.fit, fit_check=m.fit_check),
             p.Stop: lambda m: self.stop(m.id, idle_seconds=m.idle_seconds, force=m.force),
             p.Cache: lambda m: self.cache.handle(m.id, m.action, m.model),
             p.KvReuse: self.cache.reused,

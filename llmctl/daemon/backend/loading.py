@@ -10,6 +10,9 @@
 - Once /health answers, a saved KV cache of this model and fingerprint is restored before
   the backend is reported ready (phase `restoring`, daemon/kvcache/), so the requests held
   for the load find their prefix. A failed restore is dropped; the model is ready anyway.
+- Before a switch stops or spawns anything, daemon/memory/ judges whether the launch fits in
+  free memory (`insufficient_memory` when not; `fit` applies what would, `fit_check=False`
+  skips it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from llmctl.daemon.backend.process import (
 )
 from llmctl.daemon.backend.stall import StallDetector
 from llmctl.daemon.backend.stopping import Stopper
+from llmctl.daemon.memory.estimator import memory_cache
+from llmctl.daemon.memory.preload import PreloadCheck
 
 log = logging.getLogger("llmctld.lifecycle")
 
@@ -43,11 +48,12 @@ class Loader:
     def __init__(self, ctx: BackendContext, stopper: Stopper):
         self.ctx, self.stopper = ctx, stopper
         self.load: Load | None = None
+        self.memory = PreloadCheck(memory_cache(ctx.paths))
 
     # --- switch --------------------------------------------------------------------------------
 
     def switch(self, rid: str, model_id: str, default: bool = False, pin: bool = False,
-               force: bool = False) -> None:
+               force: bool = False, fit: bool = False, fit_check: bool = True) -> None:
         ctx = self.ctx
         if not default:
             ctx.default_failure = None  # an explicit switch: the user is on it
@@ -94,6 +100,21 @@ class Loader:
             # not remembered as a failed default: the next request looks again, cheaply
             ctx.refuse([rid], "unavailable", why, model=model_id)
             return
+        # before anything is stopped or spawned: does it fit? (daemon/memory/preload.py)
+        path = entry.model_path
+        admitted = self.memory.admit(
+            model_id, cfg, entry, argv, (ctx.proc.pid, ctx.backend.cmdline or []) if ctx.proc
+            else None, caps, lambda c: llama_server.build_argv(binary, caps, c, path, kv.save_dir,
+                                                              kv.decision.swa_full),
+            check=fit_check, fit=fit)
+        if admitted.argv is None:
+            ctx.refuse([rid], "insufficient_memory", admitted.refusal or "", model=model_id,
+                       default=as_default, memory=admitted.memory)
+            return
+        if admitted.fitted:
+            ctx.event([rid], "fitted", model=model_id, **admitted.fitted)
+            ctx.kv.seal(kv, admitted.argv, cfg, entry.model_path)  # a fitted context: its own
+        argv = admitted.argv
         reason = None
         if ctx.backend.state == "ready" and ctx.backend.model == model_id and \
                 ctx.proc is not None and ctx.proc.exit_status() is None:

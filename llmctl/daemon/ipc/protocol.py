@@ -5,8 +5,9 @@ Wire form: one JSON object per channel frame (see channel.py), {"type": <KIND>, 
 Who sends what (docs/architecture.md has the picture):
 
   proxy -> lifecycle (relayed by the supervisor), each answered by exactly one Reply:
-    Switch(id, model, pin, force)  load `model`, replacing what runs (pin: no idle unload;
-                        force: requests in flight were cut, so no KV-cache save delays it)
+    Switch(id, model, pin, force, fit, fit_check)  load `model`, replacing what runs (pin: no
+                        idle unload; force: requests in flight were cut, so no KV-cache save
+                        delays it; fit_check: refuse what cannot fit; fit: load what would)
     Stop(id, idle_seconds, force)  stop the backend (cancels a load); idle_seconds: an idle
                         unload; force as for Switch
     Status(id)          reply carries the backend record (a proxy's first look)
@@ -72,6 +73,8 @@ class Switch(Command):
     model: str
     pin: bool = False  # keep it loaded: never unloaded for idleness (`llmctl switch --pin`)
     force: bool = False  # in-flight requests were cut: nothing (no KV save) may delay it
+    fit: bool = False  # load it with what fits when it does not as configured (`--fit`)
+    fit_check: bool = True  # refuse a load that does not fit in memory (`--no-fit-check`)
 
 
 @dataclass(frozen=True)

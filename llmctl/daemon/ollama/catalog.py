@@ -21,6 +21,7 @@ from llmctl.core.aliases import name_index
 from llmctl.core.catalog import ModelEntry
 from llmctl.core.gguf import GGUFError, read_facts, read_metadata
 from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.memory.needs import MIB
 from llmctl.daemon.ollama.translate import bare_name
 
 LOCAL = "local"
@@ -192,7 +193,10 @@ def running(hub: Hub) -> list[dict[str, Any]]:
     expires = datetime.now(timezone.utc) + (NEVER if seconds is None or backend.pinned
                                             else timedelta(seconds=seconds))
     name = backend.model if scheduler.routing and backend.model else LOCAL
-    return [{"name": name, "model": name, "size": size, "digest": digest,
-             "details": details(facts), "expires_at": _iso(expires),
-             # llama-server does not report its device memory; 0 is Ollama's "all in RAM"
-             "size_vram": 0, "context_length": context_length(entry, facts)}]
+    # Ollama's size is the memory the model takes, size_vram the device part of it: the
+    # estimate for its launch (daemon/memory/) when there is one, else the file ("all in RAM")
+    needs = hub.memory.needs(entry) if entry is not None else None
+    vram = sum(needs.devices.values()) * MIB if needs else 0
+    return [{"name": name, "model": name, "size": needs.host * MIB + vram if needs else size,
+             "digest": digest, "details": details(facts), "expires_at": _iso(expires),
+             "size_vram": vram, "context_length": context_length(entry, facts)}]

@@ -55,6 +55,27 @@ function bytes(n) {
   return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
 }
 
+// A model's `memory` (GET /models, daemon/memory/): what it needs with its flags, in every
+// place together, and whether that fits in what is free now.
+function memoryCell(memory) {
+  if (!memory) return el("td", { className: "muted", textContent: "–" });
+  if (memory.state === "pending") {
+    return el("td", { className: "muted", textContent: "…", title: "being estimated" });
+  }
+  if (memory.state !== "known") {
+    return el("td", { className: "muted", textContent: "?", title: memory.error || "" });
+  }
+  const total = memory.host_mib + Object.values(memory.devices || {}).reduce((a, b) => a + b, 0);
+  const mib = 1024 * 1024;
+  const title = `${memory.source}, -c ${memory.ctx_size}: weights ${bytes(memory.weights_mib * mib)}, ` +
+    `context ${bytes(memory.context_mib * mib)}, compute ${bytes(memory.compute_mib * mib)}; ` +
+    `${bytes(memory.need_host_mib * mib)} needed on the host with the prompt cache, ` +
+    `${bytes(Math.max(0, memory.available.host_mib) * mib)} available`;
+  return el("td", { className: memory.fits ? "muted" : "unavailable", title,
+                    textContent: `${bytes(total * mib) === "–" ? "<1 MiB" : bytes(total * mib)}` +
+                                 (memory.fits ? "" : " · does not fit") });
+}
+
 async function errorOf(response) {
   try {
     const body = await response.json();
@@ -236,7 +257,7 @@ async function loadModels() {
     button.addEventListener("click", () => switchTo(m.id, false));
     const row = el("tr", { className: m.active ? "active" : "" }, name,
                    el("td", { className: "muted", textContent: bytes(m.size_bytes) }),
-                   el("td", {}, button));
+                   memoryCell(m.memory), el("td", {}, button));
     row.dataset.model = m.id;
     body.append(row);
   }
