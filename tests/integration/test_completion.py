@@ -88,7 +88,8 @@ def test_bash(daemon: Daemon) -> None:
     assert complete_bash(env, "llmctl logs -n 5 t") == ["tiny-alpha", "tiny-beta"]
     assert complete_bash(env, "llmctl logs -n ") == []  # a line count, not a model
     assert complete_bash(env, "llmctl switch tiny-alpha ") == []  # one model only
-    assert complete_bash(env, "llmctl switch --f") == ["--force"]
+    assert sorted(complete_bash(env, "llmctl switch --f")) == ["--fit", "--force"]
+    assert complete_bash(env, "llmctl switch --fo") == ["--force"]
     assert sorted(complete_bash(env, "llmctl logs --")) == ["--follow", "--help", "--lines"]
     assert complete_bash(env, "llmctl completion ") == ["bash", "zsh", "fish"]
 
