@@ -86,7 +86,7 @@ class BackendProcess:
         try:
             proc = psutil.Process(self.pid)
             alive = (abs(proc.create_time() - self.create_time) < 0.01
-                     and proc.status() != psutil.STATUS_ZOMBIE)
+                     and (proc.status() != psutil.STATUS_ZOMBIE or _threads_left(self.pid)))
         except psutil.Error:
             alive = False
         if alive:
@@ -166,6 +166,19 @@ class Termination:
         if now >= self.give_up_at:
             self.done = True
         return self.done
+
+
+def _threads_left(pid: int) -> bool:
+    """Whether a process whose main thread is a zombie still has other threads. A process
+    that exits is "zombie" as soon as its main thread is done, while its other threads may
+    still be exiting and its files (the listening socket) still open; a multi-threaded
+    llama-server on a loaded machine stays in that state long enough for a launch on its
+    port to find the port taken. Only a parent's wait sees the whole group end, and we are
+    not the parent of what we adopt."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def _same_command(actual: list[str], recorded: list[str]) -> bool:
