@@ -9,12 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import psutil
 
 from llmctl.daemon.backend.process import BackendProcess
+
 from harness import wait_for
 
 # A server whose main thread ends on SIGTERM while another thread keeps the socket open until
