@@ -67,9 +67,17 @@ def dash_home(real_home: Home, slow_gguf: Path, tmp_path: Path) -> Home:
 
 
 def text(driver: Any, css: str) -> str:
+    """The text of what matches `css`. The page re-renders its tables every second, so an
+    element found may be replaced before its text is read: then it is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+    for _ in range(10):
+        try:
+            return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, css))
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css}: replaced on every one of 10 reads")
 
 
 def until(driver: Any, condition: Callable[[], Any], what: str, timeout: float = 20) -> Any:
@@ -146,8 +154,12 @@ def test_the_dashboard_shows_and_drives_the_daemon(dash_home: Home, make_daemon,
     # a switch refused as busy is shown, with the way out
     click_switch(browser, "long")
     until(browser, lambda: text(browser, "#active-model") == "long", "the long model")
+    # a stream the test does not read: with 20 log-probabilities per token its ~14 MB outgrow
+    # the socket buffers, so it stays in flight until the test closes it, however fast the
+    # tiny model generates (CI once saw a 7000-token stream end before the click)
     with requests.post(daemon.url + "/v1/chat/completions", stream=True, timeout=60,
-                       json={**CHAT, "max_tokens": 7000, "stream": True, "ignore_eos": True}):
+                       json={**CHAT, "max_tokens": 7000, "stream": True, "ignore_eos": True,
+                             "logprobs": True, "top_logprobs": 20}):
         until(browser, lambda: text(browser, "#in-flight") == "1", "the request in flight")
         click_switch(browser, "tiny-beta")
         message = until(browser, lambda: text(browser, "#message-text"), "the busy message")
