@@ -336,3 +336,24 @@ def test_a_forced_stop_cuts_a_save_under_way(fake_home: Home, make_daemon) -> No
     log = daemon.log.read_text()
     assert "a forced stop cuts the KV-cache save of hangs" in log
     assert "saving the KV cache of hangs failed (cut by a forced stop)" in log
+
+
+def test_a_routed_switch_keeps_the_prompt_of_the_model_it_leaves(kv: Home, make_daemon) -> None:
+    """Requests naming their model switch the backend (daemon.route_by_model): the switch a
+    request causes saves like `llmctl switch` does, and the request that comes back finds
+    its prefix."""
+    kv.write_config(daemon={"route_by_model": True})
+    daemon = make_daemon()
+
+    def routed(model: str) -> dict[str, Any]:
+        body = {"model": model, "max_tokens": 2,
+                "messages": [{"role": "user", "content": PROMPT}]}
+        r = daemon.post("/v1/chat/completions", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["timings"]
+
+    assert routed("tiny-alpha")["cache_n"] == 0
+    routed("tiny-beta")  # switches: tiny-alpha's slot is saved on the way out
+    assert daemon.backend()["model"] == "tiny-beta"
+    assert saves(kv, "tiny-alpha")
+    assert reused_share(routed("tiny-alpha")) >= 0.9
