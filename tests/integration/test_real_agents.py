@@ -6,7 +6,8 @@ at install or run time). They run against a REAL llama-server serving a tiny gen
 with llmctl's Gemma-format Jinja template (the starter's, with tools) and a 32k context, so
 `launch`'s checks pass. Each must exit 0 with an answer, and llmctld's activity log must show
 its requests. HOME is a temporary directory; the agents' telemetry, update checks and error
-reports are off (launch sets that), so nothing leaves loopback.
+reports are off (launch sets that), and every proxy variable points at a closed loopback port
+(NO_PROXY exempts loopback): an agent that needed the network would fail here.
 
 The agents' own system prompts and tool lists are trimmed (`--system-prompt`, `--tools`, an
 opencode.json in the project): the tiny model's tokenizer is bytes, so Claude Code's full
@@ -33,6 +34,7 @@ from tinymodel import write_tiny_llama
 pytestmark = pytest.mark.real_backend
 
 NODE_BIN = ROOT / "node_modules" / ".bin"
+DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, connections are refused
 
 
 def agent_binary(name: str) -> Path:
@@ -69,7 +71,12 @@ def run_launch(daemon: Daemon, tmp_path: Path, *args: str, timeout: float = 300,
                XDG_DATA_HOME=str(user_home / ".local" / "share"),
                XDG_CACHE_HOME=str(user_home / ".cache"),
                XDG_STATE_HOME=str(user_home / ".local" / "state"),
-               PATH=f"{NODE_BIN}{os.pathsep}{os.environ['PATH']}", NO_COLOR="1")
+               PATH=f"{NODE_BIN}{os.pathsep}{os.environ['PATH']}", NO_COLOR="1",
+               # any request that is not to loopback fails at once: the agents must not
+               # need the network (no login, update check or telemetry on the way)
+               HTTPS_PROXY=DEAD_PROXY, HTTP_PROXY=DEAD_PROXY, https_proxy=DEAD_PROXY,
+               http_proxy=DEAD_PROXY, NO_PROXY="127.0.0.1,localhost,::1",
+               no_proxy="127.0.0.1,localhost,::1")
     return subprocess.run([str(ROOT / "bin" / "llmctl"), "launch", *args], env=env,
                           cwd=project, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
