@@ -33,6 +33,7 @@ class Setup:
     env: dict[str, str]
     args: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()  # variables of the user's environment the agent must not see
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ _OPENCODE_QUIET = {
 
 def _claude(url: str, private: Path, context: int) -> Setup:
     # ANTHROPIC_AUTH_TOKEN: Claude Code sends it as a Bearer token and asks for no login
+    # (a key of the user's for Anthropic itself would make it ask which credential to use)
     return Setup({"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": API_KEY,
-                  **_CLAUDE_QUIET})
+                  **_CLAUDE_QUIET}, unset=("ANTHROPIC_API_KEY",))
 
 
 def opencode_config(url: str, context: int | None = None) -> dict[str, object]:

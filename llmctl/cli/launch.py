@@ -119,10 +119,13 @@ def run(client: Any, args: argparse.Namespace) -> int:
         target = private / name
         target.write_text(text, encoding="utf-8")
         target.chmod(0o600)
+    if not setup.files:
+        private.rmdir()
     print(f"llmctl: starting {spec.title} on {model['id']} ({context}-token context) via "
           f"{client.url}", file=sys.stderr)
     sys.stderr.flush()
-    os.execvpe(program or spec.program, argv, {**os.environ, **setup.env})
+    env = {k: v for k, v in os.environ.items() if k not in setup.unset}
+    os.execvpe(program or spec.program, argv, {**env, **setup.env})
     return EXIT_OK  # not reached
 
 
@@ -146,6 +149,7 @@ def _print(spec: Agent, model: dict[str, Any], context: int, setup: Any, private
     if as_json:
         print(json.dumps({"agent": spec.name, "model": model["id"], "context": context,
                           "tool_calls": model.get("tool_calls"), "env": setup.env,
+                          "unset": list(setup.unset),
                           "files": files, "argv": argv, "installed": program is not None}))
         return EXIT_OK
     print(f"# {spec.title} on {model['id']} ({context}-token context per request; needs "
@@ -155,6 +159,8 @@ def _print(spec: Agent, model: dict[str, Any], context: int, setup: Any, private
     print("# environment (for this run only):")
     for name, value in setup.env.items():
         print(f"{name}={shlex.quote(value)}")
+    for name in setup.unset:
+        print(f"unset {name}")
     for path, text in files.items():
         print(f"# {path} (a new private directory, for this run only):")
         print(text.rstrip())

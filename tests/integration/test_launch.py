@@ -63,6 +63,7 @@ def test_dry_run_prints_what_each_agent_gets(agents_home: Home, make_daemon, age
     url = daemon.url
     if agent.startswith("claude"):
         assert plan["env"]["ANTHROPIC_BASE_URL"] == url
+        assert plan["unset"] == ["ANTHROPIC_API_KEY"]
     elif agent == "opencode":
         (text,) = plan["files"].values()
         config = json.loads(text)
@@ -165,3 +166,24 @@ def test_launch_execs_the_agent_with_its_private_setup(agents_home: Home, make_d
     assert seen["env"]["OPENCODE_DISABLE_AUTOUPDATE"] == "1"
     assert list(user_home.iterdir()) == []  # nothing written to the user's files
     assert "starting opencode on big (32768-token context)" in r.stderr
+
+
+def test_launch_claude_leaves_no_private_directory_and_drops_a_users_key(
+        agents_home: Home, make_daemon, tmp_path: Path) -> None:
+    bin_dir, tmp = tmp_path / "bin", tmp_path / "tmp"
+    bin_dir.mkdir()
+    tmp.mkdir()
+    record = tmp_path / "record.json"
+    fake = bin_dir / "claude"
+    fake.write_text("#!/usr/bin/env python3\nimport json, os, sys\n"
+                    f"json.dump(dict(os.environ), open({str(record)!r}, 'w'))\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    daemon = make_daemon()
+    env = {**daemon.home.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "TMPDIR": str(tmp), "ANTHROPIC_API_KEY": "sk-the-users-own"}
+    r = daemon.cli("launch", "claude", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen = json.loads(record.read_text())
+    assert "ANTHROPIC_API_KEY" not in seen
+    assert seen["ANTHROPIC_BASE_URL"] == daemon.url and seen["ANTHROPIC_AUTH_TOKEN"] == "llmctl"
+    assert list(tmp.iterdir()) == []
