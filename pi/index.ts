@@ -521,9 +521,12 @@ class LlmctlExtension {
 	 * KV cache. Only /status must answer; the other parts are left out if theirs fails.
 	 */
 	private async overview(): Promise<{ status: StatusInfo; active: ActiveInfo | undefined; text: string }> {
-		const [status, active, entries, models, caches] = await Promise.all([
+		// the status first, on its own: it is what the block is about, as of now
+		const [status, active] = await Promise.all([
 			this.client.status(COMMAND_TIMEOUT_MS),
 			this.client.active(COMMAND_TIMEOUT_MS).catch(() => undefined),
+		]);
+		const [entries, models, caches] = await Promise.all([
 			this.client.activity(ACTIVITY_SHOWN, COMMAND_TIMEOUT_MS).catch(() => undefined),
 			this.client.models(COMMAND_TIMEOUT_MS).catch(() => undefined),
 			this.client.caches(COMMAND_TIMEOUT_MS).catch(() => undefined),
