@@ -56,7 +56,47 @@ export interface ActiveInfo {
 
 export interface IdleInfo {
 	text?: string | null;
+	pinned?: boolean;
+	/** seconds until the idle unload, while it counts down */
+	unloads_in_s?: number | null;
 	unloaded?: { model: string; idle_seconds: number } | null;
+}
+
+/** One RPC worker's health (GET /status `workers`; llmctl/daemon/rpc/records.py). */
+export interface WorkerInfo {
+	name: string;
+	address: string;
+	state: string;
+	error?: string | null;
+	in_use?: string | null;
+	devices?: { free?: number; total?: number }[];
+}
+
+/** One entry of GET /activity (llmctl/daemon/observe/activity.py). */
+export interface ActivityEntry {
+	seq?: number;
+	time: number;
+	method?: string;
+	route?: string;
+	model?: string | null;
+	status?: number | null;
+	stream?: boolean;
+	duration_ms?: number | null;
+	prompt_tokens?: number | null;
+	generated_tokens?: number | null;
+	cached_tokens?: number | null;
+	tokens_per_s?: number | null;
+	client?: string | null;
+	error?: string | null;
+}
+
+/** One saved KV cache of GET /cache (llmctl/daemon/kvcache/continuity.py). */
+export interface SavedCache {
+	model: string;
+	tokens: number;
+	bytes: number;
+	age_s?: number;
+	matches?: boolean;
 }
 
 export interface Progress {
@@ -81,6 +121,8 @@ export interface StatusInfo {
 	in_flight?: number;
 	default_model?: string | null;
 	idle?: IdleInfo;
+	/** RPC workers (other machines' `llmctl worker`) and their health */
+	workers?: WorkerInfo[];
 }
 
 /** What a model needs in memory with its flags, and whether it fits now (llmctl/daemon/memory/). */
@@ -103,6 +145,8 @@ export interface ModelInfo {
 	file?: string;
 	size_bytes?: number | null;
 	memory?: MemoryInfo | null;
+	/** false: llama-server refuses its requests with tools (it runs with --no-jinja) */
+	tool_calls?: boolean;
 }
 
 export interface SwitchEvent {
@@ -275,6 +319,18 @@ export class DaemonClient {
 
 	status(timeoutMs = COMMAND_TIMEOUT_MS): Promise<StatusInfo> {
 		return this.json("GET", "/status", timeoutMs);
+	}
+
+	/** The newest `limit` requests, oldest first. */
+	async activity(limit: number, timeoutMs = COMMAND_TIMEOUT_MS): Promise<ActivityEntry[]> {
+		const body = await this.json<{ entries?: ActivityEntry[] }>("GET", `/activity?limit=${limit}`, timeoutMs);
+		return Array.isArray(body.entries) ? body.entries : [];
+	}
+
+	/** Every saved KV cache. */
+	async caches(timeoutMs = COMMAND_TIMEOUT_MS): Promise<SavedCache[]> {
+		const body = await this.json<{ caches?: SavedCache[] }>("GET", "/cache", timeoutMs);
+		return Array.isArray(body.caches) ? body.caches : [];
 	}
 
 	async models(timeoutMs = COMMAND_TIMEOUT_MS): Promise<ModelInfo[]> {

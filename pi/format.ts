@@ -1,6 +1,6 @@
 /** Plain-text formatting for the /llm command (no ANSI: the text also travels over RPC). */
 
-import type { ActiveInfo, ModelInfo, Progress, StatusInfo } from "./client.ts";
+import type { ActiveInfo, ActivityEntry, ModelInfo, Progress, SavedCache, StatusInfo, WorkerInfo } from "./client.ts";
 
 export function formatBytes(n: number | null | undefined): string {
 	if (typeof n !== "number" || !Number.isFinite(n) || n < 0) return "";
@@ -122,7 +122,8 @@ export function statusText(
 	const name = active && active.model === model ? active.name : null;
 	const modelText = model ? `${model}${name && name !== model ? ` (${name})` : ""}` : "none";
 	let activeLine = `Active:     ${modelText} — ${state}`;
-	if (state === "starting" && b.progress) activeLine += ` ${formatProgress(b.progress)}`;
+	if (state === "starting") activeLine += ` ${progressBar(b.progress?.percent) || formatProgress(b.progress) || "…"}`;
+	if (status.idle?.pinned) activeLine += ", pinned";
 	if (state === "ready" && typeof b.load_seconds === "number") activeLine += `, loaded in ${formatDuration(b.load_seconds)}`;
 	lines.push(activeLine);
 
@@ -137,6 +138,7 @@ export function statusText(
 	if (backend.length) lines.push(`Backend:    ${backend.join(" · ")}`);
 	lines.push(`In flight:  ${typeof status.in_flight === "number" ? status.in_flight : "?"}`);
 	if (status.idle?.text) lines.push(`Idle:       ${status.idle.text}`);
+	lines.push(...workerLines(status.workers));
 	if (published) {
 		lines.push(
 			`Pi model:   llmctl/local — ${published.name}, context ${published.contextWindow}, max output ${published.maxTokens}`,
@@ -167,4 +169,61 @@ export function summarizeReload(summary: Record<string, unknown>): string {
 		}
 	}
 	return parts.join("\n");
+}
+
+/** "Workers:" and one line per RPC worker: its state, free memory, what uses it. */
+export function workerLines(workers: WorkerInfo[] | null | undefined): string[] {
+	if (!Array.isArray(workers) || !workers.length) return [];
+	const lines = ["Workers:"];
+	for (const w of workers) {
+		const parts = [`${w.name} ${w.address} — ${w.state}`];
+		const devices = Array.isArray(w.devices) ? w.devices : [];
+		if (devices.length) {
+			const free = devices.reduce((a, d) => a + (typeof d.free === "number" ? d.free : 0), 0);
+			parts.push(`${devices.length} device${devices.length === 1 ? "" : "s"}, ${formatBytes(free)} free`);
+		}
+		if (w.in_use) parts.push(`in use by ${w.in_use}`);
+		if (w.error && w.state !== "up") parts.push(oneLine(w.error, 120));
+		lines.push(`  ${parts.join(" · ")}`);
+	}
+	return lines;
+}
+
+/** "Recent:" and the last requests: time, route, model, status, tokens, tokens/s. */
+export function activityLines(entries: ActivityEntry[] | null | undefined, n = 5): string[] {
+	if (!Array.isArray(entries) || !entries.length) return [];
+	const lines = ["Recent:"];
+	for (const e of entries.slice(-n)) {
+		const parts = [formatTime(e.time), `${e.method ?? ""} ${e.route ?? ""}`.trim(), e.model ?? "-", String(e.status ?? "-")];
+		if (typeof e.duration_ms === "number") parts.push(formatDuration(e.duration_ms / 1000));
+		if (typeof e.prompt_tokens === "number" || typeof e.generated_tokens === "number") {
+			parts.push(`${e.prompt_tokens ?? "-"}/${e.generated_tokens ?? "-"} tok`);
+		}
+		if (typeof e.tokens_per_s === "number" && Number.isFinite(e.tokens_per_s)) parts.push(`${e.tokens_per_s.toFixed(1)} tok/s`);
+		if (e.error) parts.push(`error: ${oneLine(e.error, 80)}`);
+		lines.push(`  ${parts.join("  ")}`);
+	}
+	return lines;
+}
+
+/** A model's saved KV cache, as the dashboard says it: "saved cache 1,234 tokens (2.0 MB)". */
+export function cacheTag(model: string, caches: SavedCache[] | null | undefined): string {
+	const mine = (Array.isArray(caches) ? caches : []).filter((c) => c.model === model);
+	if (!mine.length) return "";
+	const tokens = mine.reduce((a, c) => a + (c.tokens || 0), 0);
+	const bytes = mine.reduce((a, c) => a + (c.bytes || 0), 0);
+	const stale = mine.every((c) => c.matches === false) ? ", stale: its config changed" : "";
+	return `saved cache ${tokens.toLocaleString("en-US")} tokens (${formatBytes(bytes)}${stale})`;
+}
+
+/** "Models:" and one line per model: memory need, saved cache, no tool calls. */
+export function modelLines(models: ModelInfo[] | null | undefined, caches: SavedCache[] | null | undefined): string[] {
+	if (!Array.isArray(models) || !models.length) return [];
+	const lines = ["Models:"];
+	for (const m of models) {
+		const tags = [memoryTag(m), cacheTag(m.id, caches), m.tool_calls === false ? "no tool calls" : ""].filter(Boolean);
+		const mark = m.active ? "*" : m.default ? "d" : " ";
+		lines.push(`  ${mark} ${m.id}${tags.length ? `  ${tags.join(" · ")}` : ""}${m.available === false ? "  (unavailable)" : ""}`);
+	}
+	return lines;
 }

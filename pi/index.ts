@@ -31,12 +31,15 @@ import {
 	type PullEvent,
 	QUICK_TIMEOUT_MS,
 	STARTUP_TIMEOUT_MS,
+	type StatusInfo,
 	type SwitchEvent,
 } from "./client.ts";
 import {
+	activityLines,
 	formatDuration,
 	formatProgress,
 	modelLabel,
+	modelLines,
 	oneLine,
 	phaseLabel,
 	progressBar,
@@ -70,6 +73,7 @@ const DEFAULT_POLL_MS = 2000;
 const BUSY_POLL_MS = 500;
 const COMPLETION_CACHE_MS = 10_000;
 const LOG_LINES = 40;
+const ACTIVITY_SHOWN = 5;
 
 function positiveInt(value: unknown, fallback: number): number {
 	return typeof value === "number" && Number.isFinite(value) && value > 0 ? Math.floor(value) : fallback;
@@ -481,12 +485,7 @@ class LlmctlExtension {
 
 	private async dashboard(ctx: ExtensionCommandContext): Promise<void> {
 		for (;;) {
-			const [status, active] = await Promise.all([
-				this.client.status(COMMAND_TIMEOUT_MS),
-				this.client.active(COMMAND_TIMEOUT_MS).catch(() => undefined),
-			]);
-			if (active) this.apply(active);
-			const text = statusText(this.client.baseUrl, status, active, this.published);
+			const { status, active, text } = await this.overview();
 			if (!ctx.hasUI) {
 				say(ctx, text);
 				return;
@@ -498,6 +497,7 @@ class LlmctlExtension {
 			if (model && state !== "stopped") actions.push([`Stop ${model}`, () => this.stop(ctx, false)]);
 			actions.push([`Show logs${model ? ` (${model})` : ""}`, () => this.logs(ctx, [])]);
 			actions.push(["Reload models and config", () => this.reload(ctx)]);
+			actions.push(["Pull a model…", () => this.askAndPull(ctx)]);
 			actions.push(["Refresh", async () => undefined]);
 			actions.push(["Close", async () => undefined]);
 			const choice = await ctx.ui.select(`llmctl\n${text}`, actions.map(([label]) => label));
@@ -510,13 +510,31 @@ class LlmctlExtension {
 	}
 
 	private async status(ctx: ExtensionCommandContext): Promise<void> {
+		const { status, active, text } = await this.overview();
+		const failed = (status.backend?.state ?? active?.state) === "failed";
+		say(ctx, text, failed ? "warning" : "info");
+	}
+
+	/**
+	 * What the dashboard shows, as text: the status block (load progress, idle countdown, pin,
+	 * RPC workers), the last requests with tokens/s, and each model's memory need and saved
+	 * KV cache. Only /status must answer; the other parts are left out if theirs fails.
+	 */
+	private async overview(): Promise<{ status: StatusInfo; active: ActiveInfo | undefined; text: string }> {
+		// the status first, on its own: it is what the block is about, as of now
 		const [status, active] = await Promise.all([
 			this.client.status(COMMAND_TIMEOUT_MS),
 			this.client.active(COMMAND_TIMEOUT_MS).catch(() => undefined),
 		]);
+		const [entries, models, caches] = await Promise.all([
+			this.client.activity(ACTIVITY_SHOWN, COMMAND_TIMEOUT_MS).catch(() => undefined),
+			this.client.models(COMMAND_TIMEOUT_MS).catch(() => undefined),
+			this.client.caches(COMMAND_TIMEOUT_MS).catch(() => undefined),
+		]);
 		if (active) this.apply(active);
-		const failed = (status.backend?.state ?? active?.state) === "failed";
-		say(ctx, statusText(this.client.baseUrl, status, active, this.published), failed ? "warning" : "info");
+		if (models) this.modelCache = { at: Date.now(), models };
+		const lines = [statusText(this.client.baseUrl, status, active, this.published), ...activityLines(entries, ACTIVITY_SHOWN), ...modelLines(models, caches)];
+		return { status, active, text: lines.join("\n") };
 	}
 
 	private async pickAndSwitch(ctx: ExtensionCommandContext, only?: string[], title?: string): Promise<void> {
@@ -684,10 +702,21 @@ class LlmctlExtension {
 				const pct = typeof ev.percent === "number" ? ` ${Math.floor(ev.percent)}%` : "";
 				const resumed = ev.event === "resume" && ev.total ? ` (resuming at ${Math.floor((100 * (ev.bytes ?? 0)) / ev.total)}%)` : "";
 				const line = ev.event === "progress" || ev.event === "download" || ev.event === "resume" ? `llmctl: pulling ${ev.file}${pct || resumed}` : "";
-				if (line && line !== shown && ctx.hasUI) ctx.ui.setStatus(UI_KEY, (shown = line));
+				if (!line || line === shown) continue;
+				shown = line;
+				if (ctx.hasUI) {
+					ctx.ui.setStatus(UI_KEY, line);
+					const bar = progressBar(ev.percent ?? (ev.total ? (100 * (ev.bytes ?? 0)) / ev.total : undefined));
+					ctx.ui.setWidget(UI_KEY, [`llmctl: pulling ${repo}`, `  ${ev.file ?? ""} ${bar || "…"}`]);
+				} else if (ev.event !== "progress") {
+					console.log(line); // print mode: one line per file, not per percent
+				}
 			}
 		} finally {
-			if (shown && ctx.hasUI) ctx.ui.setStatus(UI_KEY, undefined);
+			if (shown && ctx.hasUI) {
+				ctx.ui.setStatus(UI_KEY, undefined);
+				ctx.ui.setWidget(UI_KEY, undefined);
+			}
 		}
 		if (last?.event === "done") {
 			this.modelCache = undefined;
@@ -695,6 +724,11 @@ class LlmctlExtension {
 		} else {
 			say(ctx, `Pulling ${repo} failed: ${last?.message ?? "the stream ended without a result"}`, "error");
 		}
+	}
+
+	private async askAndPull(ctx: ExtensionCommandContext): Promise<void> {
+		const repo = await ctx.ui.input("Pull a GGUF from Hugging Face", "org/repo[:QUANT], e.g. unsloth/Qwen3-8B-GGUF:Q4_K_M");
+		if (repo?.trim()) await this.pull(ctx, repo.trim());
 	}
 
 	private async stop(ctx: ExtensionCommandContext, force: boolean): Promise<void> {

@@ -169,7 +169,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
                "  client.messages.create(model=\"claude-sonnet-4-6\", max_tokens=1024, "
                "messages=[...])")),
 )}
-CLIENT_NAMES = tuple(RECIPES)
+ALIASES = {"claude": "claude-code"}  # as `ollama launch claude`
+CLIENT_NAMES = (*ALIASES, *RECIPES)
 
 
 # --- printing and writing ----------------------------------------------------------------------
@@ -243,7 +244,7 @@ def _load(text: str, fmt: str) -> Any:
 
 
 def run(client_name: str, do_write: bool, as_json: bool, url: str) -> int:
-    recipe = RECIPES[client_name]
+    recipe = RECIPES[ALIASES.get(client_name, client_name)]
     env = dict(os.environ)
     if as_json:
         print(json.dumps({"client": recipe.name, "url": url, "settings": recipe.settings(url),

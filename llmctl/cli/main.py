@@ -3,7 +3,7 @@
 Exit codes (also in `llmctl --help`):
   0 ok · 1 error, or `active` with no model · 2 usage · 3 daemon not running · 4 not found ·
   5 ambiguous · 6 busy · 7 load failed · 8 model or backend unavailable (config, binary, port,
-  RPC worker, memory)
+  RPC worker, memory; for `launch`: the model cannot serve the agent, or it is not installed)
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ EPILOG = """exit codes:
   0 ok   1 error (or `active` with no model)   2 usage   3 llmctld not running
   4 model not found   5 ambiguous model name   6 busy (requests in flight)
   7 load failed or timed out   8 model or backend unavailable (config, binary, port,
-  RPC worker, not enough free memory)   130 interrupted (Ctrl-C)
+  RPC worker, not enough free memory; `launch`: the model cannot serve the agent
+  (no tool calls, too small a context) or the agent is not installed)
+  130 interrupted (Ctrl-C)
 
 environment: LLMCTL_HOST, LLMCTL_PORT (where llmctld listens), LLMCTL_HOME, LLMCTL_RUNTIME_HOME"""
 
@@ -93,9 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = add("connect", "print (or --write) a client app's configuration for this daemon",
               json_flag=True)
-    cmd.add_argument("client", choices=CLIENT_NAMES)
+    cmd.add_argument("client", choices=CLIENT_NAMES, help="the client (claude is claude-code)")
     cmd.add_argument("--write", action="store_true",
                      help="merge it into the client's configuration file (with a backup)")
+    from llmctl.cli import launch
+
+    launch.add_arguments(add("launch", "start a coding agent (claude, opencode, codex, aider) "
+                             "on the active model, after checking the model can serve it",
+                             json_flag=True))
     cmd = add("add", "register a GGUF that lives elsewhere (links it into gguf/<id>/)",
               json_flag=True)
     cmd.add_argument("path", help="the .gguf file (for a split model, any shard)")
@@ -130,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    agent_args: list[str] = []
+    if "launch" in argv and "--" in argv[argv.index("launch"):]:  # the agent's arguments
+        cut = argv.index("--", argv.index("launch"))
+        argv, agent_args = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    args.agent_args = agent_args
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
@@ -325,6 +338,12 @@ def cmd_cache(client: Any, args: argparse.Namespace) -> int:
     return cache.run(client, args)
 
 
+def cmd_launch(client: Any, args: argparse.Namespace) -> int:
+    from llmctl.cli import launch
+
+    return launch.run(client, args)
+
+
 def cmd_top(client: Any, args: argparse.Namespace) -> int:
     from llmctl.cli import top
 
@@ -334,7 +353,7 @@ def cmd_top(client: Any, args: argparse.Namespace) -> int:
 COMMANDS = {
     "switch": cmd_switch, "stop": cmd_stop, "status": cmd_status, "active": cmd_active,
     "models": cmd_models, "inspect": cmd_inspect, "logs": cmd_logs, "reload": cmd_reload,
-    "activity": cmd_activity, "top": cmd_top, "cache": cmd_cache,
+    "activity": cmd_activity, "top": cmd_top, "cache": cmd_cache, "launch": cmd_launch,
 }
 
 

@@ -127,6 +127,9 @@ def render_models(data: dict[str, Any]) -> str:
             problems.append(f"  ! {m['id']}: {m['error']}")
         if m.get("note"):
             notes.append(f"  ~ {m['id']}: {m['note']}")
+        if m.get("tool_calls") is False:
+            notes.append(f"  ~ {m['id']}: no tool calls (llama-server runs it with --no-jinja;"
+                         f" `llmctl inspect {m['id']}` says what to do)")
         rows.append((mark, m["id"], m["name"], size(m.get("size_bytes")),
                      memory_cell(m.get("memory")), params(gguf.get("parameters")), gguf.get("quantization") or "-",
                      str(gguf.get("context_length") or "-"), source(m)))
@@ -242,6 +245,9 @@ def render_inspect(data: dict[str, Any]) -> str:
         lines.append(f"kv cache {'kept' if kv['kept'] else 'NOT kept'}: {kv['reason']}" + (
             f"; saved: {sum(s['tokens'] for s in saved):,} tokens "
             f"({size(sum(s['bytes'] for s in saved))})" if saved else ""))
+    if data.get("tool_calls") is not None:
+        lines.append("tools    " + ("requests with tools are formatted (Jinja chat template)"
+                                    if data["tool_calls"] else str(data["tool_calls_note"])))
     if not data["available"]:
         lines.append(f"ERROR    {data['error']}")
     lines += memory_lines(data.get("memory"))

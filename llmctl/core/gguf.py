@@ -118,9 +118,11 @@ def _parse(r: _Reader) -> dict[str, Any]:
         raise GGUFError(f"GGUF version {version} is too old")
     n_tensors, n_kv = r.take("Q"), r.take("Q")
     kv: dict[str, Any] = {}
+    has_template = False
     for _ in range(n_kv):
         key = r.string()
         vtype = r.take("I")
+        has_template = has_template or key == "tokenizer.chat_template"
         keep = key in _WANTED or key.endswith((".context_length", ".block_count",
                                                ".expert_count"))
         value = r.value(vtype, keep)
@@ -140,7 +142,8 @@ def _parse(r: _Reader) -> dict[str, Any]:
     arch = kv.get("general.architecture")
     facts: dict[str, Any] = {"gguf_version": version, "architecture": arch,
                              "name": kv.get("general.name"), "tensors": n_tensors,
-                             "parameters": kv.get("general.parameter_count") or params}
+                             "parameters": kv.get("general.parameter_count") or params,
+                             "chat_template": has_template}
     if (ftype := kv.get("general.file_type")) is not None:
         facts["quantization"] = FILE_TYPES.get(ftype, f"type {ftype}")
     if arch:

@@ -94,6 +94,18 @@ def test_bash(daemon: Daemon) -> None:
     assert complete_bash(env, "llmctl completion ") == ["bash", "zsh", "fish"]
 
 
+def test_launch_and_connect_complete_the_agents(daemon: Daemon, tmp_path: Path) -> None:
+    env = env_for(daemon.env)
+    agents = ["claude", "claude-code", "opencode", "codex", "aider"]
+    assert complete_bash(env, "llmctl lau") == ["launch"]
+    assert complete_bash(env, "llmctl launch ") == agents
+    assert complete_bash(env, "llmctl connect cl") == ["claude", "claude-code"]
+    assert sorted(complete_bash(env, "llmctl launch --d")) == ["--dry-run"]
+    assert complete_fish(env, "llmctl launch c") == ["claude", "claude-code", "codex"]
+    assert sorted(complete_zsh(env, "llmctl launch c", tmp_path)) == [
+        "claude", "claude-code", "codex"]
+
+
 def test_fish(daemon: Daemon) -> None:
     env = env_for(daemon.env)
     assert complete_fish(env, "llmctl sw") == ["switch"]

@@ -110,3 +110,14 @@ def test_write_refuses_what_it_cannot_edit_safely(tmp_path: Path) -> None:
     assert out.returncode == 2 and "VS Code's settings.json" in out.stderr
     out = connect(tmp_path, "nonsense")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_claude_is_claude_code(tmp_path: Path) -> None:
+    """`claude` (what Ollama's users type) names the same recipe as `claude-code`, printed
+    and written."""
+    out = connect(tmp_path, "claude")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == connect(tmp_path, "claude-code").stdout
+    assert connect(tmp_path, "claude", "--write").returncode == 0
+    settings = json.loads((tmp_path / ".claude" / "settings.json").read_text())
+    assert settings["env"]["ANTHROPIC_BASE_URL"] == URL

@@ -110,11 +110,81 @@ def test_openai_sdk_gets_words(started: Started) -> None:
 
 def test_llama_server_applies_the_gemma_chat_template(started: Started) -> None:
     """The GGUF has no template; without one llama-server would use ChatML. The starter's
-    config selects llama.cpp's built-in Gemma template: the prompt is in Gemma's turns."""
+    config gives it llmctl's Jinja template in Gemma's format: the prompt is in Gemma's
+    turns."""
     backend = requests.get(started.url + "/status", timeout=30).json()["backend"]
     prompt = requests.post(f"http://127.0.0.1:{backend['port']}/apply-template", timeout=30,
                            json={"messages": [{"role": "user", "content": "Hi"}]}).json()
     assert prompt["prompt"] == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+
+
+def test_a_request_with_tools_is_formatted_not_refused(started: Started) -> None:
+    """The starter runs with llmctl's Jinja template (Gemma's turns, with tools): llama-server
+    formats a request with tools instead of refusing it (`tools param requires --jinja`).
+    A 270M base model may or may not call the tool; the answer must be well formed."""
+    oa = openai.OpenAI(base_url=started.url + "/v1", api_key="unused", max_retries=0,
+                       timeout=120)
+    reply = oa.chat.completions.create(
+        model="local", max_tokens=32, temperature=0, tools=[WEATHER_TOOL],
+        messages=[{"role": "system", "content": "You answer briefly."},
+                  {"role": "user", "content": "What is the weather in Paris?"}])
+    (choice,) = reply.choices
+    assert choice.finish_reason in ("stop", "length", "tool_calls"), reply
+    assert choice.message.role == "assistant"
+    assert choice.message.content or choice.message.tool_calls, reply
+    for call in choice.message.tool_calls or []:
+        assert call.function.name == "get_weather"
+        json.loads(call.function.arguments)
+    # a whole tool round trip, streamed: the call and its result are formatted too
+    stream = oa.chat.completions.create(
+        model="local", max_tokens=16, temperature=0, tools=[WEATHER_TOOL], stream=True,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"},
+                  {"role": "assistant", "content": None, "tool_calls": [{
+                      "id": "call_1", "type": "function", "function": {
+                          "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"}])
+    chunks = list(stream)
+    assert chunks and chunks[-1].choices[0].finish_reason is not None
+    # and Claude Code's dialect
+    r = requests.post(started.url + "/v1/messages", timeout=120, json={
+        "model": "claude-sonnet-4-6", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"name": "get_weather", "description": "The weather in a city",
+                   "input_schema": WEATHER_TOOL["function"]["parameters"]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["type"] == "message" and r.json()["content"] is not None
+
+
+def test_the_template_renders_tools_and_results_in_gemma_turns(started: Started) -> None:
+    """What llama-server itself renders with the starter's template (its /apply-template):
+    the system prompt and the tool list open the first user turn, a tool call is in the
+    model's turn, its result comes back in a user turn."""
+    backend = requests.get(started.url + "/status", timeout=30).json()["backend"]
+    prompt = requests.post(f"http://127.0.0.1:{backend['port']}/apply-template", timeout=30,
+                           json={"tools": [WEATHER_TOOL], "messages": [
+                               {"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "Weather in Paris?"},
+                               {"role": "assistant", "content": "", "tool_calls": [{
+                                   "id": "c1", "type": "function", "function": {
+                                       "name": "get_weather",
+                                       "arguments": '{"city": "Paris"}'}}]},
+                               {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]},
+                           ).json()["prompt"]
+    assert prompt.startswith("<start_of_turn>user\nBe brief.\n\n# Tools\n"), prompt
+    assert '"name": "get_weather"' in prompt.split("<tools>")[1].split("</tools>")[0]
+    assert "Weather in Paris?<end_of_turn>\n<start_of_turn>model\n<tool_call>\n" in prompt
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in \
+        prompt.replace('"city":"Paris"', '"city": "Paris"')
+    assert prompt.endswith("<start_of_turn>user\n<tool_response>\nsunny\n</tool_response>"
+                           "<end_of_turn>\n<start_of_turn>model\n"), prompt
+    models = requests.get(started.url + "/models", timeout=30).json()["models"]
+    assert models[0]["tool_calls"] is True
 
 
 def test_a_load_shows_progress_over_the_read(started: Started) -> None:

@@ -795,3 +795,56 @@ def test_idle_countdown_and_idle_unload_are_shown(real_home, make_daemon, pi_bin
                      "the footer after the idle unload")
         [text] = notices(rpc.command("/llm status"))
         assert "unloaded after 4s idle — wakes on the next request" in text, text
+
+
+def test_rpc_dashboard_shows_activity_caches_memory_and_pin(daemon, pi):
+    """What the web dashboard shows, in /llm: the pin, the last requests with tokens/s, each
+    model's memory need and saved KV cache; and "Pull a model…" among the actions."""
+    switch(daemon, "tiny-alpha")
+    prompt = " ".join(f"line {i} of a prompt worth keeping." for i in range(30))  # ~1k tokens
+    r = daemon.post("/v1/chat/completions", json={"max_tokens": 4, "messages": [
+        {"role": "user", "content": prompt}]})
+    assert r.status_code == 200, r.text
+    r = daemon.switch("tiny-beta", pin=1)  # saves tiny-alpha's cache; tiny-beta is pinned
+    assert r.status_code == 200, r.text
+    wait_for(lambda: all(m["memory"]["state"] == "known" for m in daemon.get("/models").json()[
+        "models"] if m["id"] in MODELS), 60, "the memory estimates", daemon.log)
+    saved = {c["model"]: c["tokens"] for c in daemon.get("/cache").json()["caches"]}
+    assert saved.get("tiny-alpha", 0) > 500, saved
+    with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
+        dialogs: list[dict] = []
+
+        def close(req: dict) -> dict | None:
+            dialogs.append(req)
+            return {"value": "Close"}
+
+        rpc.command("/llm", on_dialog=close)
+        [dash] = dialogs
+        title = dash["title"]
+        assert re.search(r"Active:\s+tiny-beta \(Tiny Beta\) — ready, pinned, loaded in ", title), title
+        recent = title.split("Recent:\n", 1)[1].split("Models:", 1)[0]
+        assert re.search(r"POST /v1/chat/completions  tiny-alpha  200  .*\d+/4 tok  [\d.]+ tok/s", recent), title
+        models = title.split("Models:\n", 1)[1]
+        alpha = next(line for line in models.splitlines() if " tiny-alpha" in line)
+        assert re.search(r"needs [\d.]+ MB", alpha), alpha
+        assert f"saved cache {saved['tiny-alpha']:,} tokens" in alpha, alpha
+        assert re.match(r"\s+\* tiny-beta\s", next(line for line in models.splitlines() if " tiny-beta " in line + " "))
+        assert "Pull a model…" in dash["options"]
+        [text] = notices(rpc.command("/llm status"))
+        assert "Recent:" in text and "Models:" in text and "pinned" in text
+
+
+def test_rpc_status_shows_the_rpc_workers_health(real_home, make_daemon, pi_bin, tmp_path,
+                                                 ports):
+    """An RPC worker nobody listens for is shown as down, with why."""
+    closed = ports.take()
+    real_home.write_config(workers={"gpu-box": f"127.0.0.1:{closed}"},
+                           daemon={"rpc_check_interval": "1s"})
+    daemon = make_daemon()
+    wait_for(lambda: daemon.get("/status").json()["workers"][0]["state"] == "down", 30,
+             "the worker to be seen down", daemon.log)
+    pi = make_pi_env(pi_bin, tmp_path, {k: v for k, v in daemon.env.items()
+                                        if k.startswith("LLMCTL_")})
+    with pi.rpc("--no-session") as rpc:
+        [text] = notices(rpc.command("/llm status"))
+    assert f"Workers:\n  gpu-box 127.0.0.1:{closed} — down" in text, text

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_pi_extension import PI_LEAN_ARGS, PiEnv, make_pi_env, notices
+from test_pi_extension import PI_LEAN_ARGS, PiEnv, make_pi_env, notices, ui
 from test_pi_extension import pi_bin as pi_bin  # noqa: F401  (a fixture this module uses)
 
 from fake_hub import FakeHub
+from ggufkit import write_header
 from harness import Daemon, Home, Ports, owned_backends
 
 WORDS = re.compile(r"[A-Za-z]{2,}")
@@ -88,3 +89,31 @@ def test_llm_pull_registers_a_model(daemon: Daemon, pi: PiEnv) -> None:
         assert any("has no Q2_K quantisation" in n for n in notices(msgs, "error")), msgs
     models = {m["id"] for m in daemon.get("/models").json()["models"]}
     assert "tiny-f32" in models
+
+
+def test_dashboard_pull_shows_its_progress(daemon: Daemon, pi: PiEnv, hub: FakeHub,
+                                           tmp_path: Path) -> None:
+    """"Pull a model…" in /llm asks for the repository, then shows the download's progress
+    (a widget with a bar, and the footer) until it is registered."""
+    # huggingface_hub reports progress per 10 MB read: 30 MB, slowly, give a few events
+    data = write_header(tmp_path / "slow.gguf", name="Slow", pad=30_000_000).read_bytes()
+    hub.add("someone/Slow-GGUF", {"Slow-F32.gguf": data})
+    hub.trickle["Slow-F32.gguf"] = 0.01  # 64 KiB every 10 ms: ~5 s
+    asked: list[dict] = []
+
+    def answer(req: dict) -> dict | None:
+        if req["method"] == "select":
+            return {"value": "Pull a model…"}
+        asked.append(req)
+        return {"value": "someone/Slow-GGUF"}
+
+    with pi.rpc() as rpc:
+        msgs = rpc.command("/llm", on_dialog=answer, timeout=180)
+    assert [r["method"] for r in asked] == ["input"], asked
+    assert any("Pulled someone/Slow-GGUF as slow-f32" in n for n in notices(msgs, "info")), msgs
+    bars = [" ".join(m["widgetLines"]) for m in ui(msgs, "setWidget") if m.get("widgetLines")]
+    assert any("llmctl: pulling someone/Slow-GGUF" in b and "Slow-F32.gguf [" in b
+               for b in bars), bars
+    percents = {int(p) for b in bars for p in re.findall(r"\] (\d+)%", b)}
+    assert len(percents) >= 2 and min(percents) < 100, bars
+    assert not ui(msgs, "setWidget")[-1].get("widgetLines")  # cleared at the end

@@ -35,6 +35,7 @@ from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
+from llmctl.daemon.backend.tool_calls import no_tool_calls
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
 from llmctl.daemon.kvcache.view import kv_view
@@ -197,6 +198,8 @@ class App:
                 summary["available"], summary["error"] = False, why
             summary["ctx_size"] = llama["ctx_size"]
             summary["pi"] = entry.config["pi"]["model"]
+            why = no_tool_calls(entry.config, entry.facts, summary.get("config_file"))
+            summary["tool_calls"], summary["tool_calls_note"] = why is None, why
         return summary
 
     def on_model(self, request: Request, model: str) -> Response:

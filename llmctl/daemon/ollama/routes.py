@@ -40,6 +40,7 @@ from llmctl.daemon.ollama.translate import (
     stream_wanted,
     upstream_error,
 )
+from llmctl.daemon.relay import refusals
 from llmctl.daemon.relay.openai_proxy import MAX_BODY, OpenAIProxy, Relay, upstream_failure
 
 log = logging.getLogger("llmctld.ollama")
@@ -186,13 +187,25 @@ class OllamaAPI:
         if status != 200 or not up.stream:
             payload = _read_all(relay)
             if status != 200:
-                return ollama_error(start_response, status, upstream_error(status, payload))
+                return self._upstream_error(start_response, status, payload)
             data = self._parse(payload)
             answer = (chat_answer(data, name, started, waited, up.think) if kind == "chat"
                       else generate_answer(data, up.shape, name, started, waited, up.think))
             return _json(start_response, 200, answer)
         start_response("200 OK", [("Content-Type", "application/x-ndjson")])
         return NDJSON(relay, Translation(kind, up.shape, name, started, up.think, waited))
+
+    def _upstream_error(self, start_response: Any, status: int, payload: bytes
+                        ) -> list[bytes]:
+        """llama-server's error, in Ollama's shape: a deterministic refusal (refusals.py) as a
+        400 that names the model and the fix, anything else with llama-server's status."""
+        model = self.hub.backend.backend.model
+        entry = self.hub.config.entry(model)
+        refusal = refusals.classify(status, payload, model, str(entry.config_file)
+                                    if entry is not None and entry.config_file else None)
+        if refusal is None:
+            return ollama_error(start_response, status, upstream_error(status, payload))
+        return ollama_error(start_response, refusal.status, refusal.message)
 
     def _load_or_unload(self, kind: str, name: str, keep_alive: float | None,
                         start_response: Any) -> Iterable[bytes]:
@@ -271,12 +284,10 @@ class OllamaAPI:
         status = relay.response.status
         if status != 200:
             message = upstream_error(status, payload)
-            if status == 501:
-                message += (" (serve this model with embeddings on: --embeddings in "
-                            "llama.extra_args of its config.yaml)")
-            elif "pooling type" in message.lower():
+            if "pooling type" in message.lower():
                 message += " (add --pooling mean to llama.extra_args of its config.yaml)"
-            return ollama_error(start_response, status, message)
+                return ollama_error(start_response, status, message)
+            return self._upstream_error(start_response, status, payload)
         answer = embed_answer(self._parse(payload), up, name, started, waited)
         return _json(start_response, 200, answer)
 

@@ -28,6 +28,7 @@ import gevent
 from llmctl.daemon.admission.gate import Lease, Unavailable
 from llmctl.daemon.api.errors import wsgi_error
 from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.relay import refusals
 from llmctl.daemon.relay.chunked import ChunkFollower, FramingError
 from llmctl.daemon.relay.overrides import (
     PARSE_LIMIT,
@@ -209,10 +210,44 @@ class OpenAIProxy:
             return self._error(start_response, 502, upstream_failure(e), "upstream_error")
         out_headers = [(k, v) for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP]
         length = response.getheader("Content-Length")
+        if response.status in refusals.REFUSAL_STATUSES and length is not None and \
+                length.isdigit() and int(length) <= refusals.MAX_REFUSAL_BODY:
+            return self._error_answer(environ, start_response, lease, conn, response,
+                                      out_headers)
         if length is not None:
             out_headers.append(("Content-Length", length))
         start_response(f"{response.status} {response.reason}", out_headers)
         return Relay(self, lease, conn, response, environ["REQUEST_METHOD"])
+
+    def _error_answer(self, environ: dict[str, Any], start_response: Any, lease: Lease,
+                      conn: UpstreamConnection, response: http.client.HTTPResponse,
+                      headers: list[tuple[str, str]]) -> list[bytes]:
+        """A small error answer, read whole: a deterministic refusal (refusals.py) becomes a
+        400 in the client's API's shape; any other error goes on as llama-server sent it."""
+        try:
+            payload = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            return self._error(start_response, 502, upstream_failure(e), "upstream_error")
+        if response.will_close:
+            conn.close()
+        else:
+            self.pool.put(lease.address, conn)
+        entry = self.hub.config.entry(lease.model)
+        refusal = refusals.classify(response.status, payload, lease.model,
+                                    str(entry.config_file) if entry is not None and
+                                    entry.config_file else None)
+        if refusal is None:
+            start_response(f"{response.status} {response.reason}",
+                           [*headers, ("Content-Length", str(len(payload)))])
+            return [payload]
+        log.info("llama-server refused a request to %s (%s): answering %d",
+                 environ["PATH_INFO"], refusal.kind, refusal.status)
+        body = refusals.body_for_path(environ["PATH_INFO"], refusal)
+        start_response(f"{refusal.status} {http.client.responses[refusal.status]}",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(body)))])
+        return [body]
 
     def open(self, method: str, path: str, body: dict[str, Any] | None, *,
              requested: str | None = None, keep_alive: float | None = None,
