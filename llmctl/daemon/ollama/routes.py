@@ -40,7 +40,8 @@ from llmctl.daemon.ollama.translate import (
     stream_wanted,
     upstream_error,
 )
-from llmctl.daemon.relay.openai_proxy import MAX_BODY, OpenAIProxy, Relay, upstream_failure
+from llmctl.daemon.relay.bodies import BodyError
+from llmctl.daemon.relay.openai_proxy import OpenAIProxy, Relay, upstream_failure
 
 log = logging.getLogger("llmctld.ollama")
 
@@ -51,12 +52,26 @@ OLLAMA_VERSION = "0.12.0"
 Handler = Callable[["OllamaAPI", dict[str, Any], Any], Iterable[bytes]]
 
 
-def _json(start_response: Any, status: int, data: Any) -> list[bytes]:
+def _json(start_response: Any, status: int, data: Any,
+          extra: list[tuple[str, str]] | None = None) -> list[bytes]:
     body = json.dumps(data, separators=(",", ":")).encode()
     start_response(f"{status} {http.client.responses.get(status, 'Error')}",
                    [("Content-Type", "application/json; charset=utf-8"),
-                    ("Content-Length", str(len(body)))])
+                    ("Content-Length", str(len(body))), *(extra or [])])
     return [body]
+
+
+def _request(data: bytes | None) -> dict[str, Any]:
+    """A request body as the JSON object Ollama routes take."""
+    if not data or not data.strip():
+        return {}
+    try:
+        request = json.loads(data)
+    except ValueError as e:
+        raise BadRequest(f"the request body is not JSON ({e})") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return request
 
 
 def ollama_error(start_response: Any, status: int, message: str) -> list[bytes]:
@@ -91,35 +106,26 @@ class OllamaAPI:
         if method not in methods:
             return ollama_error(start_response, 405, f"{method} is not allowed on {path}; "
                                 f"use {' or '.join(methods)}")
+        received = None
         try:
-            request = self._body(environ) if method != "GET" else {}
+            if method != "GET":
+                cap = self.hub.config.limits.max_body  # parsed whole, so in memory
+                received = self.hub.bodies.receive(environ, cap, cap)
+            request = _request(received.data if received is not None else None)
             return handler(self, request, start_response)
+        except BodyError as e:  # answered at once: the connection closes, the rest unread
+            return _json(start_response, e.status, {"error": e.message}, [
+                ("Connection", "close"),
+                *([("Retry-After", str(e.retry_after))] if e.retry_after else [])])
         except BadRequest as e:
             return ollama_error(start_response, e.status, e.message)
         except Unavailable as e:
             return ollama_error(start_response, e.status, e.message)
         except (OSError, http.client.HTTPException) as e:
             return ollama_error(start_response, 502, upstream_failure(e))
-
-    def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
-        length = environ.get("CONTENT_LENGTH") or ""
-        if length and not length.isdigit():
-            raise BadRequest("bad Content-Length")
-        if length and int(length) > MAX_BODY:
-            raise BadRequest(f"request body exceeds the {MAX_BODY // 2**20} MiB limit", 413)
-        stream = environ["wsgi.input"]
-        data = stream.read(int(length)) if length else stream.read(MAX_BODY + 1)
-        if len(data) > MAX_BODY:
-            raise BadRequest(f"request body exceeds the {MAX_BODY // 2**20} MiB limit", 413)
-        if not data.strip():
-            return {}
-        try:
-            request = json.loads(data)
-        except ValueError as e:
-            raise BadRequest(f"the request body is not JSON ({e})") from None
-        if not isinstance(request, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return request
+        finally:
+            if received is not None:  # sent upstream (or refused) by now
+                received.close()
 
     # --- about models ------------------------------------------------------------------------
 
