@@ -161,3 +161,21 @@ def test_large_bodies_at_once_are_bounded(fake_home: Home, make_daemon) -> None:
 
     status = wait_for(large_post, 15, "the large-body slot to be given back", daemon.log)
     assert status == 400  # the fake's answer to a body without messages: it got through
+
+
+def test_routing_finds_the_model_of_a_body_too_large_to_parse(real_home: Home,
+                                                              make_daemon) -> None:
+    """Over the 8 MiB parse limit the body is spooled, and its top-level `model` is found by
+    a scan: a large base64 image goes to the model it names, not to the current one."""
+    real_home.write_config(daemon={"route_by_model": True})
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").ok
+    image = "data:image/png;base64," + "QUJD" * (3 * MIB)  # 12 MiB of base64
+    body = ('{"metadata": {"model": "tiny-alpha", "image": "' + image + '"}, '  # nested: not it
+            '"messages": [{"role": "user", "content": "hi \\"model\\": tiny-alpha"}], '
+            '"max_tokens": 2,\n  "model" : "tiny-beta"}').encode()
+    assert len(body) > 8 * MIB
+    r = daemon.post("/v1/chat/completions", data=body, timeout=120,
+                    headers={"Content-Type": "application/json"})
+    assert r.ok, r.text[:300]
+    assert daemon.backend()["model"] == "tiny-beta"

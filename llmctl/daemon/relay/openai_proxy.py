@@ -31,9 +31,11 @@ from llmctl.daemon.api.errors import wsgi_error
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.relay.bodies import BodyError, Received, SpooledBody
 from llmctl.daemon.relay.chunked import ChunkFollower, FramingError
+from llmctl.daemon.relay.model_scan import top_level_model
 from llmctl.daemon.relay.overrides import (
     PARSE_LIMIT,
     Overrides,
+    json_media,
     json_object,
     requested_model,
     rewrite,
@@ -183,8 +185,11 @@ class OpenAIProxy:
         body = received.body
         parsed = json_object(received.data, environ.get("CONTENT_TYPE")) if reads_body \
             else None
+        requested = requested_model(parsed)
+        if requested is None and reads_body and self.hub.gate.scheduler.routing:
+            requested = _scanned_model(received, environ.get("CONTENT_TYPE"))
         try:
-            lease = self.hub.gate.acquire(requested_model(parsed) or _query_model(environ))
+            lease = self.hub.gate.acquire(requested or _query_model(environ))
         except Unavailable as e:
             status, error_headers, payload = wsgi_error(e.status, e.code, e.message, e.type)
             if e.retry_after is not None:
@@ -285,6 +290,15 @@ def refuse_body(start_response: Any, e: BodyError) -> list[bytes]:
         error_headers.append(("Retry-After", str(e.retry_after)))
     start_response(status, [*error_headers, ("Connection", "close")])
     return [payload]
+
+
+def _scanned_model(received: Received, content_type: str | None) -> str | None:
+    """The `model` of a JSON body too large to parse (over PARSE_LIMIT, so spooled), found by
+    a scan of its top-level keys (model_scan.py), so that routing sees it too."""
+    if received.spooled is None or not json_media(content_type):
+        return None
+    name = top_level_model(received.spooled.view())
+    return name.strip() if name is not None and name.strip() else None
 
 
 def _query_model(environ: dict[str, Any]) -> str | None:
