@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -66,12 +67,25 @@ def _request(data: bytes | None) -> dict[str, Any]:
     if not data or not data.strip():
         return {}
     try:
-        request = json.loads(data)
+        request = json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except ValueError as e:
         raise BadRequest(f"the request body is not JSON ({e})") from None
     if not isinstance(request, dict):
         raise BadRequest("the request body must be a JSON object")
     return request
+
+
+def _not_json(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON (and Ollama) does not."""
+    raise BadRequest(f"the request body is not JSON: {name} is not a JSON number (numbers "
+                     "must be finite)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise BadRequest(f"the request body has a number out of range: {text}")
+    return value
 
 
 def ollama_error(start_response: Any, status: int, message: str) -> list[bytes]:
@@ -123,6 +137,10 @@ class OllamaAPI:
             return ollama_error(start_response, e.status, e.message)
         except (OSError, http.client.HTTPException) as e:
             return ollama_error(start_response, 502, upstream_failure(e))
+        except Exception as e:  # a bug: still Ollama's JSON error shape, never HTML
+            log.exception("%s %s failed", method, path)
+            return ollama_error(start_response, 500, f"llmctld could not answer {path} "
+                                f"({e.__class__.__name__}: {e}); see llmctld's log")
         finally:
             if received is not None:  # sent upstream (or refused) by now
                 received.close()
@@ -205,7 +223,15 @@ class OllamaAPI:
         done: dict[str, Any] = {"model": name, "created_at": now_iso(), "done": True}
         done.update({"message": {"role": "assistant", "content": ""}} if kind == "chat"
                     else {"response": ""})
-        if keep_alive == 0:  # now, like `llmctl stop`
+        if keep_alive == 0:  # now, like `llmctl stop`, if it is the model that is loaded
+            known, entry = catalog.find(self.hub, name)
+            if not known:
+                return ollama_error(start_response, 404, f"model {name!r} not found; llmctl "
+                                    "serves `local` (the active model) and the ids `llmctl "
+                                    "models` lists")
+            backend = self.hub.backend.backend
+            if entry is None or not backend.active or entry.id != backend.model:
+                return _json(start_response, 200, {**done, "done_reason": "unload"})  # as Ollama
             try:
                 reply = self.hub.gate.begin(p.Stop, False).reply()
             except Busy as e:
