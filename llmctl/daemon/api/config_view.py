@@ -56,7 +56,8 @@ class ConfigView:
 
     def _guard(self) -> Guard:
         daemon = self.config.data["daemon"]
-        return Guard(self.bound_host, daemon["allowed_origins"], daemon["allow_remote"])
+        return Guard(self.bound_host, daemon["allowed_origins"], daemon["allow_remote"],
+                     daemon["allow_browser_pull"])
 
     @property
     def limits(self) -> ClientLimits:
