@@ -220,10 +220,10 @@ class _Reader:
         return data
 
     def read_all(self) -> bytes:
-        out = io.BytesIO()
+        pieces = []
         while piece := self.piece():
-            out.write(piece)
-        return out.getvalue()
+            pieces.append(piece)
+        return b"".join(pieces)  # one piece (a small body): itself, not a copy
 
 
 def control_body(bodies: Bodies, environ: dict[str, Any], cap: int) -> dict[str, Any]:
