@@ -49,6 +49,14 @@ DEFAULTS: dict[str, Any] = {
         "starter": True,
         "rpc_check_interval": "5s",  # how often llmctld looks at each RPC worker
         "memory_margin": 1024,  # MiB kept free on the host and on each device (daemon/memory/)
+        # what one client may hold (admission/client_limits.py reads them)
+        "header_timeout": "10s",  # a request's line and headers, from its first byte
+        "keepalive_timeout": "60s",  # an idle kept-alive connection is closed after this
+        "body_timeout": "30s",  # each 64 KiB of a request body must arrive within this
+        "max_connections": 512,  # client connections at once; more get 503
+        "max_body": 64,  # MiB, a /v1 or /api request body (however framed)
+        "max_large_bodies": 8,  # bodies over 1 MiB being received at once; more get 503
+        "allow_browser_pull": False,  # true: POST /pull and /api/pull also from a browser page
     },
     "workers": {},  # RPC workers: name -> host:port (llama.workers picks them per model)
     "llama": {
@@ -355,6 +363,13 @@ SECTIONS: dict[str, Any] = {
         "starter": _bool,
         "rpc_check_interval": lambda v: _positive_duration(v) or _between(v, 0.2, 3600),
         "memory_margin": _int(0),
+        "header_timeout": lambda v: _positive_duration(v) or _between(v, 0.1, 3600),
+        "keepalive_timeout": lambda v: _positive_duration(v) or _between(v, 0.1, 86400),
+        "body_timeout": lambda v: _positive_duration(v) or _between(v, 0.1, 3600),
+        "max_connections": _int(4, 100_000),
+        "max_body": _int(1, 64 * 1024),
+        "max_large_bodies": _int(1, 10_000),
+        "allow_browser_pull": _bool,
     },
     "workers": _worker_map,
     "llama": {

@@ -619,19 +619,23 @@ def test_rpc_failed_load_shows_reason_and_log_tail(daemon, pi):
 
 def test_rpc_busy_refusal_shows_reason(daemon, pi):
     switch(daemon, "tiny-alpha")
-    # Hold one proxied request in flight: its body never finishes arriving. The proxy counts a
-    # request as in flight before it sends the body upstream, and streams bodies over 1 MiB
-    # (openai_proxy.BUFFERED_BODY) instead of reading them first, so announcing a large body
-    # and sending only its start keeps the request in flight until the socket closes.
+    # Hold one proxied request in flight: a stream its client does not read. (A body that
+    # never finishes arriving holds nothing: bodies are received before the lease.) Each
+    # event carries 50 token probabilities, so the stream is far larger than the socket
+    # buffers between us, and the proxy waits to send it, in flight, until the socket closes.
     host, port = "127.0.0.1", daemon.port
-    sock = socket.create_connection((host, port), timeout=5)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect((host, port))
     try:
-        body = json.dumps({"model": "local", "messages": [{"role": "user", "content": "hi"}]})
-        sock.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                      f"Content-Type: application/json\r\nContent-Length: {8 * 2**20}\r\n\r\n"
-                      + body[:-1] + " " * 65536).encode())
+        body = json.dumps({"prompt": "hi", "n_predict": 6000, "ignore_eos": True,
+                           "n_probs": 50, "stream": True})
+        sock.sendall((f"POST /completion HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                      + body).encode())
         wait_for(lambda: daemon.status()["in_flight"] >= 1, 5,
-                 "the proxy to count the request whose body is still arriving", daemon.log)
+                 "the proxy to count the stream its client does not read", daemon.log)
         with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
             dialogs: list[dict] = []
 

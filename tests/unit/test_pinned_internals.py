@@ -111,3 +111,18 @@ def test_pywsgi_sendall_counts_what_it_sends() -> None:
 def test_pywsgi_logs_each_request_through_log_request() -> None:
     """wsgi_server.Handler turns the access log off by overriding log_request."""
     assert "self.log_request()" in inspect.getsource(pywsgi.WSGIHandler.handle_one_response)
+
+
+def test_pywsgi_reads_the_request_head_where_the_client_deadlines_expect() -> None:
+    """wsgi_server.Handler waits for a request's first byte in read_requestline (rfile.peek),
+    times its line and headers until get_environ, and answers its HeadTimeout in
+    _handle_client_error: pywsgi must still read the line there, end the connection on an
+    OSError from it, hand header errors to that hook, and build the environ after both."""
+    handler = pywsgi.WSGIHandler
+    assert "self.rfile.readline(" in inspect.getsource(handler.read_requestline)
+    source = inspect.getsource(handler.handle_one_request).split('"""')[2]  # the code
+    assert "self.read_requestline()" in source and "except socket.error:" in source
+    assert "return self._handle_client_error(ex)" in source
+    assert source.index("if not self.read_request(") < source.index("self.environ = self.get_environ()") < \
+        source.index("self.handle_one_response()")
+    assert list(inspect.signature(handler._handle_client_error).parameters) == ["self", "ex"]

@@ -119,7 +119,7 @@ def test_null_origin_can_be_listed_explicitly() -> None:
     assert Guard("127.0.0.1", ["null"], allow_remote=False).origin_allowed("null")
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/status"), ("GET", "/models"),
+@pytest.mark.parametrize("method, path", [("GET", "/status"), ("GET", "/active"),
                                           ("HEAD", "/health"), ("OPTIONS", "/switch/tiny")])
 def test_safe_control_requests_ignore_origin(guard: Guard, method: str, path: str) -> None:
     assert guard.check(environ(method, path, origin="https://evil.com")) is None
@@ -133,3 +133,24 @@ def test_openai_routes_refuse_cross_site_even_for_get(guard: Guard, method: str,
     refusal = guard.check(environ(method, path, origin="https://evil.com"))
     assert refusal is not None and "cross-site" in refusal
     assert guard.check(environ(method, path, origin="http://localhost:3000")) is None
+
+
+@pytest.mark.parametrize("path", ["/models", "/models/", "/models/tiny", "/models/sse"])
+def test_model_listings_refuse_cross_site_reads(guard: Guard, path: str) -> None:
+    refusal = guard.check(environ("GET", path, origin="https://evil.example"))
+    assert refusal is not None and "daemon.allowed_origins" in refusal
+    assert guard.check(environ("GET", path, origin="http://localhost:5173")) is None
+    assert guard.check(environ("GET", path)) is None
+
+
+@pytest.mark.parametrize("path", ["/pull", "/api/pull", "/api/pull/"])
+@pytest.mark.parametrize("method", ["POST", "OPTIONS"])
+def test_downloads_take_no_origin_unless_allowed(guard: Guard, path: str, method: str) -> None:
+    assert guard.check(environ(method, path)) is None  # the CLI, a script
+    for origin in ("http://localhost:5173", "https://app.example.org", "https://evil.example"):
+        refusal = guard.check(environ(method, path, origin=origin))
+        assert refusal is not None and "daemon.allow_browser_pull" in refusal, origin
+    allowing = Guard("127.0.0.1", ["https://app.example.org/"], allow_remote=False,
+                     allow_browser_pull=True)
+    assert allowing.check(environ(method, path, origin="http://localhost:5173")) is None
+    assert allowing.check(environ(method, path, origin="https://evil.example")) is not None

@@ -42,6 +42,7 @@ from llmctl.daemon.kvcache.view import kv_view
 from llmctl.daemon.observe import routes as observe_routes
 from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.relay import anthropic_stream
+from llmctl.daemon.relay.bodies import BodyError, control_body
 from llmctl.daemon.relay.native_routes import NativeRoutes
 from llmctl.daemon.relay.openai_proxy import OpenAIProxy
 
@@ -121,11 +122,12 @@ class App:
             return self.native(environ, start_response)
         if path.startswith("/api/"):
             return self.ollama(environ, start_response)
-        length = environ.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
-            # the control API reads no bodies: refuse big ones, and close rather than drain
-            response = error(413, "body_too_large", "control requests take no body (at most "
-                             f"{MAX_CONTROL_BODY} bytes)")
+        try:  # whole and capped however it is framed (a chunked body too)
+            environ = control_body(self.hub.bodies, environ, MAX_CONTROL_BODY)
+        except BodyError as e:  # answered at once; close rather than drain the rest
+            message = f"control requests take a small JSON body at most: {e.message}" \
+                if e.status == 413 else e.message
+            response = error(e.status, e.code, message)
             response.headers["Connection"] = "close"
             return response(environ, start_response)
         request = Request(environ)

@@ -12,6 +12,7 @@ from llmctl.core.catalog import Catalog, ModelEntry
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
 from llmctl.core.discovery import discover
 from llmctl.core.paths import Paths
+from llmctl.daemon.admission.client_limits import ClientLimits
 from llmctl.daemon.api.security import Guard
 from llmctl.daemon.backend import starter
 
@@ -55,7 +56,19 @@ class ConfigView:
 
     def _guard(self) -> Guard:
         daemon = self.config.data["daemon"]
-        return Guard(self.bound_host, daemon["allowed_origins"], daemon["allow_remote"])
+        return Guard(self.bound_host, daemon["allowed_origins"], daemon["allow_remote"],
+                     daemon["allow_browser_pull"])
+
+    @property
+    def limits(self) -> ClientLimits:
+        """What one client may hold (daemon.header_timeout, max_body, ...), for the config in
+        force: made once per config object (a refresh replaces it)."""
+        cached = self._limits
+        if cached is None or cached[0] is not self.config:
+            cached = self._limits = (self.config, ClientLimits.of(self.config))
+        return cached[1]
+
+    _limits: tuple[GlobalConfig, ClientLimits] | None = None
 
     @property
     def default_model(self) -> str | None:

@@ -7,6 +7,7 @@
 - `hub.workers`  the supervisor's latest Workers message (pids, restarts)
 - `hub.rpc`      RpcView: the RPC workers' health, from the lifecycle's RpcHealth messages
 - `hub.memory`   MemoryListing: what each model needs and whether it fits (daemon/memory/)
+- `hub.bodies`   Bodies: request bodies received whole, capped and timed (relay/bodies.py)
 
 A reader greenlet feeds every channel message to the table in `_table`: adding a message kind
 the proxy receives means adding one entry there.
@@ -30,6 +31,7 @@ from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 from llmctl.daemon.ipc.commands import CommandClient
 from llmctl.daemon.memory.listing import MemoryListing
+from llmctl.daemon.relay.bodies import Bodies
 from llmctl.daemon.rpc.view import RpcView
 
 log = logging.getLogger("llmctld.proxy")
@@ -52,6 +54,7 @@ class Hub:
         self.commands = CommandClient(channel, lambda: self.config.ready_timeout,
                                       on_reply=lambda rid: self.gate.finished(rid))
         self.gate = Gate(self.backend, self.commands, self.config)
+        self.bodies = Bodies(paths.runtime / "spool", lambda: self.config.limits)
         self.memory = MemoryListing(paths, lambda: self.backend.backend.pid, gevent.spawn)
         self._table: dict[type[p.Message], Any] = {
             p.State: lambda m: self.backend.apply(m.backend),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -41,7 +42,8 @@ from llmctl.daemon.ollama.translate import (
     upstream_error,
 )
 from llmctl.daemon.relay import refusals
-from llmctl.daemon.relay.openai_proxy import MAX_BODY, OpenAIProxy, Relay, upstream_failure
+from llmctl.daemon.relay.bodies import BodyError
+from llmctl.daemon.relay.openai_proxy import OpenAIProxy, Relay, upstream_failure
 
 log = logging.getLogger("llmctld.ollama")
 
@@ -52,12 +54,39 @@ OLLAMA_VERSION = "0.12.0"
 Handler = Callable[["OllamaAPI", dict[str, Any], Any], Iterable[bytes]]
 
 
-def _json(start_response: Any, status: int, data: Any) -> list[bytes]:
+def _json(start_response: Any, status: int, data: Any,
+          extra: list[tuple[str, str]] | None = None) -> list[bytes]:
     body = json.dumps(data, separators=(",", ":")).encode()
     start_response(f"{status} {http.client.responses.get(status, 'Error')}",
                    [("Content-Type", "application/json; charset=utf-8"),
-                    ("Content-Length", str(len(body)))])
+                    ("Content-Length", str(len(body))), *(extra or [])])
     return [body]
+
+
+def _request(data: bytes | None) -> dict[str, Any]:
+    """A request body as the JSON object Ollama routes take."""
+    if not data or not data.strip():
+        return {}
+    try:
+        request = json.loads(data, parse_constant=_not_json, parse_float=_finite)
+    except ValueError as e:
+        raise BadRequest(f"the request body is not JSON ({e})") from None
+    if not isinstance(request, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return request
+
+
+def _not_json(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON (and Ollama) does not."""
+    raise BadRequest(f"the request body is not JSON: {name} is not a JSON number (numbers "
+                     "must be finite)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise BadRequest(f"the request body has a number out of range: {text}")
+    return value
 
 
 def ollama_error(start_response: Any, status: int, message: str) -> list[bytes]:
@@ -92,35 +121,30 @@ class OllamaAPI:
         if method not in methods:
             return ollama_error(start_response, 405, f"{method} is not allowed on {path}; "
                                 f"use {' or '.join(methods)}")
+        received = None
         try:
-            request = self._body(environ) if method != "GET" else {}
+            if method != "GET":
+                cap = self.hub.config.limits.max_body  # parsed whole, so in memory
+                received = self.hub.bodies.receive(environ, cap, cap)
+            request = _request(received.data if received is not None else None)
             return handler(self, request, start_response)
+        except BodyError as e:  # answered at once: the connection closes, the rest unread
+            return _json(start_response, e.status, {"error": e.message}, [
+                ("Connection", "close"),
+                *([("Retry-After", str(e.retry_after))] if e.retry_after else [])])
         except BadRequest as e:
             return ollama_error(start_response, e.status, e.message)
         except Unavailable as e:
             return ollama_error(start_response, e.status, e.message)
         except (OSError, http.client.HTTPException) as e:
             return ollama_error(start_response, 502, upstream_failure(e))
-
-    def _body(self, environ: dict[str, Any]) -> dict[str, Any]:
-        length = environ.get("CONTENT_LENGTH") or ""
-        if length and not length.isdigit():
-            raise BadRequest("bad Content-Length")
-        if length and int(length) > MAX_BODY:
-            raise BadRequest(f"request body exceeds the {MAX_BODY // 2**20} MiB limit", 413)
-        stream = environ["wsgi.input"]
-        data = stream.read(int(length)) if length else stream.read(MAX_BODY + 1)
-        if len(data) > MAX_BODY:
-            raise BadRequest(f"request body exceeds the {MAX_BODY // 2**20} MiB limit", 413)
-        if not data.strip():
-            return {}
-        try:
-            request = json.loads(data)
-        except ValueError as e:
-            raise BadRequest(f"the request body is not JSON ({e})") from None
-        if not isinstance(request, dict):
-            raise BadRequest("the request body must be a JSON object")
-        return request
+        except Exception as e:  # a bug: still Ollama's JSON error shape, never HTML
+            log.exception("%s %s failed", method, path)
+            return ollama_error(start_response, 500, f"llmctld could not answer {path} "
+                                f"({e.__class__.__name__}: {e}); see llmctld's log")
+        finally:
+            if received is not None:  # sent upstream (or refused) by now
+                received.close()
 
     # --- about models ------------------------------------------------------------------------
 
@@ -212,7 +236,15 @@ class OllamaAPI:
         done: dict[str, Any] = {"model": name, "created_at": now_iso(), "done": True}
         done.update({"message": {"role": "assistant", "content": ""}} if kind == "chat"
                     else {"response": ""})
-        if keep_alive == 0:  # now, like `llmctl stop`
+        if keep_alive == 0:  # now, like `llmctl stop`, if it is the model that is loaded
+            known, entry = catalog.find(self.hub, name)
+            if not known:
+                return ollama_error(start_response, 404, f"model {name!r} not found; llmctl "
+                                    "serves `local` (the active model) and the ids `llmctl "
+                                    "models` lists")
+            backend = self.hub.backend.backend
+            if entry is None or not backend.active or entry.id != backend.model:
+                return _json(start_response, 200, {**done, "done_reason": "unload"})  # as Ollama
             try:
                 reply = self.hub.gate.begin(p.Stop, False).reply()
             except Busy as e:

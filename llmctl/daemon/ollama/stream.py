@@ -22,34 +22,54 @@ from llmctl.daemon.relay.openai_proxy import Relay
 log = logging.getLogger("llmctld.ollama")
 
 
+MAX_EVENT = 16 * 1024 * 1024  # bytes one SSE event may take before the stream is given up
+_SEPARATORS = (b"\n\n", b"\r\n\r\n")
+
+
 def sse_events(chunks: Iterator[bytes]) -> Iterator[dict[str, Any]]:
     """The JSON payloads of an SSE byte stream, each as soon as its event is complete.
     Comments (`:` keep-alives), `[DONE]` and non-JSON data are skipped; the stream is read to
-    its end, so that the upstream connection can be reused."""
-    pending = b""
+    its end, so that the upstream connection can be reused.
+
+    Linear in the stream's length: each byte is searched for an event's end once (the last
+    three again, for an end split between two reads), and only the incomplete event is kept.
+    One event larger than MAX_EVENT ends the stream with an `error` payload."""
+    pending = bytearray()
     for chunk in chunks:
+        searched = max(0, len(pending) - 3)  # what came before had no complete event
         pending += chunk
-        while True:
-            end = _event_end(pending)
-            if end is None:
-                break
-            event, pending = pending[:end[0]], pending[end[1]:]
-            data = b"\n".join(line[5:].strip() for line in event.splitlines()
-                              if line.startswith(b"data:"))
-            if not data or data == b"[DONE]":
-                continue
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                log.warning("skipping an SSE event that is not JSON: %r", data[:200])
-                continue
-            if isinstance(payload, dict):
+        start = 0
+        while (end := _event_end(pending, max(start, searched))) is not None:
+            event = bytes(pending[start:end[0]])
+            start = end[1]
+            payload = _payload(event)
+            if payload is not None:
                 yield payload
+        if start:
+            del pending[:start]
+        if len(pending) > MAX_EVENT:
+            yield {"error": f"llama-server sent an event larger than {MAX_EVENT // 2**20} "
+                            "MiB; the stream was cut off there"}
+            return
 
 
-def _event_end(buffer: bytes) -> tuple[int, int] | None:
-    """Where the first event ends and the next begins (events end with a blank line)."""
-    ends = [(i, i + len(sep)) for sep in (b"\n\n", b"\r\n\r\n") if (i := buffer.find(sep)) >= 0]
+def _payload(event: bytes) -> dict[str, Any] | None:
+    data = b"\n".join(line[5:].strip() for line in event.splitlines()
+                      if line.startswith(b"data:"))
+    if not data or data == b"[DONE]":
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        log.warning("skipping an SSE event that is not JSON: %r", data[:200])
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _event_end(buffer: bytearray, start: int) -> tuple[int, int] | None:
+    """Where the first event ending at or after `start` ends and the next begins (events end
+    with a blank line)."""
+    ends = [(i, i + len(sep)) for sep in _SEPARATORS if (i := buffer.find(sep, start)) >= 0]
     return min(ends) if ends else None
 
 

@@ -142,6 +142,8 @@ def options(request: dict[str, Any], *, tokens_field: str) -> tuple[dict[str, An
             continue  # a load-time option (num_gpu, num_thread, ...) or an unknown one
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BadRequest(f"options.{key} must be a number, not {value!r}")
+        if not math.isfinite(value):
+            raise BadRequest(f"options.{key} must be a finite number, not {value!r}")
         if key in INTEGER_OPTIONS:
             if value != int(value):
                 raise BadRequest(f"options.{key} must be an integer, not {value!r}")

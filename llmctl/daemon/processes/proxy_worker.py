@@ -47,10 +47,13 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
     channel = Channel(socket.socket(sock.family, sock.type, fileno=sock.detach()))
     hub = Hub(channel, paths, daemon_info, config)
-    # a Pool, unbounded: without one, server.stop() does not wait for requests in progress
+    # a Pool without a size: without one, server.stop() does not wait for requests in
+    # progress; the Server itself bounds the connections (daemon.max_connections: a 503)
     app = observe(App(hub), hub, paths.runtime, hub.config.config.data["observability"])
     server = Server(server_sock, app, handler_class=Handler, spawn=gevent.pool.Pool(),
                     log=None, error_log=ErrorLog())
+    server.limits = lambda: hub.config.limits  # read at each connection: a reload applies
+    raise_file_limit(hub.config.limits.max_connections)
     hub.start()
     stopped = gevent.event.Event()
 
@@ -85,6 +88,26 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     if hasattr(app, "flush"):  # the observer: write the metrics still in memory
         app.flush()
     return 0
+
+
+def raise_file_limit(connections: int) -> None:
+    """Each client connection is a descriptor, and a proxied one a second (its upstream): lift
+    the soft limit towards the hard one so that daemon.max_connections, not EMFILE, is what a
+    crowd of clients meets first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit to %d: %s", target, e)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("the open-file limit is below what daemon.max_connections %d may need "
+                    "(%d); lower it, or raise `ulimit -n`", connections, wanted)
 
 
 def monkey_patch() -> None:

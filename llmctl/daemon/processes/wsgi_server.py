@@ -10,6 +10,11 @@ imports gevent at the top, and the supervisor must never import gevent.
 - `busy` counts requests being answered, for the shutdown drain; a draining server answers
   with `Connection: close`;
 - the raw request target and the client socket are in the environ (RAW_URI, llmctl.socket);
+- client deadlines (admission/client_limits.py): a request's line and headers must arrive within
+  `header_timeout` of its first byte (a new connection's first byte too), a kept-alive
+  connection idle for `keepalive_timeout` is closed, and past `max_connections` open
+  connections a new one is answered 503 (JSON, Retry-After) and closed. Nothing times out once
+  a request is being answered: a long stream, or a slow reader of one, is never cut;
 - no access log (the observer records each exchange); errors go to the daemon's logger.
 
 pywsgi internals overridden here are checked by tests/unit/test_pinned_internals.py.
@@ -20,29 +25,121 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
+import gevent
 from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
+from llmctl.daemon.admission.client_limits import ClientLimits
+from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.relay.sockio import send_all
 
 log = logging.getLogger("llmctld.proxy")
 
+REFUSAL_LINGER = 1.0  # seconds a refused connection is read from before it is closed
+RETRY_AFTER = 1
+
+
+class HeadTimeout(TimeoutError):
+    """A request's line and headers did not arrive within daemon.header_timeout. A
+    TimeoutError (so an OSError): pywsgi ends the connection on it while it reads the
+    request line, and hands it to _handle_client_error while it reads the headers."""
+
 
 class Server(pywsgi.WSGIServer):
     busy = 0  # requests being answered (connections between requests are not counted)
+    connections = 0  # client connections open (each has its greenlet)
+    refused = 0  # connections answered 503 because max_connections were open
+    limits: Callable[[], ClientLimits] = ClientLimits  # the proxy worker's: the config's
 
     def handle(self, sock: socket.socket, address: Any) -> None:
-        # each SSE chunk is its own small write: send it now, not after the client's
-        # delayed ACK of the previous one
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle(sock, address)
+        if self.connections >= self.limits().max_connections:
+            self.refused += 1
+            _refuse(sock, self.connections)
+            return
+        self.connections += 1
+        try:
+            # each SSE chunk is its own small write: send it now, not after the client's
+            # delayed ACK of the previous one
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+        finally:
+            self.connections -= 1
+
+
+def _refuse(sock: socket.socket, open_now: int) -> None:
+    """503 for a connection over daemon.max_connections, then close it. What the client sent
+    meanwhile is read (for at most REFUSAL_LINGER): closing on unread bytes would reset the
+    connection and could discard the answer before the client reads it."""
+    body = error_body(503, "too_many_connections", (
+        f"llmctld has {open_now} client connections open, its limit (daemon.max_connections); "
+        f"retry in a moment, or raise daemon.max_connections"))
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    try:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + REFUSAL_LINGER
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+_TIMEOUT_BODY = error_body(408, "request_timeout", "the request's line and headers did not "
+                          "arrive within daemon.header_timeout", "timeout_error")
+_REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(_TIMEOUT_BODY), _TIMEOUT_BODY))
 
 
 class Handler(WSGIHandler):
-    """Adds the raw request target (PATH_INFO is unquoted) and the client socket, and
-    counts the requests being answered for the shutdown drain."""
+    """Adds the raw request target (PATH_INFO is unquoted) and the client socket, counts
+    the requests being answered for the shutdown drain, and keeps the client deadlines."""
+
+    _head_timer: gevent.Timeout | None = None
+    _requests = 0  # requests read on this connection
+
+    def read_requestline(self) -> str:
+        """Wait for the next request's first byte (a kept-alive connection for at most
+        keepalive_timeout, a new one for header_timeout: silence closes it), then give the
+        line and the headers header_timeout together (get_environ ends that deadline)."""
+        limits = self.server.limits()
+        idle = limits.keepalive_timeout if self._requests else limits.header_timeout
+        self._requests += 1
+        started = False
+        with gevent.Timeout(idle, False):
+            started = bool(self.rfile.peek(1))
+        if not started:
+            return ""  # idle (or closed): end the connection quietly
+        self._head_timer = gevent.Timeout.start_new(limits.header_timeout, HeadTimeout(
+            "request head not complete within daemon.header_timeout"))
+        line: str = super().read_requestline()
+        return line
+
+    def handle_one_request(self) -> Any:
+        try:
+            return super().handle_one_request()
+        finally:
+            self._end_head_timer()
+
+    def _end_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _handle_client_error(self, ex: Exception) -> Any:
+        if isinstance(ex, HeadTimeout):
+            return ("408", _REQUEST_TIMEOUT)
+        return super()._handle_client_error(ex)
 
     def handle_one_response(self) -> None:
         self.server.busy += 1
@@ -114,6 +211,7 @@ class Handler(WSGIHandler):
         return super().start_response(status, headers, exc_info)
 
     def get_environ(self) -> dict[str, Any]:
+        self._end_head_timer()  # the head is in: from here on nothing has a deadline
         env = super().get_environ()
         env["RAW_URI"] = self.path
         env["llmctl.socket"] = self.socket

@@ -7,8 +7,9 @@ as soon as it arrives (gevent's pywsgi writes each yielded chunk at once).
 
 Upstream connections are kept alive in a small pool. llama-server may close an idle kept-alive
 connection at any time, so a pooled connection is checked before reuse and, if it still fails
-before any response byte arrived, the request is sent once more on a fresh connection (only
-when the body is in memory, so it can be sent again).
+before any response byte arrived, the request is sent once more on a fresh connection (the
+body was received whole before the request took its lease, bodies.py, so it can be sent
+again, from memory or its spool file).
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from llmctl.daemon.admission.gate import Lease, Unavailable
 from llmctl.daemon.api.errors import wsgi_error
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.relay import refusals
+from llmctl.daemon.relay.bodies import BodyError, Received, SpooledBody
 from llmctl.daemon.relay.chunked import ChunkFollower, FramingError
+from llmctl.daemon.relay.model_scan import top_level_model
 from llmctl.daemon.relay.overrides import (
     PARSE_LIMIT,
     Overrides,
+    json_media,
     json_object,
     requested_model,
     rewrite,
@@ -45,8 +49,7 @@ HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 ))
-MAX_BODY = 64 * 1024 * 1024
-BUFFERED_BODY = 1024 * 1024  # bodies up to this size are read first (and can be re-sent)
+BUFFERED_BODY = 1024 * 1024  # bodies up to this size stay in memory (larger ones are spooled)
 POOL_SIZE = 32
 UPSTREAM_TIMEOUT = 3600.0  # one read; long prompts can take minutes before the first byte
 # (mid-stream it is checked lazily: a stalled stream ends 1-2 of these after its last byte)
@@ -124,7 +127,8 @@ class UpstreamPool:
             if conn.sock is not None and idle_and_open(conn.sock):
                 return conn, True
             conn.close()
-        conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT)
+        conn = UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT,
+                                  blocksize=READ_SIZE)  # a spooled body goes in 64 KiB sends
         return conn, False
 
     def put(self, addr: tuple[str, int], conn: UpstreamConnection) -> None:
@@ -167,16 +171,26 @@ class OpenAIProxy:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         reads_body = self.hub.gate.scheduler.reads_bodies()
+        try:  # whole, before the lease: a slow upload must not hold the backend (bodies.py)
+            received = self.hub.bodies.receive(environ, self.hub.config.limits.max_body,
+                                               PARSE_LIMIT if reads_body else BUFFERED_BODY)
+        except BodyError as e:
+            return refuse_body(start_response, e)
         try:
-            body = self._read_body(environ, PARSE_LIMIT if reads_body else BUFFERED_BODY)
-        except ValueError as e:  # too big: answer at once and close instead of draining it
-            status, error_headers, payload = wsgi_error(413, 413, str(e))
-            start_response(status, [*error_headers, ("Connection", "close")])
-            return [payload]
-        parsed = json_object(body, environ.get("CONTENT_TYPE")) if reads_body and \
-            isinstance(body, bytes) else None
+            return self._admit(environ, start_response, received, reads_body)
+        finally:
+            received.close()  # sent upstream by now (or refused)
+
+    def _admit(self, environ: dict[str, Any], start_response: Any, received: Received,
+               reads_body: bool) -> Iterable[bytes]:
+        body = received.body
+        parsed = json_object(received.data, environ.get("CONTENT_TYPE")) if reads_body \
+            else None
+        requested = requested_model(parsed)
+        if requested is None and reads_body and self.hub.gate.scheduler.routing:
+            requested = _scanned_model(received, environ.get("CONTENT_TYPE"))
         try:
-            lease = self.hub.gate.acquire(requested_model(parsed) or _query_model(environ))
+            lease = self.hub.gate.acquire(requested or _query_model(environ))
         except Unavailable as e:
             status, error_headers, payload = wsgi_error(e.status, e.code, e.message, e.type)
             if e.retry_after is not None:
@@ -190,8 +204,8 @@ class OpenAIProxy:
                 body = rewrite(parsed, overrides)
             return self._forward(environ, start_response, body, lease)
 
-    def _forward(self, environ: dict[str, Any], start_response: Any, body: bytes | _Body | None,
-                 lease: Lease) -> Iterable[bytes]:
+    def _forward(self, environ: dict[str, Any], start_response: Any,
+                 body: bytes | SpooledBody | None, lease: Lease) -> Iterable[bytes]:
         addr = lease.address
         headers: dict[str, str] = {}
         for name, value in environ.items():
@@ -272,34 +286,14 @@ class OpenAIProxy:
             conn, response = self._send(lease.address, method, path, headers, payload)
             return Relay(self, lease, conn, response), waited
 
-    def _read_body(self, environ: dict[str, Any], whole_up_to: int) -> bytes | _Body | None:
-        """The body: in memory up to `whole_up_to` bytes, else streamed through."""
-        length_text = environ.get("CONTENT_LENGTH") or ""
-        stream = environ["wsgi.input"]
-        if length_text:
-            length = int(length_text)
-            if length > MAX_BODY:
-                raise ValueError(f"request body of {length} bytes exceeds the "
-                                 f"{MAX_BODY // 2**20} MiB limit")
-            if length > whole_up_to:
-                return _Body(stream, length)
-            return stream.read(length) if length else None
-        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
-            data = stream.read(MAX_BODY + 1)
-            if len(data) > MAX_BODY:
-                raise ValueError(f"request body exceeds the {MAX_BODY // 2**20} MiB limit")
-            return data
-        return None
-
     def _send(self, addr: tuple[str, int], method: str, path: str, headers: dict[str, str],
-              body: bytes | _Body | None,
+              body: bytes | SpooledBody | None,
               ) -> tuple[UpstreamConnection, http.client.HTTPResponse]:
-        replayable = not isinstance(body, _Body)
         for attempt in (1, 2):
-            conn, reused = self.pool.get(addr) if replayable else (
-                UpstreamConnection(addr[0], addr[1], timeout=UPSTREAM_TIMEOUT), False)
+            conn, reused = self.pool.get(addr)
             try:
-                if isinstance(body, _Body):
+                if isinstance(body, SpooledBody):
+                    body.rewind()  # every body is whole by now, so it can be sent again
                     headers["content-length"] = str(body.length)
                 conn.request(method, path, body=body, headers=headers)
                 conn.reader.wait()  # the answer is never there yet
@@ -323,22 +317,31 @@ class OpenAIProxy:
         return [body]
 
 
+def refuse_body(start_response: Any, e: BodyError) -> list[bytes]:
+    """A body that cannot be taken, answered at once; the connection closes instead of
+    draining what the client still sends."""
+    status, error_headers, payload = wsgi_error(e.status, e.code, e.message)
+    if e.retry_after is not None:
+        error_headers.append(("Retry-After", str(e.retry_after)))
+    start_response(status, [*error_headers, ("Connection", "close")])
+    return [payload]
+
+
+def _scanned_model(received: Received, content_type: str | None) -> str | None:
+    """The `model` of a JSON body too large to parse (over PARSE_LIMIT, so spooled), found by
+    a scan of its top-level keys (model_scan.py), so that routing sees it too."""
+    if received.spooled is None or not json_media(content_type):
+        return None
+    name = top_level_model(received.spooled.view())
+    return name.strip() if name is not None and name.strip() else None
+
+
 def _query_model(environ: dict[str, Any]) -> str | None:
     """`?model=` names the model of a request without a JSON body (as in llama-server's
     router mode)."""
     query = environ.get("QUERY_STRING")
     names = parse_qs(query).get("model") if query and "model=" in query else None
     return names[0] if names else None
-
-
-class _Body:
-    """A large request body streamed from the client to llama-server."""
-
-    def __init__(self, stream: Any, length: int):
-        self.stream, self.length = stream, length
-
-    def read(self, size: int = -1) -> bytes:
-        return self.stream.read(size if size >= 0 else self.length)
 
 
 class Relay:

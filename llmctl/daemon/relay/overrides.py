@@ -26,10 +26,7 @@ def json_object(body: bytes | None, content_type: str | None) -> dict[str, Any] 
     """The body as a JSON object, or None when it is not one. A missing content type, and the
     form type `curl -d` sends, count as JSON when the body looks like an object: llama-server
     reads them as JSON too."""
-    if not body or len(body) > PARSE_LIMIT:
-        return None
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media and media not in _JSON_TYPES and not media.endswith("+json"):
+    if not body or len(body) > PARSE_LIMIT or not json_media(content_type):
         return None
     if body.lstrip()[:1] != b"{":
         return None
@@ -38,6 +35,12 @@ def json_object(body: bytes | None, content_type: str | None) -> dict[str, Any] 
     except (ValueError, UnicodeDecodeError):
         return None  # llama-server answers it with its own error
     return value if isinstance(value, dict) else None
+
+
+def json_media(content_type: str | None) -> bool:
+    """Whether a body of this content type is read as JSON (as llama-server reads it)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return not media or media in _JSON_TYPES or media.endswith("+json")
 
 
 def requested_model(body: dict[str, Any] | None) -> str | None:
