@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "readyTimeoutMs": 600_000,
         "stopTimeoutMs": 10_000,
         "stallTimeoutMs": 120_000,
+        "adoptTimeoutMs": 10_000,
     },
     "daemon": {
         "host": "127.0.0.1",
@@ -337,6 +338,7 @@ SECTIONS: dict[str, Any] = {
         "readyTimeoutMs": _int(1000),
         "stopTimeoutMs": _int(100, 600_000),
         "stallTimeoutMs": _int(0),
+        "adoptTimeoutMs": _int(0, 600_000),
     },
     "daemon": {
         "host": _str,
