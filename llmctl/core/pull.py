@@ -70,7 +70,7 @@ class Plan:
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """`org/name[:QUANT|FILE]` -> (repo, selector)."""
     repo, _, selector = spec.strip().partition(":")
-    if not _REPO_RE.match(repo):
+    if not _REPO_RE.fullmatch(repo):
         raise PullError("bad_spec", f"{spec!r} is not a Hugging Face repository: write "
                         "org/name, optionally with :QUANT or :FILE (e.g. "
                         "unsloth/Qwen3-8B-GGUF:Q4_K_M)")

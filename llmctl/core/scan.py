@@ -103,7 +103,7 @@ def _walk(directory: Path, root: Path, repo: str | None, result: ScanResult,
             result.problems.append(f"{directory}: not scanned deeper than {MAX_DEPTH} levels")
         return
     for sub in subdirs:
-        hf = _HF_REPO.match(sub.name)
+        hf = _HF_REPO.fullmatch(sub.name)
         if hf is not None and (sub / "snapshots").is_dir():
             snapshot = pick_snapshot(sub)
             if snapshot is not None:

@@ -74,6 +74,17 @@ def test_model_ids_never_become_paths(fake_home: Home, make_daemon) -> None:
     assert daemon.post("/switch/..%2F..%2Fetc").status_code == 404
 
 
+def test_a_model_id_with_a_trailing_newline_is_not_an_id(fake_home: Home,
+                                                         make_daemon) -> None:
+    """`^...$` with re.match lets "m\\n" through: ids are matched whole."""
+    fake_home.add_model("m")
+    daemon = make_daemon()
+    assert daemon.switch("m").status_code == 200
+    assert daemon.get("/cache", params={"model": "m"}).status_code == 200
+    r = daemon.get("/cache", params={"model": "m\n"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_model_id", r.text
+
+
 # --- malformed HTTP ------------------------------------------------------------------------
 
 

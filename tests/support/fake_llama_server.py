@@ -82,6 +82,9 @@ Script keys (all optional):
                               still to come, ``/health`` answers only at that time (each
                               probe waits; other routes are not slowed), like a busy server
                               on a loaded machine after a daemon restart.
+``chunk_size_format`` ("%x")  how streamed chunks write their size (a %-format of it):
+                              e.g. ``"0x%x"`` or ``"+%x"``, framing a strict parser refuses
+                              and Python's ``int(x, 16)`` takes; the last chunk stays ``0``.
 ``record_requests``           a file path: each completion request body is appended to it
                               as one JSON line (to check what llama-server was sent).
 
@@ -926,7 +929,8 @@ class Handler(BaseHTTPRequestHandler):
         self._log_request(200)
 
     def _write_chunk(self, data: bytes):
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        size = (STATE.script.get("chunk_size_format") or "%x") % len(data) if data else "0"
+        self.wfile.write(size.encode() + b"\r\n%s\r\n" % data)
         self.wfile.flush()
 
     def _stream(self, req, chat, pieces, n_prompt, task):

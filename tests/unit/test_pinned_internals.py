@@ -30,6 +30,21 @@ def test_pywsgi_input_has_the_chunked_input_error_flag() -> None:
     assert "if self._chunked_input_error:" in inspect.getsource(pywsgi.Input._discard)
 
 
+def test_pywsgi_refuses_bad_client_input_through_the_two_hooks_the_handler_overrides() -> None:
+    """wsgi_server.Handler answers a body pywsgi refuses to read (a chunk size like 0x1a)
+    with a JSON 400: pywsgi must still report it through _handle_client_error(ex) and then
+    answer through _send_error_response_if_possible(400)."""
+    handler = pywsgi.WSGIHandler
+    source = inspect.getsource(handler.handle_one_response)
+    assert "except _InvalidClientInput as ex:" in source
+    assert source.index("self._handle_client_error(ex)") < \
+        source.index("self._send_error_response_if_possible(400)")
+    assert list(inspect.signature(handler._handle_client_error).parameters) == ["self", "ex"]
+    assert list(inspect.signature(handler._send_error_response_if_possible).parameters) == [
+        "self", "error_code"]
+    assert issubclass(pywsgi._InvalidClientInput, OSError)
+
+
 def test_http_client_sends_head_and_body_through_send_output() -> None:
     conn = http.client.HTTPConnection
     assert list(inspect.signature(conn._send_output).parameters) == [

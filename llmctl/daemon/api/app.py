@@ -236,7 +236,7 @@ class App:
         if not model:
             return error(404, "no_model", "no model is active; name the model whose log you "
                          "want (`llmctl logs <model>`, GET /logs/<model>)")
-        if not MODEL_ID_RE.match(model):
+        if not MODEL_ID_RE.fullmatch(model):
             return error(400, "bad_model_id", f"{model!r} is not a model id")
         path = self.hub.paths.log_file(model)
         if not path.exists():
