@@ -81,48 +81,51 @@ def test_http_client_response_reads_through_a_small_buffered_file() -> None:
         assert attribute in inspect.getsource(http.client.HTTPResponse.begin), attribute
 
 
+def _moved(what: str) -> str:
+    import huggingface_hub
+
+    return (f"huggingface_hub {huggingface_hub.__version__}: {what}. core/hf_fetch.py (the "
+            "resumable `llmctl pull`) relies on it; pyproject.toml pins huggingface-hub below "
+            "the next minor version for this reason: adapt hf_fetch.py before widening it")
+
+
 def test_huggingface_hub_pieces_the_resumable_pull_uses() -> None:
-    """hf_fetch.py continues a partial blob with huggingface_hub's `http_get` (not exported at
-    the top level) and names it as the library's cache scanner expects partial downloads."""
-    from huggingface_hub import file_download
+    """hf_fetch.py continues a partial blob with huggingface_hub's private `http_get` and
+    holds the blob with its private `WeakFileLock`, names partial downloads as the library's
+    cache scanner expects, and calls a few public helpers with keyword arguments: each check
+    names what moved."""
+    from huggingface_hub import file_download, utils
     from huggingface_hub.utils import _cache_manager
 
-    params = inspect.signature(file_download.http_get).parameters
+    http_get = getattr(file_download, "http_get", None)
+    assert callable(http_get), _moved("file_download.http_get is gone")
+    params = inspect.signature(http_get).parameters
     for name in ("url", "temp_file", "resume_size", "headers", "expected_size",
                  "displayed_filename", "tqdm_class"):
-        assert name in params, name
-    assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b"
-    assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files)
+        assert name in params, _moved(f"http_get() no longer takes {name!r}")
+    lock = getattr(utils, "WeakFileLock", None)
+    assert callable(lock), _moved("utils.WeakFileLock is gone")
+    lock_params = inspect.signature(lock).parameters
+    assert list(lock_params)[:1] == ["lock_file"] and "timeout" in lock_params, \
+        _moved(f"WeakFileLock{inspect.signature(lock)} is not (lock_file, *, timeout)")
+    assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b", \
+        _moved("repo_folder_name() names a repository's cache folder differently")
+    assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files), \
+        _moved("the cache scanner no longer counts blobs/*.incomplete as partial downloads")
+    from huggingface_hub import get_hf_file_metadata
+
+    assert "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters, \
+        _moved("get_hf_file_metadata() no longer takes retry_on_errors")
 
 
-def test_gevent_sockets_wait_on_their_read_watcher() -> None:
-    """sockio waits, through the socket's hub, on the watcher gevent's own recv_into waits on
-    (`_read_event`), then reads the plain socket inside it (`_sock`)."""
-    import _socket
+def test_the_weak_file_lock_excludes_a_second_holder(tmp_path) -> None:
+    """What hf_fetch.py needs of WeakFileLock, run: a second holder times out with
+    filelock.Timeout (the `busy` error of a second pull of one file)."""
+    import filelock
+    import pytest
+    from huggingface_hub.utils import WeakFileLock
 
-    from gevent import socket as gsocket
-    from gevent._socketcommon import SocketMixin
-
-    assert "self._wait(self._read_event)" in inspect.getsource(SocketMixin.recv_into)
-    assert "self._sock.recv_into(" in inspect.getsource(SocketMixin.recv_into)
-    a, b = gsocket.socketpair()
-    try:
-        assert callable(a._wait) and a._read_event is not None
-        assert callable(a.hub.wait) and callable(a.hub.cancel_wait)
-        assert isinstance(a._sock, _socket.socket)
-        assert a._sock.gettimeout() == 0.0  # non-blocking: a read that finds nothing raises
-    finally:
-        a.close()
-        b.close()
-
-
-def test_pywsgi_sendall_counts_what_it_sends() -> None:
-    """wsgi_server.Handler._sendall replaces pywsgi's and keeps its bookkeeping."""
-    source = inspect.getsource(pywsgi.WSGIHandler._sendall)
-    assert "self.response_length += len(data)" in source
-    assert "self.socket.sendall(data)" in source
-
-
-def test_pywsgi_logs_each_request_through_log_request() -> None:
-    """wsgi_server.Handler turns the access log off by overriding log_request."""
-    assert "self.log_request()" in inspect.getsource(pywsgi.WSGIHandler.handle_one_response)
+    path = tmp_path / "blob.lock"
+    with WeakFileLock(path, timeout=0.1):
+        with pytest.raises(filelock.Timeout), WeakFileLock(path, timeout=0.1):
+            raise AssertionError(_moved("WeakFileLock let a second holder in"))
