@@ -61,6 +61,13 @@ def make_home(root: Path, models: int) -> Home:
         d.mkdir(parents=True)
         write_header(d / "model.gguf", 64, f"Bench Model {i}")
         write_config(d, i, 0)
+    # the header cache file a first scan writes (as after any earlier run of llmctld): the
+    # daemon then starts in seconds, not after reading a thousand headers
+    from llmctl.core.config import load_global
+    from llmctl.core.discovery import discover
+
+    discover(home.models_dir, load_global(home.root / "config" / "default.yaml"),
+             home.runtime / "cache" / "gguf-headers.json")
     return home
 
 
