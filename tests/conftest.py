@@ -29,6 +29,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, which must run everything: {report.longrepr}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same at collection: a module that skips itself (`pytest.skip(...,
+    allow_module_level=True)`, `pytest.importorskip(...)`) would otherwise vanish from a CI run
+    as quietly as one skipped test; in CI it is a collection error instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.nodeid or collector.name} skipped at collection in CI, "
+                           f"which must run everything: {report.longrepr}")
+
+
 @pytest.fixture(scope="session")
 def ports() -> Ports:
     return Ports()

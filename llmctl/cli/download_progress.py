@@ -38,7 +38,11 @@ class DownloadProgress(StatusLine):
         elif name == "verifying" and not self.tty:
             self._line(f"verifying {event['file']} (sha256)")
         elif name == "verified":
-            self._line(f"verified {event['file']}")
+            how = ("size only: the hub lists no sha256 for it" if event.get("method") == "size"
+                   else "sha256")
+            self._line(f"verified {event['file']} ({how})")
+        elif name == "unverified":
+            self._line(f"not verified {event['file']}: {event['reason']}")
 
     def _progress(self, event: dict[str, Any]) -> None:
         percent = event.get("percent")

@@ -1,6 +1,7 @@
 """The catalog's records: one ModelEntry per model llmctl can switch to (or lists as
 unavailable, with its error), and the Catalog that holds them. Plain data: discovery.py fills
-it, aliases.py checks its names, everyone else reads it.
+it, aliases.py checks its names, everyone else reads it (and never changes it: catalog_memo.py
+hands the same catalog to every caller while nothing on disk changed).
 """
 
 from __future__ import annotations
@@ -63,12 +64,23 @@ class ModelEntry:
 class Catalog:
     entries: list[ModelEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # trees that could not be scanned
+    # every path whose change could change this catalog: the directories walked, the config
+    # files, the models' files, the configured roots (catalog_memo.py stats them)
+    watched: list[Path] = field(default_factory=list, repr=False, compare=False)
+
+    _index: dict[str, ModelEntry] = field(default_factory=dict, repr=False, compare=False)
+    _indexed: int = field(default=-1, repr=False, compare=False)
 
     def by_id(self, model_id: str) -> ModelEntry | None:
-        for entry in self.entries:
-            if entry.id == model_id:
-                return entry
-        return None
+        """The (first) entry with that id: one dict lookup (listings ask once per model),
+        the index rebuilt when entries were added since."""
+        if self._indexed != len(self.entries):
+            self._index = {}
+            for entry in self.entries:
+                if entry.id is not None:
+                    self._index.setdefault(entry.id, entry)
+            self._indexed = len(self.entries)
+        return self._index.get(model_id)
 
     @property
     def ids(self) -> list[str]:

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "readyTimeoutMs": 600_000,
         "stopTimeoutMs": 10_000,
         "stallTimeoutMs": 120_000,
+        "adoptTimeoutMs": 10_000,
     },
     "daemon": {
         "host": "127.0.0.1",
@@ -228,7 +229,7 @@ def _aliases(v: Any) -> str | None:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         return f"expected a list of names, got {v!r}"
     for name in v:
-        if not ALIAS_RE.match(name):
+        if not ALIAS_RE.fullmatch(name):
             return (f"{name!r} is not a usable name: letters, digits, '.', '_', '+', ':', '/' "
                     "or '-', starting with a letter or digit")
         if name in RESERVED_NAMES:
@@ -277,7 +278,7 @@ def _worker_map(v: Any) -> str | None:
         return f"expected a mapping of worker names to host:port, got {v!r}"
     seen: dict[str, str] = {}
     for name, address in v.items():
-        if not isinstance(name, str) or not WORKER_NAME_RE.match(name) or name == "all":
+        if not isinstance(name, str) or not WORKER_NAME_RE.fullmatch(name) or name == "all":
             return (f"{name!r} is not a usable worker name: letters, digits, '.', '_' or '-' "
                     "(and not `all`, which llama.workers uses for every worker)")
         if (problem := worker_address_problem(address)) is not None:
@@ -296,7 +297,7 @@ def worker_address_problem(address: Any) -> str | None:
     host, port = address.split(":")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         return f"{port!r} in {address!r} is not a port number"
-    if not _HOST_NAME_RE.match(host):
+    if not _HOST_NAME_RE.fullmatch(host):
         return f"{host!r} in {address!r} is not an IPv4 address or host name"
     return None
 
@@ -345,6 +346,7 @@ SECTIONS: dict[str, Any] = {
         "readyTimeoutMs": _int(1000),
         "stopTimeoutMs": _int(100, 600_000),
         "stallTimeoutMs": _int(0),
+        "adoptTimeoutMs": _int(0, 600_000),
     },
     "daemon": {
         "host": _str,
@@ -582,7 +584,7 @@ def load_global(file: Path) -> GlobalConfig:
         raise doc.error("daemon.host", (
             f"{daemon['host']!r} is not a loopback address; llmctld has no authentication, so "
             "listening beyond this machine needs `daemon.allow_remote: true`"))
-    if daemon["default_model"] is not None and not MODEL_ID_RE.match(daemon["default_model"]):
+    if daemon["default_model"] is not None and not MODEL_ID_RE.fullmatch(daemon["default_model"]):
         raise doc.error("daemon.default_model", f"{daemon['default_model']!r} is not a model id")
     try:
         model_workers(merged)
@@ -604,7 +606,7 @@ def load_model_file(file: Path, required: tuple[str, ...] = MODEL_REQUIRED,
     model_id = doc.data.get("id")
     if model_id is None:
         return doc, doc.data
-    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+    if not isinstance(model_id, str) or not MODEL_ID_RE.fullmatch(model_id):
         raise doc.error("id", (
             f"{model_id!r} is not a valid id: use letters, digits, '.', '_', '+' or '-' "
             "(max 128), starting with a letter or digit"))

@@ -23,6 +23,7 @@ image input when a projector is present) between the global config and the model
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ from llmctl.core.config import (
 )
 from llmctl.core.scan import CONFIG_NAMES, FoundModel, HeaderCache, header_cache, scan
 
+RACY_NS = 2_000_000_000  # a file younger than this may change again within one mtime tick
+
 
 def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None = None,
              ) -> Catalog:
@@ -49,8 +52,16 @@ def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None
     catalog.problems += own.problems
     claimed: set[tuple[int, int] | str] = set()  # files that already belong to a model
     taken: dict[str, ModelEntry] = {}
+    # the walk's models by directory and by path: one lookup per config file, not a pass
+    # over every model (which made discovery quadratic in the number of models)
+    by_dir: dict[Path, list[FoundModel]] = {}
+    by_path: dict[Path, FoundModel] = {}
+    for model in own.models:
+        by_dir.setdefault(model.directory, []).append(model)
+        by_path.setdefault(model.path, model)
     for config_file in _one_per_directory(own.config_files):
-        entry = _config_entry(config_file, own.models, global_cfg, cache)
+        entry = _config_entry(config_file, by_dir.get(config_file.parent, []), by_path,
+                              global_cfg, cache)
         if entry.id is not None and entry.id in taken:
             first = taken[entry.id]
             entry.error = (f"{config_file}: id: {entry.id!r} is already used by "
@@ -60,14 +71,16 @@ def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None
         elif entry.id is not None:
             taken[entry.id] = entry
         # a directory with a config.yaml is that one model, even while the file is broken
-        beside = [m.path for m in own.models if m.directory == config_file.parent]
+        beside = [m.path for m in by_dir.get(config_file.parent, [])]
         claimed.update(_real(p) for p in (entry.model_path, entry.mmproj_path, entry.draft_path,
                                           *entry.shards, *beside) if p is not None)
         catalog.entries.append(entry)
     found: list[tuple[FoundModel, str]] = [(m, "file") for m in own.models]
+    walked = list(own.watched)
     for root in _model_dirs(global_cfg, catalog):
         tree = scan(root)
         catalog.problems += tree.problems
+        walked += tree.watched
         found += [(m, "model_dir") for m in tree.models]
     for model, source in found:
         if _real(model.path) in claimed:
@@ -78,7 +91,24 @@ def discover(models_dir: Path, global_cfg: GlobalConfig, cache_file: Path | None
         catalog.entries.append(entry)
     check_aliases(catalog)
     cache.save()
+    catalog.watched = _watched(models_dir, walked, catalog, global_cfg)
     return catalog
+
+
+def _watched(models_dir: Path, walked: list[Path], catalog: Catalog,
+             global_cfg: GlobalConfig) -> list[Path]:
+    """What catalog_memo.py must stat to know that discovery would give the same catalog:
+    the directories walked (an added, removed or renamed entry changes a directory's
+    mtime), the configured roots (one that does not exist yet may appear), every config
+    file and every file a model is made of (an edit in place changes only the file)."""
+    paths = [models_dir, *walked]
+    for raw in global_cfg.data["daemon"]["model_dirs"]:
+        paths.append(Path(os.path.expandvars(os.path.expanduser(str(raw)))))
+    for e in catalog.entries:
+        paths += [p for p in (e.config_file, e.model_path, e.mmproj_path, e.draft_path)
+                  if p is not None]
+        paths += e.shards
+    return paths
 
 
 def _one_per_directory(config_files: list[Path]) -> list[Path]:
@@ -177,13 +207,12 @@ def _file_entry(found: FoundModel, source: str, global_cfg: GlobalConfig,
     return entry
 
 
-def _config_entry(config_file: Path, models: list[FoundModel], global_cfg: GlobalConfig,
-                  cache: HeaderCache) -> ModelEntry:
+def _config_entry(config_file: Path, beside: list[FoundModel], models: dict[Path, FoundModel],
+                  global_cfg: GlobalConfig, cache: HeaderCache) -> ModelEntry:
     directory = config_file.parent
-    beside = [m for m in models if m.directory == directory]
     entry = ModelEntry(key=directory.name, directory=directory, config_file=config_file)
     try:
-        doc, data = load_model_file(config_file, required=())
+        doc, data = _parsed(config_file)
         found = _model_file(doc, data, directory, beside, models)
         data = {**data, "model_file": str(found.path.relative_to(directory))}
         data.setdefault("id", model_ids.file_id(found.path.name))
@@ -225,13 +254,38 @@ def _config_entry(config_file: Path, models: list[FoundModel], global_cfg: Globa
     return entry
 
 
+_PARSED: dict[Path, tuple[Any, LoadedYaml, dict[str, Any]]] = {}
+PARSED_KEPT = 8192  # config files whose parse is kept (more than any catalogue has)
+
+
+def _parsed(config_file: Path) -> tuple[LoadedYaml, dict[str, Any]]:
+    """load_model_file, kept while the file's stat is the same: with a thousand models, one
+    edited config.yaml must not cost parsing all the others again (YAML is ~0.3 ms a file).
+    The result is shared: nothing here changes it (the entry merges copies of it)."""
+    try:
+        st = os.stat(config_file)
+        stamp: Any = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    kept = _PARSED.get(config_file)
+    if kept is not None and stamp is not None and kept[0] == stamp and \
+            time.time_ns() - max(stamp[0], stamp[1]) > RACY_NS:
+        return kept[1], kept[2]
+    doc, data = load_model_file(config_file, required=())  # ConfigError: nothing kept
+    _PARSED.pop(config_file, None)
+    _PARSED[config_file] = (stamp, doc, data)
+    while len(_PARSED) > PARSED_KEPT:
+        _PARSED.pop(next(iter(_PARSED)))
+    return doc, data
+
+
 def _model_file(doc: LoadedYaml, data: dict[str, Any], directory: Path,
-                beside: list[FoundModel], models: list[FoundModel]) -> FoundModel:
+                beside: list[FoundModel], models: dict[Path, FoundModel]) -> FoundModel:
     """The model a config.yaml is about: its `model_file` (with the shards and projector the
     scan found with it), or the one model beside it."""
     if "model_file" in data:
         path = _inside(doc, directory, "model_file", data["model_file"])
-        same = next((m for m in models if m.path == path), None)
+        same = models.get(path)
         return same if same is not None else FoundModel(path=path, root=directory, shards=[path])
     if len(beside) == 1:
         return beside[0]

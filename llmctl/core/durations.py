@@ -42,7 +42,7 @@ def parse_duration(value: Any) -> float | None:
         return parse_duration(float(text)) if text else _bad(value)
     except ValueError:
         pass
-    if not _WHOLE.match(text):
+    if not _WHOLE.fullmatch(text):
         return _bad(value)
     return sum(float(number) * UNITS[unit] for number, unit in _PART.findall(text))
 

@@ -55,20 +55,22 @@ class FetchError(Exception):
 
 
 def fetch(repo: str, filename: str, revision: str | None, sha256: str | None,
-          emit: Emit) -> Path:
+          emit: Emit, listed_size: int | None = None) -> Path:
     """The cached file (the snapshot's link to its blob), downloaded, continued or found in the
-    cache, and checked against `sha256` (the hub's listing; None: size only). Raises
-    FetchError."""
+    cache, and checked against `sha256` (the hub's listing), or where the hub lists none (a
+    file not in LFS) against `listed_size`. Raises FetchError."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(repo, filename, revision=revision)
     if isinstance(cached, str):  # pulled before (or by another tool): check it again
-        verify(Path(cached), filename, sha256, emit, evict=True)
+        verify(Path(cached), filename, sha256, emit, evict=True, size=listed_size)
         return Path(cached)
     url, location, etag, size = _metadata(repo, filename, revision)
+    if size is None:
+        size = listed_size
     blob = _storage(repo) / "blobs" / etag
     verified = not blob.exists() and _download_blob(url, location, blob, filename, size,
-                                                    sha256, repo, emit)
+                                                    sha256, repo, emit, listed_size)
     try:
         # finds the blob and only links it into snapshots/<revision>/ (and refs)
         path = Path(hf_hub_download(repo, filename, revision=revision))
@@ -76,8 +78,63 @@ def fetch(repo: str, filename: str, revision: str | None, sha256: str | None,
         raise FetchError("download_failed", f"{filename} is downloaded to {blob} but could "
                          f"not be linked into the cache's snapshot: {short(e)}") from None
     if not verified:  # the blob was there already (another revision, another tool)
-        verify(path, filename, sha256, emit, evict=True)
+        verify(path, filename, sha256, emit, evict=True, size=listed_size)
     return path
+
+
+def space_needed(repo: str, revision: str | None,
+                 files: list[tuple[str, int | None, str | None]]) -> tuple[int, Path]:
+    """(bytes still to download, the directory they go to) for a pull's whole set of files
+    (name, size, sha256): nothing for a file in the cache already, the rest for one whose
+    partial download (named by its sha256, the blob's name) is kept."""
+    from huggingface_hub import try_to_load_from_cache
+
+    blobs = _storage(repo) / "blobs"
+    needed = 0
+    for filename, size, sha256 in files:
+        if size is None or isinstance(try_to_load_from_cache(repo, filename, revision=revision),
+                                      str):
+            continue
+        have = 0
+        if sha256:
+            if (blobs / sha256).exists():
+                continue
+            partial = partial_path(blobs / sha256)
+            have = partial.stat().st_size if partial.exists() else 0
+        needed += max(0, size - have)
+    return needed, blobs
+
+
+def check_space_for_all(repo: str, revision: str | None,
+                        files: list[tuple[str, int | None, str | None]]) -> None:
+    """Refuse a pull whose files do not all fit, before the first byte: checked file by file,
+    the first shards of a split model would fill the disk and the pull fail at the next."""
+    needed, blobs = space_needed(repo, revision, files)
+    if not needed:
+        return
+    where = _existing(blobs)
+    free = shutil.disk_usage(where).free
+    if free < needed + DISK_MARGIN:
+        count = len(files)
+        raise FetchError("no_space", (
+            f"{repo}: the {count} file{'s' if count != 1 else ''} of this pull need "
+            f"{_size(needed)} ({needed} bytes) more in {blobs}, plus {_size(DISK_MARGIN)} "
+            f"kept free, but only {_size(free)} ({free} bytes) are free there; nothing was "
+            "downloaded. Free some space (or point HF_HUB_CACHE elsewhere) and run the same "
+            "pull again"))
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def partial_path(blob: Path) -> Path:
@@ -115,7 +172,8 @@ def _metadata(repo: str, filename: str, revision: str | None) -> tuple[str, str,
 
 
 def _download_blob(url: str, location: str, blob: Path, filename: str, size: int | None,
-                   sha256: str | None, repo: str, emit: Emit) -> bool:
+                   sha256: str | None, repo: str, emit: Emit,
+                   listed_size: int | None = None) -> bool:
     """Download (or continue) the blob, verify it and move it in place; False when another
     process finished it meanwhile (so it is still to be checked)."""
     from filelock import Timeout
@@ -132,7 +190,8 @@ def _download_blob(url: str, location: str, blob: Path, filename: str, size: int
             if blob.exists():  # the other holder finished it meanwhile
                 return False
             resumed = _continue(url, location, partial_path(blob), filename, size, emit)
-            verify(partial_path(blob), filename, sha256, emit, resumed=resumed)
+            verify(partial_path(blob), filename, sha256, emit, resumed=resumed,
+                   size=listed_size)
             os.replace(partial_path(blob), blob)
             return True
     except Timeout:
@@ -200,26 +259,47 @@ def _check_space(directory: Path, needed: int, filename: str) -> None:
 
 
 def verify(path: Path, filename: str, sha256: str | None, emit: Emit, *, evict: bool = False,
-           resumed: int = 0) -> None:
-    """Compare `path` with the hub's sha256; on a mismatch remove it (`evict`: a cached file,
-    its blob and the snapshot's link to it) so the next pull downloads it again."""
+           resumed: int = 0, size: int | None = None) -> str:
+    """Compare `path` with the hub's sha256, or, for a file the hub lists without one (not
+    in LFS), with the size it lists; on a mismatch remove it (`evict`: a cached file, its
+    blob and the snapshot's link to it) so the next pull downloads it again. Returns how it
+    was verified: "sha256", "size" or "none" (the hub listed neither); the `verified` event
+    says so too (`method`)."""
     if not sha256:
-        return
+        if size is None:
+            emit({"event": "unverified", "file": filename,
+                  "reason": "the hub lists neither a sha256 nor a size for it"})
+            return "none"
+        actual = path.stat().st_size
+        if actual == size:
+            emit({"event": "verified", "file": filename, "method": "size", "size": size})
+            return "size"
+        _remove(path, evict)
+        raise FetchError("checksum", f"{filename} has {actual} bytes, but the hub lists "
+                         f"{size} (it has no sha256 for this file, so its size is what can be "
+                         f"checked); {_removed(evict)}, nothing was registered. Run the same "
+                         "pull again: it starts from scratch")
     emit({"event": "verifying", "file": filename})
     digest = _sha256(path)
     if digest == sha256:
-        emit({"event": "verified", "file": filename, "sha256": digest})
-        return
-    if evict:
-        _evict(path)
-        where = "the bad copy was removed from the cache"
-    else:
-        path.unlink(missing_ok=True)
-        where = "the download was deleted"
+        emit({"event": "verified", "file": filename, "method": "sha256", "sha256": digest})
+        return "sha256"
+    _remove(path, evict)
     why = f" (it continued {resumed} bytes kept from an earlier run)" if resumed else ""
     raise FetchError("checksum", f"{filename} does not match the hub's checksum (sha256 "
-                     f"{digest[:16]}…, expected {sha256[:16]}…){why}; {where}, nothing was "
-                     "registered. Run the same pull again: it starts from scratch")
+                     f"{digest[:16]}…, expected {sha256[:16]}…){why}; {_removed(evict)}, "
+                     "nothing was registered. Run the same pull again: it starts from scratch")
+
+
+def _remove(path: Path, evict: bool) -> None:
+    if evict:
+        _evict(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _removed(evict: bool) -> str:
+    return "the bad copy was removed from the cache" if evict else "the download was deleted"
 
 
 def _sha256(path: Path) -> str:

@@ -23,7 +23,7 @@ _REPO_SUFFIX = re.compile(r"[-_.]gguf$", re.I)
 
 def shard_of(filename: str) -> tuple[str, int, int] | None:
     """(prefix, number, count) for llama.cpp's split naming `<prefix>-00001-of-00003.gguf`."""
-    m = _SHARD_RE.match(filename)
+    m = _SHARD_RE.fullmatch(filename)
     if m is None:
         return None
     return m.group("prefix"), int(m.group("no")), int(m.group("count"))

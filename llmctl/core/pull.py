@@ -8,8 +8,11 @@ the partial blob kept in the cache. What this module adds:
 - choosing the files: `pick` turns `:Q4_K_M` (or a file name, or nothing: Q4_K_M if the repo has
   it, else its only quantisation) into every shard of one model plus the repo's projector, and
   lists what the repo has when the choice is missing or ambiguous;
-- registering, only once every file is complete and verified against the hub's sha256
-  (register.py, as `llmctl add`), so a failed pull never leaves half a model listed;
+- free space for the whole set of files, checked before the first byte (not shard by shard);
+- registering, only once every file is complete and verified against the hub's sha256 (a file
+  the hub lists without one, i.e. not in LFS, against the size it lists; each `verified`
+  event says which: `method`) (register.py, as `llmctl add`), so a failed pull never leaves
+  half a model listed;
 - progress as events (dicts) for the CLI's bar, its plain lines, `--json` and `POST /pull`.
 """
 
@@ -70,7 +73,7 @@ class Plan:
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """`org/name[:QUANT|FILE]` -> (repo, selector)."""
     repo, _, selector = spec.strip().partition(":")
-    if not _REPO_RE.match(repo):
+    if not _REPO_RE.fullmatch(repo):
         raise PullError("bad_spec", f"{spec!r} is not a Hugging Face repository: write "
                         "org/name, optionally with :QUANT or :FILE (e.g. "
                         "unsloth/Qwen3-8B-GGUF:Q4_K_M)")
@@ -214,6 +217,11 @@ def pull(paths: Paths, spec: str, emit: Emit, *, model_id: str | None = None,
           "files": [{"file": f.path, "size": f.size} for f in plan.files],
           "projector": plan.projector.path if plan.projector else None,
           "total_bytes": plan.total_bytes})
+    try:  # the whole set, before the first byte: not shard by shard
+        hf_fetch.check_space_for_all(repo, plan.revision, [(f.path, f.size, f.sha256)
+                                                           for f in plan.all_files])
+    except hf_fetch.FetchError as e:
+        raise PullError(e.code, e.message) from None
     local: list[Path] = []
     for index, remote in enumerate(plan.all_files, 1):
         local.append(_fetch(plan, remote, index, emit))
@@ -237,6 +245,7 @@ def _fetch(plan: Plan, remote: RemoteFile, index: int, emit: Emit) -> Path:
     emit({"event": "download", "file": remote.path, "index": index, "count": len(plan.all_files),
           "size": remote.size})
     try:
-        return hf_fetch.fetch(plan.repo, remote.path, plan.revision, remote.sha256, emit)
+        return hf_fetch.fetch(plan.repo, remote.path, plan.revision, remote.sha256, emit,
+                              listed_size=remote.size)
     except hf_fetch.FetchError as e:
         raise PullError(e.code, e.message) from None

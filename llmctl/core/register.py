@@ -69,7 +69,7 @@ def register(paths: Paths, source: Path, *, model_id: str | None = None, name: s
                             "model beside it (the projector comes along)")
     model_id = model_id or (model_ids.repo_file_id(repo, found.path.name) if repo
                             else model_ids.file_id(found.path.name))
-    if not MODEL_ID_RE.match(model_id):
+    if not MODEL_ID_RE.fullmatch(model_id):
         raise RegisterError(f"{model_id!r} is not a valid id: use letters, digits, '.', '_', "
                             "'+' or '-' (max 128), starting with a letter or digit")
     name = name or model_ids.display_name(facts.get("name"), facts.get("quantization"),

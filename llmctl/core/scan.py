@@ -58,6 +58,9 @@ class ScanResult:
     models: list[FoundModel] = field(default_factory=list)
     config_files: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # every directory the walk listed (and a Hugging Face repository's refs/main and
+    # snapshots/): what catalog_memo.py stats to know whether a new walk would differ
+    watched: list[Path] = field(default_factory=list)
 
 
 def scan(root: Path, *, configs: bool = False) -> ScanResult:
@@ -81,6 +84,7 @@ def _walk(directory: Path, root: Path, repo: str | None, result: ScanResult,
     if (st.st_dev, st.st_ino) in seen:
         return
     seen.add((st.st_dev, st.st_ino))
+    result.watched.append(directory)
     files: list[Path] = []
     subdirs: list[Path] = []
     for entry in entries:
@@ -103,8 +107,9 @@ def _walk(directory: Path, root: Path, repo: str | None, result: ScanResult,
             result.problems.append(f"{directory}: not scanned deeper than {MAX_DEPTH} levels")
         return
     for sub in subdirs:
-        hf = _HF_REPO.match(sub.name)
+        hf = _HF_REPO.fullmatch(sub.name)
         if hf is not None and (sub / "snapshots").is_dir():
+            result.watched += [sub / "refs" / "main", sub / "snapshots"]
             snapshot = pick_snapshot(sub)
             if snapshot is not None:
                 _walk(snapshot, root, f"{hf['org']}/{hf['name']}", result, seen, configs,

@@ -56,7 +56,7 @@ def _options(args: argparse.Namespace) -> tuple[rpc_server.ServerOptions, str]:
     if args.threads is not None and args.threads < 1:
         raise rpc_server.WorkerSetupError("--threads must be at least 1")
     name = args.name or str(args.port)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise rpc_server.WorkerSetupError(f"--name {name!r}: use letters, digits, '.', '_' "
                                           "or '-'")
     host = rpc_server.listen_address(args.host, args.port, args.allow_network)

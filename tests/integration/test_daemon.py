@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import psutil
 import requests
@@ -128,6 +129,62 @@ def test_restarted_daemon_adopts_backend_after_kill_9(fake_home: Home, make_daem
     second: Daemon = make_daemon()
     assert second.backend()["pid"] == backend_pid
     assert second.backend()["state"] == "ready"
+    r = second.post("/v1/chat/completions", json={"messages": [{"role": "user",
+                                                                 "content": "x"}]})
+    assert r.status_code == 200
+
+
+def _kill_9_daemon(daemon: Daemon) -> None:
+    """SIGKILL the supervisor and wait for its workers to notice and exit (llama-server
+    lives on: its own session)."""
+    workers = daemon.workers()
+    assert daemon.proc is not None
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    for pid in workers.values():
+        wait_for(lambda pid=pid: not psutil.pid_exists(pid) or
+                 psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, f"worker {pid} exit")
+
+
+def test_restarted_daemon_adopts_a_backend_whose_health_is_slow(fake_home: Home, make_daemon,
+                                                               tmp_path) -> None:
+    """A busy llama-server misses a 1-second /health probe: adoption asks again, patiently,
+    instead of killing a healthy backend (and reloading the model)."""
+    stall = tmp_path / "health-stall"
+    fake_home.add_model("m", script={"health_stall_file": str(stall)})
+    first: Daemon = make_daemon()
+    assert first.switch("m").status_code == 200
+    backend_pid = first.backend()["pid"]
+    _kill_9_daemon(first)
+    stall.write_text(str(time.time() + 3.5))  # every /health answers only 3.5 s from now
+    second: Daemon = make_daemon()
+    wait_for(lambda: "adopted running llama-server" in second.log.read_text() or
+             "not healthy" in second.log.read_text(), 30, "the adoption's verdict", second.log)
+    assert "adopted running llama-server for m" in second.log.read_text()
+    assert second.backend()["pid"] == backend_pid
+    assert second.backend()["state"] == "ready"
+    assert [p.pid for p in owned_backends(fake_home.runtime)] == [backend_pid]
+
+
+def test_a_listening_backend_is_adopted_even_when_health_never_answers(
+        fake_home: Home, make_daemon, tmp_path) -> None:
+    """Past server.adoptTimeoutMs a live llama-server of ours that still accepts connections
+    on its port is adopted as busy (the log says so), not killed."""
+    stall = tmp_path / "health-stall"
+    fake_home.write_config(server={"adoptTimeoutMs": 1500})
+    fake_home.add_model("m", script={"health_stall_file": str(stall)})
+    first: Daemon = make_daemon()
+    assert first.switch("m").status_code == 200
+    backend_pid = first.backend()["pid"]
+    _kill_9_daemon(first)
+    stall.write_text(str(time.time() + 600))  # /health does not answer during this test
+    second: Daemon = make_daemon()
+    wait_for(lambda: "adopted running llama-server" in second.log.read_text() or
+             "not healthy" in second.log.read_text(), 30, "the adoption's verdict", second.log)
+    text = second.log.read_text()
+    assert "still listens on its port: adopted as busy" in text, text
+    assert second.backend()["pid"] == backend_pid
+    stall.unlink()  # the busy spell is over: it serves
     r = second.post("/v1/chat/completions", json={"messages": [{"role": "user",
                                                                  "content": "x"}]})
     assert r.status_code == 200

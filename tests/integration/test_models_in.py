@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -687,3 +688,70 @@ def test_readme_documents_the_new_commands() -> None:
     for text in ("llmctl add", "llmctl pull", "POST /pull", "daemon.model_dirs",
                  "daemon.starter", "mmproj_file", "draft_model_file"):
         assert text in readme, text
+
+
+DISK_FULL = """
+import os, shutil, sys
+real = shutil.disk_usage
+FREE = int(os.environ["FAKE_FREE_BYTES"])
+shutil.disk_usage = lambda path: type(real(path))(real(path).total, real(path).used, FREE)
+from llmctl.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_pull_that_cannot_fit_is_refused_before_the_first_shard(
+        real: Home, tiny_gguf: Path, hub: FakeHub, make_daemon, tmp_path: Path) -> None:
+    """Free space is checked for the whole set: each shard alone fits (the disk seen by the
+    pull is made small, the one fault here), both do not, and nothing is downloaded."""
+    from llmctl.core.hf_fetch import DISK_MARGIN
+
+    shards = split_model(tiny_gguf, tmp_path / "shards", 2, "Tiny-Split-F32")
+    hub.add("someone/Big-GGUF", {p.name: p.read_bytes() for p in shards})
+    sizes = [p.stat().st_size for p in shards]
+    free = DISK_MARGIN + max(sizes) + min(sizes) // 2  # one shard fits, not both
+    daemon = make_daemon()
+    script = tmp_path / "disk_full.py"
+    script.write_text(DISK_FULL)
+    r = subprocess.run([sys.executable, str(script), "pull", "someone/Big-GGUF:F32"],
+                       env={**daemon.env, "FAKE_FREE_BYTES": str(free),
+                            "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "the 2 files of this pull need" in r.stderr, r.stderr
+    assert f"({sum(sizes)} bytes) more in" in r.stderr and f"({free} bytes) are free" in r.stderr
+    assert "models--someone--Big-GGUF" in r.stderr  # where
+    assert not [p for p in hub.requests if p[1].startswith("/lfs/")]  # not one byte fetched
+    assert "tiny-split-f32" not in models(daemon)
+
+
+def test_files_without_a_sha256_are_verified_by_size(real: Home, tiny_gguf: Path,
+                                                      hub: FakeHub, make_daemon,
+                                                      tmp_path: Path) -> None:
+    """A .gguf kept in git (the hub lists no sha256 for it) is checked against the size the
+    hub lists, and the output says how each file was verified."""
+    projector = write_tiny_projector(tmp_path / "p.gguf").read_bytes()
+    hub.add("someone/Plain-GGUF", {"Plain-F32.gguf": tiny_gguf.read_bytes(),
+                                    "mmproj-Plain-F16.gguf": projector})
+    hub.plain.add("mmproj-Plain-F16.gguf")
+    daemon = make_daemon()
+    r = pull(daemon, "someone/Plain-GGUF:F32", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    verified = {e["file"]: e for e in map(json.loads, r.stdout.splitlines())
+                if e["event"] == "verified"}
+    assert verified["Plain-F32.gguf"]["method"] == "sha256"
+    assert verified["mmproj-Plain-F16.gguf"]["method"] == "size"
+    assert verified["mmproj-Plain-F16.gguf"]["size"] == len(projector)
+
+    cached = Path(models(daemon)["plain-f32"]["mmproj"]).resolve()
+    with open(cached, "r+b") as f:  # the cached copy loses its tail (a bad disk, a tool)
+        f.truncate(len(projector) - 100)
+    again = pull(daemon, "someone/Plain-GGUF:F32")
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert (f"mmproj-Plain-F16.gguf has {len(projector) - 100} bytes, but the hub lists "
+            f"{len(projector)}") in again.stderr
+    assert not cached.exists()  # removed from the cache: the next pull fetches it again
+    third = pull(daemon, "someone/Plain-GGUF:F32")
+    assert third.returncode == 0, third.stderr
+    assert "verified mmproj-Plain-F16.gguf (size only: the hub lists no sha256 for it)" in \
+        third.stderr

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from pathlib import Path
 
 import openai
+import pytest
 import requests
 
 from harness import Daemon, Home
@@ -143,3 +145,65 @@ def test_an_event_alone_is_not_held_back(fake_home: Home, make_daemon) -> None:
     arrivals = [time.monotonic() - sent for line in r.iter_lines() if line]
     assert len(arrivals) >= 3
     assert arrivals[0] < 1.0 < 1.4 < arrivals[-1]  # the first came at once, not with the rest
+
+
+def strict_dechunk(body: bytes) -> bytes:
+    """dechunk, refusing any size that is not plain hex digits (int(x, 16) takes 0x1a, +1a,
+    1_0 and ' 1a')."""
+    out, pos = b"", 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size_line = body[pos:eol].split(b";", 1)[0]
+        assert re.fullmatch(rb"[0-9a-fA-F]{1,16}", size_line), f"size line {size_line!r}"
+        size = int(size_line, 16)
+        pos = eol + 2
+        if size == 0:
+            assert body[pos:pos + 2] == b"\r\n", "no end of the chunked body"
+            return out
+        out += body[pos:pos + size]
+        assert body[pos + size:pos + size + 2] == b"\r\n"
+        pos += size + 2
+
+
+@pytest.mark.parametrize("size_format", ["0x%x", "+%x"])
+def test_upstream_framing_that_is_not_hex_is_not_passed_on(fake_home: Home, make_daemon,
+                                                           size_format: str) -> None:
+    """A chunk size Python's int(x, 16) would take but HTTP does not: the relay stops there
+    and tells the client why, in valid framing, instead of forwarding bytes whose framing a
+    client may read differently."""
+    fake_home.add_model("odd", script={"chunk_size_format": size_format, "stream_chunks": 3})
+    daemon = make_daemon()
+    assert daemon.switch("odd").status_code == 200
+    head, raw = raw_request(daemon, {"model": "local", "stream": True, "max_tokens": 3,
+                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert b" 200 " in head.split(b"\r\n", 1)[0]
+    stream = events(strict_dechunk(raw))
+    assert b'"upstream_error"' in stream[-1]
+    assert b"[DONE]" not in b"".join(stream)
+    assert "bad chunk-size line" in daemon.log.read_text()
+    assert daemon.status()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("size", [b"0x1a", b"1_0", b"+1a", b" 1a"])
+def test_a_client_body_with_a_non_hex_chunk_size_gets_400(fake_home: Home, make_daemon,
+                                                         size: bytes) -> None:
+    fake_home.add_model("m", script={"record_requests": str(fake_home.root / "seen.jsonl")})
+    daemon = make_daemon()
+    assert daemon.switch("m").status_code == 200
+    payload = b'{"model":"local","messages":[{"role":"user","content":"hi"}]}'
+    payload = payload.ljust(26)  # what 0x1a (and +1a, ' 1a') would claim
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n").encode()
+    body = size + b"\r\n" + payload[:int(size, 16)] + b"\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as s:
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 "), data[:200]
+    answer = json.loads(data.partition(b"\r\n\r\n")[2])
+    assert answer["error"]["code"] == "bad_request_body"
+    assert "hex digits only" in answer["error"]["message"]
+    assert not (fake_home.root / "seen.jsonl").exists()  # nothing reached llama-server
+    assert daemon.get("/health").status_code == 200

@@ -66,12 +66,32 @@ def test_cross_site_origins_are_refused(fake_home: Home, make_daemon) -> None:
 
 
 def test_model_ids_never_become_paths(fake_home: Home, make_daemon) -> None:
+    """The guard itself: each name would resolve to a .log file that exists outside logs/
+    (the route appends `.log`, so /etc/passwd could never prove anything), and without the
+    id check the first ones would be served."""
     daemon = make_daemon()
-    r = daemon.get("/logs/..%2F..%2F..%2Fetc%2Fpasswd")
-    assert r.status_code in (400, 404) and "root:" not in r.text
-    r = daemon.get("/logs/../../etc/passwd")
+    secret = fake_home.runtime / "secret.log"  # beside logs/, inside the runtime dir
+    secret.write_text("SECRET-NOT-A-MODEL-LOG\n")
+    (fake_home.runtime / "logs").mkdir(exist_ok=True)
+    for name in ("..%2Fsecret", "..%2F..%2Frun%2Fsecret", "%2E%2E%2Fsecret"):
+        r = daemon.get(f"/logs/{name}")
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "bad_model_id"
+        assert "SECRET" not in r.text
+    r = daemon.get("/logs/../../etc/passwd")  # the client or the router resolves the dots
     assert r.status_code in (400, 404) and "root:" not in r.text
     assert daemon.post("/switch/..%2F..%2Fetc").status_code == 404
+
+
+def test_a_model_id_with_a_trailing_newline_is_not_an_id(fake_home: Home,
+                                                         make_daemon) -> None:
+    """`^...$` with re.match lets "m\\n" through: ids are matched whole."""
+    fake_home.add_model("m")
+    daemon = make_daemon()
+    assert daemon.switch("m").status_code == 200
+    assert daemon.get("/cache", params={"model": "m"}).status_code == 200
+    r = daemon.get("/cache", params={"model": "m\n"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_model_id", r.text
 
 
 # --- malformed HTTP ------------------------------------------------------------------------

@@ -18,7 +18,8 @@ HF_ENDPOINT pointing here:
 Faults, for the tests: `drop_once[path] = n` sends the full Content-Length but closes the
 connection after n bytes, once (the client must resume with a Range); `corrupt.add(path)` serves
 bytes that do not match the sha256 it lists; `trickle[path] = s` sends 64 KiB every s seconds;
-`ignore_range.add(path)` answers a Range request with 200 and the whole file, as some proxies
+`plain.add(path)` keeps a .gguf in git rather than LFS (no sha256 in the listing, served
+directly with its git sha1 as ETag, as the hub does for small files); `ignore_range.add(path)` answers a Range request with 200 and the whole file, as some proxies
 and CDNs do; `stall[path] = n` sends n bytes of the next body of that file and then holds the connection open,
 sending nothing more, until the hub stops (so a test can interrupt a pull at a known point). `requests` records (method, path, headers); `served` records each blob body sent
 as (path, first byte, bytes written).
@@ -54,6 +55,7 @@ class FakeHub:
     trickle: dict[str, float] = field(default_factory=dict)  # path -> seconds per 64 KiB
     stall: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before stalling
     ignore_range: set[str] = field(default_factory=set)
+    plain: set[str] = field(default_factory=set)  # .gguf files kept in git, not LFS
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     served: list[tuple[str, int, int]] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -151,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path, data in sorted(repo.files.items()):
             sibling: dict[str, Any] = {"rfilename": path, "size": len(data),
                                        "blobId": git_sha1(data)}
-            if is_lfs(path):
+            if is_lfs(path) and path not in self.hub.plain:
                 sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(),
                                   "size": len(data), "pointerSize": 134}
             siblings.append(sibling)
@@ -168,7 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"", {"X-Error-Code": "EntryNotFound",
                                          "X-Repo-Commit": repo.sha})
         headers = {"X-Repo-Commit": repo.sha, "ETag": f'"{git_sha1(data)}"'}
-        if not is_lfs(path):
+        if not is_lfs(path) or path in self.hub.plain:
             return self._send(200, data if body else b"", headers, length=len(data))
         sha = hashlib.sha256(data).hexdigest()
         headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),

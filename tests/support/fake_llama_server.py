@@ -78,6 +78,13 @@ Script keys (all optional):
                               this long (cut short by SIGTERM: the process exits with the
                               file half written), writes the rest and answers like the real
                               one; ``action=restore`` reads the file back.
+``health_stall_file``         a file path: while that file exists and holds a Unix time
+                              still to come, ``/health`` answers only at that time (each
+                              probe waits; other routes are not slowed), like a busy server
+                              on a loaded machine after a daemon restart.
+``chunk_size_format`` ("%x")  how streamed chunks write their size (a %-format of it):
+                              e.g. ``"0x%x"`` or ``"+%x"``, framing a strict parser refuses
+                              and Python's ``int(x, 16)`` takes; the last chunk stays ``0``.
 ``record_requests``           a file path: each completion request body is appended to it
                               as one JSON line (to check what llama-server was sent).
 
@@ -406,6 +413,18 @@ def _sleep_unless_stopping(seconds: float) -> None:
         time.sleep(min(0.02, left))
 
 
+def _stall_health(marker: str | None) -> None:
+    """The ``health_stall_file`` script key: wait until the time the file names."""
+    if not marker:
+        return
+    try:
+        until = float(pathlib.Path(marker).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return
+    while not STATE.stopping and time.time() < until:
+        time.sleep(min(0.05, max(0.0, until - time.time())))
+
+
 def _file_size(path: str) -> int:
     try:
         return os.path.getsize(path)
@@ -506,6 +525,7 @@ class Handler(BaseHTTPRequestHandler):
 
         get = self.command in ("GET", "HEAD")
         if path in ("/health", "/v1/health") and get:
+            _stall_health(STATE.script.get("health_stall_file"))
             return self._send_json(200, {"status": "ok"})
         if path in ("/models", "/v1/models") and get:
             return self._send_json(200, self._models())
@@ -909,7 +929,8 @@ class Handler(BaseHTTPRequestHandler):
         self._log_request(200)
 
     def _write_chunk(self, data: bytes):
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        size = (STATE.script.get("chunk_size_format") or "%x") % len(data) if data else "0"
+        self.wfile.write(size.encode() + b"\r\n%s\r\n" % data)
         self.wfile.flush()
 
     def _stream(self, req, chat, pieces, n_prompt, task):

@@ -55,3 +55,57 @@ def test_boundary_between_chunks_is_known() -> None:
 def test_what_is_not_chunked_encoding_is_refused(bad: bytes) -> None:
     with pytest.raises(FramingError):
         ChunkFollower().feed(bad, len(bad))
+
+
+# --- strictness: what int(x, 16) would take is not a chunk size -----------------------------
+
+
+@pytest.mark.parametrize("size", [b"0x1a", b"1_0", b"+1a", b" 1a", b"1a ", b"\t1a", b"-0",
+                                  b"", b"1" * 17])
+def test_a_size_is_hex_digits_and_nothing_else(size: bytes) -> None:
+    body = size + b"\r\n" + b"x" * 26 + b"\r\n0\r\n\r\n"
+    with pytest.raises(FramingError, match="bad chunk-size line"):
+        ends([body])
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_bad_size_is_refused_however_the_reads_split_it(cut: int) -> None:
+    body = b"5\r\nhello\r\n0x5\r\nhello\r\n0\r\n\r\n"
+    follower = ChunkFollower()
+    with pytest.raises(FramingError):
+        for piece in (body[:cut], body[cut:]):
+            follower.feed(piece, len(piece))
+
+
+def test_sixteen_hex_digits_and_extensions_are_fine() -> None:
+    body = b"0000000000000005;a=b;c\r\nhello\r\n0;last\r\n\r\n"
+    assert ends([body]) == [len(body)]
+
+
+@pytest.mark.parametrize("after", [b"XX", b"\n\n", b"lo\r\n", b" \r\n"])
+def test_chunk_data_must_be_followed_by_crlf(after: bytes) -> None:
+    body = b"3\r\nhel" + after + b"0\r\n\r\n"
+    with pytest.raises(FramingError, match="not followed by CRLF"):
+        ends([body])
+
+
+@pytest.mark.parametrize("cut", range(1, 15))
+def test_the_crlf_after_data_is_checked_across_reads(cut: int) -> None:
+    good = b"5\r\nhello\r\n0\r\n\r\n"
+    assert ends([good[:cut], good[cut:]]) == [-1, len(good) - cut]
+    bad = b"5\r\nhello\rX0\r\n\r\n"
+    follower = ChunkFollower()
+    with pytest.raises(FramingError):
+        for piece in (bad[:cut], bad[cut:]):
+            follower.feed(piece, len(piece))
+
+
+def test_a_size_line_is_bounded_even_when_it_arrives_whole() -> None:
+    body = b"5;" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n"
+    with pytest.raises(FramingError, match="longer than 4096"):
+        ends([body])
+
+
+def test_bare_lf_line_ends_are_tolerated() -> None:
+    body = b"5\nhello\r\n0\n\n"
+    assert ends([body]) == [len(body)]

@@ -34,7 +34,7 @@ def test_plain_lines_in_a_pipe() -> None:
     steps = [ln.split()[0] for ln in lines if ln.startswith("  ")]
     assert steps == ["0%", "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%",
                      "100%"]  # one line per 10 %, not per event
-    assert lines[-2:] == ["verifying M-Q4_K_M.gguf (sha256)", "verified M-Q4_K_M.gguf"]
+    assert lines[-2:] == ["verifying M-Q4_K_M.gguf (sha256)", "verified M-Q4_K_M.gguf (sha256)"]
     assert "\r" not in out.getvalue()
 
 
@@ -49,7 +49,7 @@ def test_one_redrawn_line_on_a_terminal() -> None:
     assert "2.0 MiB/4.0 MiB" in bar and "1.0 MiB/s" in bar and "ETA 2.0s" in bar
     assert text.count("\n") == 2  # the two header lines; the bar redraws in place
     progress.update(EVENTS[-1])
-    assert out.getvalue().endswith("verified M-Q4_K_M.gguf\n")
+    assert out.getvalue().endswith("verified M-Q4_K_M.gguf (sha256)\n")
 
 
 def test_a_resumed_file_says_what_it_already_had() -> None:

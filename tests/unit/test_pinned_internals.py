@@ -30,6 +30,21 @@ def test_pywsgi_input_has_the_chunked_input_error_flag() -> None:
     assert "if self._chunked_input_error:" in inspect.getsource(pywsgi.Input._discard)
 
 
+def test_pywsgi_refuses_bad_client_input_through_the_two_hooks_the_handler_overrides() -> None:
+    """wsgi_server.Handler answers a body pywsgi refuses to read (a chunk size like 0x1a)
+    with a JSON 400: pywsgi must still report it through _handle_client_error(ex) and then
+    answer through _send_error_response_if_possible(400)."""
+    handler = pywsgi.WSGIHandler
+    source = inspect.getsource(handler.handle_one_response)
+    assert "except _InvalidClientInput as ex:" in source
+    assert source.index("self._handle_client_error(ex)") < \
+        source.index("self._send_error_response_if_possible(400)")
+    assert list(inspect.signature(handler._handle_client_error).parameters) == ["self", "ex"]
+    assert list(inspect.signature(handler._send_error_response_if_possible).parameters) == [
+        "self", "error_code"]
+    assert issubclass(pywsgi._InvalidClientInput, OSError)
+
+
 def test_http_client_sends_head_and_body_through_send_output() -> None:
     conn = http.client.HTTPConnection
     assert list(inspect.signature(conn._send_output).parameters) == [
@@ -66,20 +81,54 @@ def test_http_client_response_reads_through_a_small_buffered_file() -> None:
         assert attribute in inspect.getsource(http.client.HTTPResponse.begin), attribute
 
 
+def _moved(what: str) -> str:
+    import huggingface_hub
+
+    return (f"huggingface_hub {huggingface_hub.__version__}: {what}. core/hf_fetch.py (the "
+            "resumable `llmctl pull`) relies on it; pyproject.toml pins huggingface-hub below "
+            "the next minor version for this reason: adapt hf_fetch.py before widening it")
+
+
 def test_huggingface_hub_pieces_the_resumable_pull_uses() -> None:
-    """hf_fetch.py continues a partial blob with huggingface_hub's `http_get` (not exported at
-    the top level) and names it as the library's cache scanner expects partial downloads."""
-    from huggingface_hub import file_download
+    """hf_fetch.py continues a partial blob with huggingface_hub's private `http_get` and
+    holds the blob with its private `WeakFileLock`, names partial downloads as the library's
+    cache scanner expects, and calls a few public helpers with keyword arguments: each check
+    names what moved."""
+    from huggingface_hub import file_download, utils
     from huggingface_hub.utils import _cache_manager
 
-    params = inspect.signature(file_download.http_get).parameters
+    http_get = getattr(file_download, "http_get", None)
+    assert callable(http_get), _moved("file_download.http_get is gone")
+    params = inspect.signature(http_get).parameters
     for name in ("url", "temp_file", "resume_size", "headers", "expected_size",
                  "displayed_filename", "tqdm_class"):
-        assert name in params, name
-    assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b"
-    assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files)
+        assert name in params, _moved(f"http_get() no longer takes {name!r}")
+    lock = getattr(utils, "WeakFileLock", None)
+    assert callable(lock), _moved("utils.WeakFileLock is gone")
+    lock_params = inspect.signature(lock).parameters
+    assert list(lock_params)[:1] == ["lock_file"] and "timeout" in lock_params, \
+        _moved(f"WeakFileLock{inspect.signature(lock)} is not (lock_file, *, timeout)")
+    assert file_download.repo_folder_name(repo_id="a/b", repo_type="model") == "models--a--b", \
+        _moved("repo_folder_name() names a repository's cache folder differently")
+    assert '"*/blobs/*.incomplete"' in inspect.getsource(_cache_manager._scan_incomplete_files), \
+        _moved("the cache scanner no longer counts blobs/*.incomplete as partial downloads")
+    from huggingface_hub import get_hf_file_metadata
+
+    assert "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters, \
+        _moved("get_hf_file_metadata() no longer takes retry_on_errors")
 
 
+def test_the_weak_file_lock_excludes_a_second_holder(tmp_path) -> None:
+    """What hf_fetch.py needs of WeakFileLock, run: a second holder times out with
+    filelock.Timeout (the `busy` error of a second pull of one file)."""
+    import filelock
+    import pytest
+    from huggingface_hub.utils import WeakFileLock
+
+    path = tmp_path / "blob.lock"
+    with WeakFileLock(path, timeout=0.1):
+        with pytest.raises(filelock.Timeout), WeakFileLock(path, timeout=0.1):
+            raise AssertionError(_moved("WeakFileLock let a second holder in"))
 def test_gevent_sockets_wait_on_their_read_watcher() -> None:
     """sockio waits, through the socket's hub, on the watcher gevent's own recv_into waits on
     (`_read_event`), then reads the plain socket inside it (`_sock`)."""

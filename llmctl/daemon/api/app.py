@@ -33,6 +33,7 @@ from llmctl.daemon.admission.gate import Busy
 from llmctl.daemon.api.cache_route import cache_response
 from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
+from llmctl.daemon.api.listing import encode_items, encode_object
 from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
 from llmctl.daemon.backend.tool_calls import no_tool_calls
@@ -176,12 +177,14 @@ class App:
 
     def on_models(self, request: Request) -> Response:
         self.hub.config.refresh()
-        models = [self._model_summary(e) for e in self.hub.config.catalog.entries]
-        return json_response({"models": models,
-                              "config_error": self.hub.config.config_error,
-                              "problems": self.hub.config.catalog.problems,
+        catalog = self.hub.config.catalog
+        models = encode_items(catalog.entries, self._model_summary)  # yields to the loop
+        body = encode_object({"config_error": self.hub.config.config_error,
+                              "problems": catalog.problems,
                               "models_dir": str(self.hub.paths.models_dir),
-                              "object": "list", "data": models})  # data: router-mode clients
+                              "object": "list"},
+                             {"models": models, "data": models})  # data: router-mode clients
+        return Response(body, mimetype="application/json")
 
     def _model_summary(self, entry: Any) -> dict[str, Any]:
         summary = entry.summary()
@@ -241,7 +244,7 @@ class App:
         if not model:
             return error(404, "no_model", "no model is active; name the model whose log you "
                          "want (`llmctl logs <model>`, GET /logs/<model>)")
-        if not MODEL_ID_RE.match(model):
+        if not MODEL_ID_RE.fullmatch(model):
             return error(400, "bad_model_id", f"{model!r} is not a model id")
         path = self.hub.paths.log_file(model)
         if not path.exists():

@@ -24,7 +24,7 @@ def cache_response(request: Request, hub: Any, clear: bool, ok: Any, failure: An
                    error: Any) -> Response:
     """`ok(data)`, `failure(reply)` and `error(status, code, message)` build the answers."""
     model = request.args.get("model") or None
-    if model is not None and not MODEL_ID_RE.match(model):
+    if model is not None and not MODEL_ID_RE.fullmatch(model):
         return error(400, "bad_model_id", f"{model!r} is not a model id")
     if clear:
         reply = hub.commands.send(p.Cache, action="clear", model=model).reply()

@@ -50,7 +50,9 @@ class Hub:
         self.listeners: list[Callable[[p.Message], None]] = []
         self.closed = Event()
         self.backend = BackendView(paths)
-        self.config = ConfigView(paths, daemon_info, config)
+        # the catalog is read in a thread of gevent's pool: a thousand config files, or a
+        # slow disk, must not stall every stream this worker relays
+        self.config = ConfigView(paths, daemon_info, config, gevent.get_hub().threadpool.apply)
         self.commands = CommandClient(channel, lambda: self.config.ready_timeout,
                                       on_reply=lambda rid: self.gate.finished(rid))
         self.gate = Gate(self.backend, self.commands, self.config)
@@ -62,7 +64,7 @@ class Hub:
             p.Reply: self.commands.deliver,
             p.Workers: lambda m: setattr(self, "workers", m.workers),
             p.RpcHealth: lambda m: self.rpc.apply(m.workers),
-            p.ReloadConfig: lambda m: self.config.refresh(),
+            p.ReloadConfig: lambda m: gevent.spawn(self.config.refresh),  # not in the reader
         }
 
     def start(self) -> None:

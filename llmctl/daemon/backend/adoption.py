@@ -1,10 +1,11 @@
 """Boot of the lifecycle worker: take over what state.json describes, or clean it up.
 
 A restarted worker (or a restarted llmctld) adopts the llama-server that state.json names when
-pid, create time and command line match and it is healthy; resumes watching a load that was
-interrupted; and stops whatever else of ours it finds (a stale backend, an orphan holding the
-port). Never two llama-servers, never an orphan. Blocking: it runs before the worker reports
-Ready.
+pid, create time and command line match and it still serves (a busy one is given
+server.adoptTimeoutMs to answer /health; one that still listens on its port is adopted even
+then); resumes watching a load that was interrupted; and stops whatever else of ours it finds
+(a stale backend, an orphan holding the port). Never two llama-servers, never an orphan.
+Blocking: it runs before the worker reports Ready (at most server.adoptTimeoutMs longer).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from llmctl.core.state import Backend, read_state
 from llmctl.daemon.backend.context import BackendContext
 from llmctl.daemon.backend.loading import Loader
 from llmctl.daemon.backend.phases import Load
-from llmctl.daemon.backend.process import BackendProcess, health, stop_owned_orphans
+from llmctl.daemon.backend.process import BackendProcess, await_health, stop_owned_orphans
 
 
 class Adoption:
@@ -40,20 +41,12 @@ class Adoption:
             proc = BackendProcess.adopt(record.to_dict())
             if proc is None:
                 notes.append(f"llama-server pid {record.pid} from state.json is gone")
-            elif record.state == "ready" and record.port and record.host and \
-                    health(record.host, record.port) == 200:
-                ctx.proc = proc
-                self._restore(record, state="ready")
-                ctx.log_path = ctx.paths.log_file(record.model or "")
-                notes.append(f"adopted running llama-server for {record.model} "
-                             f"(pid {proc.pid})")
             elif record.state == "starting" and record.model:
                 notes.append(f"resuming the interrupted load of {record.model} "
                              f"(pid {proc.pid})")
                 self._resume_load(proc, record)
             else:
-                notes.append(f"stopping llama-server pid {proc.pid}: not healthy")
-                proc.terminate(ctx.stop_grace)
+                notes.append(self._adopt_ready(proc, record))
         keep = {ctx.proc.pid} if ctx.proc else set()
         notes += stop_owned_orphans(ctx.paths.runtime, keep | {os.getpid()}, ctx.stop_grace)
         if ctx.proc is None and record is not None and record.state == "failed":
@@ -63,6 +56,29 @@ class Adoption:
             ctx.backend.unloaded = record.unloaded  # the next request still wakes it
         ctx.changed()
         return notes
+
+    def _adopt_ready(self, proc: BackendProcess, record: Backend) -> str:
+        """Adopt a backend recorded as ready if it still serves (process.await_health: a
+        busy one is given server.adoptTimeoutMs to answer, and one that still listens on its
+        port is adopted even then); stop it otherwise. Returns the note for the daemon log."""
+        ctx = self.ctx
+        verdict = "not ready"
+        if record.state == "ready" and record.port and record.host:
+            verdict = await_health(record.host, record.port,
+                                   lambda: proc.exit_status() is None, ctx.adopt_timeout)
+        if verdict == "gone":
+            return f"llama-server pid {proc.pid} from state.json exited during adoption"
+        if verdict in ("healthy", "listening"):
+            ctx.proc = proc
+            self._restore(record, state="ready")
+            ctx.log_path = ctx.paths.log_file(record.model or "")
+            slow = "" if verdict == "healthy" else (
+                f"; /health gave no 200 within {ctx.adopt_timeout:g} s (server.adoptTimeoutMs)"
+                " but it still listens on its port: adopted as busy")
+            return f"adopted running llama-server for {record.model} (pid {proc.pid}){slow}"
+        why = "nothing listens on its port" if verdict == "deaf" else f"it was {record.state}"
+        proc.terminate(ctx.stop_grace)
+        return f"stopped llama-server pid {proc.pid}: not healthy ({why})"
 
     def first_boot_of_daemon(self) -> bool:
         """True unless state.json was written by this very daemon (a restarted worker)."""

@@ -1,8 +1,9 @@
 """The model catalog as the lifecycle worker reads it: one model's merged config, the default
 model, and what must change on disk before a failed default load is worth another try.
 
-Every call reads the configuration and the model folders afresh (the lifecycle worker has no
-cached view to go stale: a switch after an edit sees the edit).
+Every call reads the configuration afresh and asks for the catalog (backend/catalog_memo.py: the
+same one again only while nothing it was made from changed on disk), so a switch after an
+edit sees the edit.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 from llmctl.core.catalog import ModelEntry
 from llmctl.core.config import ConfigError, GlobalConfig, load_global
-from llmctl.core.discovery import discover
 from llmctl.core.paths import Paths
 from llmctl.daemon.backend import starter
+from llmctl.daemon.backend.catalog_memo import discover_cached as discover
 
 
 def lookup(paths: Paths, model_id: str) -> tuple[dict[str, Any], ModelEntry, GlobalConfig]:

@@ -51,6 +51,7 @@ class BackendContext:
         self.log_max = 20 * 1024 * 1024
         self.stop_grace = 10.0
         self.ready_timeout = 600.0
+        self.adopt_timeout = 10.0  # server.adoptTimeoutMs (backend/process.py await_health)
         self.rpc = Checker()  # the RPC workers' health (backend/rpc_guard.py acts on it)
         self.rpc_published = 0  # the checker's generation last sent to the proxies
 
@@ -66,6 +67,7 @@ class BackendContext:
         self.log_max = cfg.data["daemon"]["log_max_bytes"]
         self.stop_grace = cfg.data["server"]["stopTimeoutMs"] / 1000
         self.ready_timeout = cfg.data["server"]["readyTimeoutMs"] / 1000
+        self.adopt_timeout = cfg.data["server"]["adoptTimeoutMs"] / 1000
         self.rpc.configure(cfg.data["workers"], rpc_check_seconds(cfg))
 
     # --- messages out ---------------------------------------------------------------------------

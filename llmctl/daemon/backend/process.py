@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,37 @@ def health(host: str, port: int, timeout: float = 1.0) -> int | None:
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def await_health(host: str, port: int, alive: Callable[[], bool], patience: float) -> str:
+    """Whether an adopted llama-server still serves, asked patiently: a busy one on a loaded
+    machine can take seconds to answer /health, and one missed 1-second probe once got a
+    healthy backend killed after a daemon restart. Probes /health with a growing timeout
+    (1 s, doubling to 4 s) and a growing pause between probes (0.1 s, doubling to 1 s) for
+    at most `patience` seconds. Returns
+
+    - "healthy": /health answered 200;
+    - "listening": no 200 within `patience`, but the process is alive and still accepts
+      connections on its port (busy, not gone: adoptable);
+    - "gone": the process exited meanwhile;
+    - "deaf": nothing accepts connections on its port (a llama-server that is ready always
+      listens there, so waiting longer changes nothing).
+    """
+    deadline = time.monotonic() + patience
+    timeout, pause = 1.0, 0.1
+    while True:
+        if not alive():
+            return "gone"
+        left = deadline - time.monotonic()
+        if health(host, port, timeout=max(0.05, min(timeout, left))) == 200:
+            return "healthy"
+        if not port_in_use(host, port):
+            return "gone" if not alive() else "deaf"
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "listening" if alive() else "gone"
+        time.sleep(min(pause, left))  # a blocking boot step: nothing else runs meanwhile
+        timeout, pause = min(timeout * 2, 4.0), min(pause * 2, 1.0)
 
 
 def port_in_use(host: str, port: int) -> bool:

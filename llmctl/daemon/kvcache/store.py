@@ -76,7 +76,7 @@ class KvStore:
         self.root = root
 
     def model_dir(self, model: str, create: bool = False) -> Path:
-        if not MODEL_ID_RE.match(model):
+        if not MODEL_ID_RE.fullmatch(model):
             raise ValueError(f"{model!r} is not a model id")
         path = self.root / model
         if create:

@@ -22,11 +22,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from llmctl.core.catalog import ModelEntry
 from llmctl.core.paths import Paths
 from llmctl.daemon.backend import llama_server
+from llmctl.daemon.backend.catalog_memo import stamp
 from llmctl.daemon.kvcache.policy import decide as kv_decide
 from llmctl.daemon.memory.check import budget_for, decide, fields
 from llmctl.daemon.memory.estimator import Estimator, Launch, memory_cache
@@ -37,6 +39,7 @@ log = logging.getLogger("llmctld.proxy")
 
 QUEUE_MAX = 1024  # launches waiting for an estimate; more are queued by a later listing
 FREE_EVERY = 1.0  # seconds a reading of free memory is reused
+LAUNCHES_KEPT = 4096  # models whose launch is kept (see _launch)
 
 Spawn = Callable[[Callable[[], None]], Any]
 
@@ -52,6 +55,7 @@ class MemoryListing:
         self._queue: OrderedDict[str, tuple[Launch, list[str] | None]] = OrderedDict()
         self._filling = False
         self._free: tuple[float, Free, int] | None = None
+        self._launches: dict[str, tuple[Any, ...]] = {}  # by model id, see _launch
 
     def field(self, entry: ModelEntry) -> dict[str, Any] | None:
         """The entry's `memory` object; None for a model that cannot be loaded anyway."""
@@ -59,6 +63,34 @@ class MemoryListing:
                 entry.id is None:
             return None
         cfg = entry.config
+        made = self._launch(entry)
+        if isinstance(made, str):
+            return {"state": "failed", "error": made}
+        launch, caps, key, fit_argv = made
+        record = self.estimator.lookup(key)
+        if record is None:
+            self._enqueue(key, launch, fit_argv)
+            return {"state": "pending"}
+        if record.needs is None:
+            return {"state": "failed", "error": record.error}
+        free, released = self._free_now()
+        return fields(record.needs, decide(record.needs, budget_for(cfg, caps, free, released)))
+
+    def _launch(self, entry: ModelEntry) -> str | tuple[Launch, Any, str, list[str] | None]:
+        """The launch a load of `entry` would make (argv, capabilities, the estimator's key),
+        or why there is none. Kept per model while its merged config is equal and the stats
+        of its files and of the binary are the same, so a listing of a thousand models
+        compares a dict and stats a few files per model instead of reading every GGUF header
+        (the KV policy) and building every argv again (~0.5 ms a model, on the proxy's
+        loop)."""
+        kept = self._launches.get(entry.id or "")
+        files = (entry.model_path, entry.mmproj_path, entry.draft_path, *entry.shards)
+        if kept is not None and kept[0] == entry.config and \
+                kept[1] == tuple(stamp(f) for f in files if f is not None) and \
+                stamp(kept[2]) == kept[3]:
+            return kept[4]
+        cfg = entry.config
+        assert cfg is not None and entry.model_path is not None and entry.id is not None
         try:
             binary = llama_server.find_binary(cfg["server"]["binary"])
             caps = llama_server.detect(binary)
@@ -68,17 +100,16 @@ class MemoryListing:
                                            self.paths.kv_dir / entry.id if kv.keep else None,
                                            kv.swa_full)
         except llama_server.BackendSetupError as e:
-            return {"state": "failed", "error": str(e)}
+            return str(e)
         launch = Launch.of(entry.id, cfg, entry, argv)
         key, fit_argv = self.estimator.key(launch)
-        record = self.estimator.lookup(key)
-        if record is None:
-            self._enqueue(key, launch, fit_argv)
-            return {"state": "pending"}
-        if record.needs is None:
-            return {"state": "failed", "error": record.error}
-        free, released = self._free_now()
-        return fields(record.needs, decide(record.needs, budget_for(cfg, caps, free, released)))
+        made = (launch, caps, key, fit_argv)
+        self._launches.pop(entry.id, None)
+        self._launches[entry.id] = (entry.config, tuple(stamp(f) for f in files if f is not None),
+                                    Path(binary), stamp(Path(binary)), made)
+        while len(self._launches) > LAUNCHES_KEPT:  # entries of catalogs long replaced
+            self._launches.pop(next(iter(self._launches)))
+        return made
 
     def needs(self, entry: ModelEntry) -> Needs | None:
         """The figures alone, when known (for Ollama's sizes)."""

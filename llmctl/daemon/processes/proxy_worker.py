@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -28,9 +29,18 @@ DRAIN_SECONDS = 10.0
 log = logging.getLogger("llmctld.proxy")
 
 
+SWITCH_INTERVAL = 0.001  # seconds; see run()
+
+
 def run(listener: socket.socket, sock: socket.socket, paths: Paths,
         daemon_info: dict[str, Any], config: GlobalConfig) -> int:
     monkey_patch()
+    # The loop thread relays every stream; the catalogue is read in a thread of gevent's pool
+    # (api/config_view.py). While that thread runs Python, the loop waits for the GIL after
+    # each of its system calls, up to the switch interval (5 ms by default) each time: with
+    # several calls per relayed chunk, a scan of a thousand config files stretched the gaps
+    # of every stream. 1 ms keeps them short; the cost is more switches during a scan.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     import gevent
     import gevent.event
     import gevent.pool

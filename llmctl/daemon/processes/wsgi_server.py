@@ -15,7 +15,9 @@ imports gevent at the top, and the supervisor must never import gevent.
   connection idle for `keepalive_timeout` is closed, and past `max_connections` open
   connections a new one is answered 503 (JSON, Retry-After) and closed. Nothing times out once
   a request is being answered: a long stream, or a slow reader of one, is never cut;
-- no access log (the observer records each exchange); errors go to the daemon's logger.
+- no access log (the observer records each exchange); errors go to the daemon's logger;
+- a request pywsgi refuses to read (a chunked body whose sizes are not plain hex, ...) gets a
+  JSON 400 that says why, like every other error, not an empty text/plain one.
 
 pywsgi internals overridden here are checked by tests/unit/test_pinned_internals.py.
 """
@@ -34,7 +36,7 @@ from gevent import pywsgi
 from gevent.pywsgi import WSGIHandler
 
 from llmctl.daemon.admission.client_limits import ClientLimits
-from llmctl.daemon.api.errors import error_body
+from llmctl.daemon.api.errors import error_body, wsgi_error
 from llmctl.daemon.relay.sockio import send_all
 
 log = logging.getLogger("llmctld.proxy")
@@ -136,11 +138,6 @@ class Handler(WSGIHandler):
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _handle_client_error(self, ex: Exception) -> Any:
-        if isinstance(ex, HeadTimeout):
-            return ("408", _REQUEST_TIMEOUT)
-        return super()._handle_client_error(ex)
-
     def handle_one_response(self) -> None:
         self.server.busy += 1
         try:
@@ -159,6 +156,40 @@ class Handler(WSGIHandler):
         else:
             out += data
         self._sendall(out)
+
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        """pywsgi calls this (it logs) for a request it refused to read: the head past its
+        deadline (HeadTimeout: a 408), or a chunked body whose framing is not HTTP's (kept
+        for the answer below)."""
+        if isinstance(ex, HeadTimeout):
+            return ("408", _REQUEST_TIMEOUT)
+        self.client_error = ex
+        return super()._handle_client_error(ex)
+
+    def _send_error_response_if_possible(self, error_code: int) -> None:
+        """pywsgi's own 400/500 answer is an empty text/plain body (a str, which the head
+        write above cannot take); the client gets a JSON error that says what was wrong, as
+        from every other route, and the connection closes (the body's end is unknown)."""
+        if self.response_length or self.headers_sent:
+            self.close_connection = True
+            return
+        problem = getattr(self, "client_error", None)
+        if error_code == 400:
+            reason = " ".join(str(a) for a in getattr(problem, "args", ())) or "malformed"
+            message = (f"the request body could not be read: {reason}. A chunked body needs "
+                       "chunk sizes in hex digits only (optionally ;extensions), each line "
+                       "and each chunk's data ending in CRLF")
+            status, headers, body = wsgi_error(400, "bad_request_body", message,
+                                               "invalid_request_error")
+        else:
+            status, headers, body = wsgi_error(error_code, error_code, "internal error; see "
+                                               "the daemon log", "server_error")
+        self.close_connection = True
+        try:
+            self.start_response(status, [*headers, ("Connection", "close")])
+            self.write(body)
+        except OSError:
+            pass
 
     def log_request(self) -> None:
         """No access log (the server is made with log=None; the observer records each
