@@ -33,13 +33,11 @@ from llmctl.daemon.admission.gate import Busy
 from llmctl.daemon.api.cache_route import cache_response
 from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
-from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
 from llmctl.daemon.kvcache.view import kv_view
 from llmctl.daemon.observe import routes as observe_routes
-from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.relay import anthropic_stream
 from llmctl.daemon.relay.native_routes import NativeRoutes
 from llmctl.daemon.relay.openai_proxy import OpenAIProxy
@@ -83,22 +81,36 @@ def error(status: int, code: str, message: str, **extra: Any) -> Response:
                     mimetype="application/json")
 
 
+def _ollama_api() -> Any:
+    """The Ollama facade's package, imported on first use: most users never call it, and a
+    proxy worker's start (after a restart: a gap in service) need not wait for it."""
+    from llmctl.daemon import ollama
+
+    return ollama
+
+
 class App:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.proxy = OpenAIProxy(hub)
         self.native = NativeRoutes(self.proxy, hub.config)
         self.router = RouterApi(hub, failure=_reply_response)
-        self.ollama = OllamaAPI(hub, self.proxy)
+        self._ollama: Any = None  # the Ollama facade, built by the first /api/ request
         self.started = time.time()
         self.observer: Any = None  # daemon/observe/observer.py's, when metrics or activity are on
+
+    def ollama(self) -> Any:
+        """The Ollama facade, built by the first /api/ request (a proxy start skips it)."""
+        if self._ollama is None:
+            self._ollama = _ollama_api().OllamaAPI(self.hub, self.proxy)
+        return self._ollama
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
         refusal = guard.check(environ)
         if refusal is not None:
             if environ["PATH_INFO"].startswith("/api/"):
-                return ollama_error(start_response, 403, refusal)
+                return _ollama_api().ollama_error(start_response, 403, refusal)
             return error(403, "forbidden", refusal)(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
@@ -119,7 +131,7 @@ class App:
         if self.native.handles(path):
             return self.native(environ, start_response)
         if path.startswith("/api/"):
-            return self.ollama(environ, start_response)
+            return self.ollama()(environ, start_response)
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > MAX_CONTROL_BODY:
             # the control API reads no bodies: refuse big ones, and close rather than drain
@@ -361,6 +373,8 @@ class App:
         })
 
     def on_pull(self, request: Request) -> Response:
+        from llmctl.daemon.api.pull_route import pull_response  # the pull stack: on first use
+
         return pull_response(request, self.hub, error)
 
     def on_cache(self, request: Request) -> Response:
