@@ -60,21 +60,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     paths = Paths.from_env()
-    try:  # in a child: the supervisor never imports the config stack
-        startup = preflight.check(paths, args.host, args.port)
+    _prepare_dirs(paths)
+    lock_fd = _lock_pidfile(paths.pid_file)
+    # In one child: the supervisor never imports the config stack. It checks the config and
+    # settles the address, then (the pid lock is ours) assembles the starter model once.
+    try:
+        startup = preflight.check(paths, args.host, args.port, prepare=True)
     except preflight.PreflightError as e:
+        _release_pidfile(paths.pid_file, lock_fd)
         raise StartupError(str(e)) from None
     host, port = startup.host, startup.port
     if startup.remote:
         log.warning("LISTENING ON %s, BEYOND THIS MACHINE, WITHOUT AUTHENTICATION", host)
-    _prepare_dirs(paths)
-    lock_fd = _lock_pidfile(paths.pid_file)
-    try:  # the starter model, assembled once; never fatal
-        warning = preflight.prepare(paths, startup)
-    except preflight.PreflightError as e:
-        warning = str(e)
-    if warning:
-        log.warning("%s", warning)
+    if startup.warning:
+        log.warning("%s", startup.warning)
     # ours alone now (the lock): a new daemon's counters start from zero (daemon/observe/metrics.py)
     from llmctl.daemon.observe.metrics import clear_store
 
