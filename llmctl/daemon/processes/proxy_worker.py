@@ -88,6 +88,7 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
     except ChannelClosed:
         stop()
     imported.dump("proxy")
+    slim.give_back_free_memory()
     stopped.wait()
     if hasattr(app, "flush"):  # the observer: write the metrics still in memory
         app.flush()

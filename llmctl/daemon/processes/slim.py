@@ -25,7 +25,11 @@ imports urllib.request's HTTPSHandler), imported at the first /metrics scrape: i
 module against a fresh http.client of its own, with ssl, and leaves the proxy's (the relay's
 subclass and header parsing live on it) where it was.
 
-tests/unit/test_startup_imports.py starts the real daemon and fails if these come back.
+`give_back_free_memory()`: each process calls it once it serves (the supervisor before it
+forks), so what start-up freed is not held for the daemon's life.
+
+tests/integration/test_startup_imports.py starts the real daemon and fails if these come
+back.
 """
 
 from __future__ import annotations
@@ -77,3 +81,17 @@ def import_needing_https(name: str) -> ModuleType:
     finally:
         sys.modules["http.client"] = ours
         http.client = ours  # the import system bound the fresh one to the package
+
+
+def give_back_free_memory() -> None:
+    """Return the C heap's free pages to the kernel (glibc's malloc_trim): start-up frees
+    much of what it allocated (file contents, compile-time buffers), and the allocator keeps
+    those pages otherwise. Measured ~0.5 MB USS in a proxy worker. Where there is no glibc,
+    nothing happens."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
