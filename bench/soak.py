@@ -7,7 +7,8 @@ While it runs:
 - traffic: 2 keep-alive clients alternating non-streaming and streamed chat requests (8 and
   64 tokens), 20 ms apart, plus a control client every 2 s (/status, /models, /v1/models,
   /api/tags in turn) and a /metrics scrape every 15 s, as Prometheus would;
-- a switch A <-> B every `--switch-every` s (60);
+- a switch A <-> B every `--switch-every` s (60), with the KV store on (cache.persist auto:
+  the slots are saved and restored across switches);
 - restarts, spread over the run: a graceful proxy restart (POST /restart-proxy), a kill -9 of
   the proxy worker, a kill -9 of the lifecycle worker (the successor adopts llama-server);
   each at 1/4, 2/4 and 3/4 of the run, then again if it is long enough (every 20 min);
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 home.add_model(m, script={"stream_chunks": 64, "chunk_interval": 0.002})
         else:
             ggufs = write_models(work / "models", paced=False)
-            home = make_home(work / "home", ggufs, backend_port, 2)
+            home = make_home(work / "home", ggufs, backend_port, 2, cache_persist="auto")
         daemon = BenchDaemon(home, work / "llmctld.log", ports.take(), args.daemon_module)
         reaper.track(daemon)
         daemon.start()

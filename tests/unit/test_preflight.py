@@ -91,3 +91,18 @@ def test_prepare_runs_in_the_same_child_and_a_failure_is_a_warning(tmp_path: Pat
     assert startup.warning == "could not prepare the starter model: RuntimeError: disk on fire"
     assert calls.read_text() != str(os.getpid())  # it ran in the child
     assert preflight.check(paths(tmp_path), None, 17002).warning is None  # not asked for
+
+
+def test_meanwhile_runs_here_while_the_child_works(tmp_path: Path, monkeypatch) -> None:
+    """llmctld imports the supervisor's modules meanwhile; a failure there ends the child."""
+    monkeypatch.delenv("LLMCTL_PORT", raising=False)
+    ran: list[int] = []
+    startup = preflight.check(paths(tmp_path), None, 17003,
+                              meanwhile=lambda: ran.append(os.getpid()))
+    assert startup.port == 17003 and ran == [os.getpid()]
+
+    def broken() -> None:
+        raise ImportError("no such module")
+
+    with pytest.raises(ImportError):
+        preflight.check(paths(tmp_path), None, 17003, meanwhile=broken)

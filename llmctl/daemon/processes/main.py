@@ -65,7 +65,8 @@ def serve(args: argparse.Namespace) -> int:
     # In one child: the supervisor never imports the config stack. It checks the config and
     # settles the address, then (the pid lock is ours) assembles the starter model once.
     try:
-        startup = preflight.check(paths, args.host, args.port, prepare=True)
+        startup = preflight.check(paths, args.host, args.port, prepare=True,
+                                  meanwhile=_import_supervisor)
     except preflight.PreflightError as e:
         _release_pidfile(paths.pid_file, lock_fd)
         raise StartupError(str(e)) from None
@@ -118,6 +119,14 @@ def serve(args: argparse.Namespace) -> int:
         _release_pidfile(paths.pid_file, lock_fd)
     log.info("llmctld stopped")
     return code
+
+
+def _import_supervisor() -> None:
+    """What this process needs next, imported while the preflight child reads the config."""
+    import setproctitle  # noqa: F401
+
+    import llmctl.daemon.observe.metrics  # noqa: F401
+    import llmctl.daemon.processes.supervisor  # noqa: F401
 
 
 def _prepare_dirs(paths: Paths) -> None:
