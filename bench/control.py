@@ -42,11 +42,26 @@ def _ms(seconds: list[float]) -> dict[str, Any]:
 # --- 8. cold start ----------------------------------------------------------------------------
 
 
+def import_floor(ctx: Ctx) -> float:
+    """One `python -c "import requests"` (the floor of any Python program that speaks HTTP
+    with the usual library), seconds; each run kept in results["floor"]."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import requests"], check=True, cwd=ROOT,
+                   stdin=subprocess.DEVNULL, timeout=60)
+    elapsed = time.perf_counter() - t0
+    runs = ctx.results.setdefault("floor", {"runs_ms": []})["runs_ms"]
+    runs.append(elapsed * 1000)
+    ctx.results["floor"]["import_requests_ms"] = median(runs)
+    return elapsed
+
+
 def cold_start(ctx: Ctx) -> None:
-    """Spawn llmctld (fresh home, nothing loaded) and poll /health every 5 ms until 200."""
+    """Spawn llmctld (fresh home, nothing loaded) and poll /health every 5 ms until 200; each
+    round after one `import requests`, the floor the targets are relative to."""
     home = make_home(ctx.work / "cold", ctx.ggufs, ctx.ports.take(), ctx.parallel)
     times = []
     for _ in range(ctx.plan.cold_n):
+        import_floor(ctx)
         port = ctx.ports.take()
         with open(ctx.work / "cold" / "llmctld.log", "ab") as log:
             t0 = time.perf_counter()
@@ -59,7 +74,9 @@ def cold_start(ctx: Ctx) -> None:
         finally:
             ctx.reaper.stop(proc, timeout=20)
     ctx.results["cold_start"] = {"ms": _ms(times), "runs": [t * 1000 for t in times]}
-    ctx.say(f"cold start to /health 200: median {median(times) * 1000:.0f} ms")
+    floor = ctx.results["floor"]["import_requests_ms"]
+    ctx.say(f"cold start to /health 200: median {median(times) * 1000:.0f} ms; import requests "
+            f"{floor:.0f} ms ({median(times) * 1000 / floor:.2f}x)")
 
 
 # --- 6. CLI -----------------------------------------------------------------------------------
@@ -190,16 +207,16 @@ def _max_gap(ends: list[float], start: float, stop: float) -> tuple[float, float
 
 
 def restart(ctx: Ctx) -> None:
+    """`plan.kills` kill -9 rounds and `plan.graceful` graceful ones. The supervisor backs off
+    a worker that dies within 30 s of its start when the one before it did too, so every kill
+    waits until the proxy worker is 31 s old: the gap measured is a first crash's."""
     plan = ctx.plan
-    # The supervisor backs off after quick successive crashes (a worker younger than 30 s):
-    # the first kill must hit a worker at least that old, the second then restarts at once.
-    order = ["kill"] * min(plan.kills, 1) + ["graceful"] * plan.graceful + \
-        ["kill"] * max(0, min(plan.kills, 2) - 1)
+    order = ["kill", *(["graceful"] * plan.graceful)] if plan.kills else ["graceful"] * \
+        plan.graceful
+    order += ["kill"] * max(0, plan.kills - 1)
     events = []
-    first_kill = True
     for kind in order:
-        if kind == "kill" and first_kill:
-            first_kill = False
+        if kind == "kill":
             pid = proxy_pid(ctx.daemon)
             assert pid is not None
             age = time.time() - psutil.Process(pid).create_time()
@@ -207,12 +224,24 @@ def restart(ctx: Ctx) -> None:
                 ctx.say(f"  waiting {31 - age:.0f} s for the proxy worker to be 30 s old "
                         "(supervisor crash backoff)")
                 time.sleep(31 - age)
+        import_floor(ctx)
         events.append(_restart_once(ctx, kind))
         e = events[-1]
         ctx.say(f"restart ({kind}): gap {e['gap_ms']:.0f} ms (normal {e['baseline_gap_ms']:.0f}"
                 f" ms), refused {e['refused']}, failed {e['failed']}, "
                 f"keep-alive resets {e['resets']}")
-    ctx.results["restart"] = {"events": events}
+    out: dict[str, Any] = {"events": events}
+    for kind in ("kill", "graceful"):
+        gaps = [e["gap_ms"] for e in events if e["kind"] == kind]
+        if gaps:
+            out[f"{kind}_gap_ms"] = {"p50": median(gaps), "min": min(gaps), "max": max(gaps),
+                                     "n": len(gaps)}
+    ctx.results["restart"] = out
+    floor = ctx.results["floor"]["import_requests_ms"]
+    if "kill_gap_ms" in out:
+        ctx.say(f"kill -9 gap: median {out['kill_gap_ms']['p50']:.0f} ms over "
+                f"{len(events)} rounds; import requests {floor:.0f} ms "
+                f"({out['kill_gap_ms']['p50'] / floor:.2f}x)")
 
 
 def _restart_once(ctx: Ctx, kind: str) -> dict[str, Any]:

@@ -33,20 +33,32 @@ class Plan:
     cli_runs: int
     profile_s: float
     real_n: int  # generations per path and concurrency of the real (starter) model
+    workload_s: float  # seconds per path and round of each extra streaming workload
+    workload_rounds: int
 
 
 QUICK = Plan("quick", latency_n=500, latency_rounds=5, latency_max_s=10, tput_s=1.5,
              tput_rounds=5, stream_s=1.5, stream_rounds=5, paced_n=4, switch_n=4, default_n=3,
-             kills=1, graceful=1, cold_n=3, cli_runs=10, profile_s=5, real_n=2)
+             kills=5, graceful=1, cold_n=5, cli_runs=10, profile_s=5, real_n=2,
+             workload_s=1.0, workload_rounds=3)
 FULL = Plan("full", latency_n=3000, latency_rounds=7, latency_max_s=35, tput_s=5,
             tput_rounds=7, stream_s=5, stream_rounds=7, paced_n=10, switch_n=16, default_n=12,
-            kills=2, graceful=2, cold_n=8, cli_runs=30, profile_s=12, real_n=6)
+            kills=5, graceful=2, cold_n=8, cli_runs=30, profile_s=12, real_n=6,
+            workload_s=2.5, workload_rounds=5)
 
 SEQ_TOKENS = 4  # max_tokens of the latency and throughput requests
 STREAM_TOKENS = 384  # the long generations
 CLIENTS = 16
 STREAMS = 4
 PACED_TOKENS = 96
+# the streaming lead must hold across workloads: (name, streams, tokens per stream, extra
+# request fields). "big chunks": top-5 logprobs in every SSE event (~1 KB instead of ~0.3 KB)
+STREAM_WORKLOADS = (
+    ("1x384", 1, 384, {}),
+    ("8x128", 8, 128, {}),
+    ("4x64", 4, 64, {}),
+    ("4x384 big chunks", 4, 384, {"logprobs": True, "top_logprobs": 5}),
+)
 ROUTER_MODEL = "tiny-a"  # the model the router's figures are measured with
 
 

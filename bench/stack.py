@@ -160,11 +160,13 @@ def write_models(directory: Path, paced: bool = True) -> dict[str, Path]:
 
 
 def make_home(root: Path, ggufs: dict[str, Path], backend_port: int, parallel: int,
-              **daemon_cfg: Any) -> Home:
+              cache_persist: str = "off", **daemon_cfg: Any) -> Home:
+    """`cache_persist` off by default: a switch then measures llmctld's own overhead, without
+    the KV-cache save and restore (bench.switchback measures those)."""
     home = Home(root, backend_port)
     home.use_real_server(llama_server_binary())
     home.write_config(llama={"ctx_size": SLOT_CTX * parallel, "parallel": parallel},
-                      daemon=daemon_cfg)
+                      daemon=daemon_cfg, cache={"persist": cache_persist})
     for model, gguf in ggufs.items():
         home.add_model(model, gguf, **(PACED_CONFIG if model == PACED_MODEL else {}))
     return home

@@ -18,7 +18,15 @@ import psutil
 from bench import loadgen
 from bench.loadgen import Conn, chat_body, pct, summary_ms
 from bench.noise import spread
-from bench.plan import CLIENTS, PACED_TOKENS, SEQ_TOKENS, STREAM_TOKENS, STREAMS, Ctx
+from bench.plan import (
+    CLIENTS,
+    PACED_TOKENS,
+    SEQ_TOKENS,
+    STREAM_TOKENS,
+    STREAM_WORKLOADS,
+    STREAMS,
+    Ctx,
+)
 from bench.stack import DEFAULT_MODEL, PACED_MODEL, PACED_PARAMS, daemon_pids
 
 MB = 1024 * 1024
@@ -319,8 +327,55 @@ def streaming(ctx: Ctx) -> None:
     ctx.results["stream"] = out
     ctx.say("streaming (flood): " + ", ".join(
         f"{n} {out[n]['chunks_per_s']:.0f} chunks/s" for n in names))
+    out["workloads"] = stream_workloads(ctx)
     if PACED_MODEL in ctx.ggufs:
         out["paced"] = paced(ctx)
+
+
+def _with(body: bytes, extra: dict[str, Any]) -> bytes:
+    return json.dumps({**json.loads(body), **extra}).encode() if extra else body
+
+
+def _chunk_bytes(ctx: Ctx, body: bytes) -> float | None:
+    """Average bytes of one SSE event of this request, from one generation direct."""
+    conn = Conn(ctx.targets["direct"])
+    try:
+        reply = conn.chat(body, keep_marks=True)
+    finally:
+        conn.close()
+    sizes = [len(event) for _, event in reply.marks if event.startswith(b"data: {")]
+    return statistics.fmean(sizes) if sizes else None
+
+
+def stream_workloads(ctx: Ctx) -> list[dict[str, Any]]:
+    """The chunk-rate ratio and proxy CPU per chunk of every path under other streaming
+    workloads (STREAM_WORKLOADS: stream count, tokens per stream, chunk size), in the same
+    interleaved, noise-checked rounds as the main one."""
+    names = list(ctx.targets)
+    out = []
+    for label, streams, tokens, extra in STREAM_WORKLOADS:
+        bodies = {n: _with(chat_body(tokens, True, model=ctx.request_model(n)), extra)
+                  for n in names}
+        rounds, cpu, repeated = interleaved_load(ctx, bodies, streams, 0.2,
+                                                 ctx.plan.workload_rounds, ctx.plan.workload_s,
+                                                 "load_stream")
+        w: dict[str, Any] = {"name": label, "streams": streams, "max_tokens": tokens,
+                             "extra": extra, "rounds": len(rounds), "repeated_rounds": repeated,
+                             "chunk_bytes": _chunk_bytes(ctx, bodies["direct"])}
+        for name in names:
+            rs = [x[name] for x in rounds]
+            events = sum(x.events for x in rs)
+            cpu_s = sum(c[name] for c in cpu)
+            w[name] = {"rounds_chunks_per_s": [x.events / x.elapsed if x.elapsed else 0.0
+                                               for x in rs],
+                       "errors": sum(x.errors for x in rs),
+                       "proxy_cpu_us_per_chunk": cpu_s * 1e6 / events if events else None}
+            w[name]["chunks_per_s"] = statistics.median(w[name]["rounds_chunks_per_s"])
+        w["vs"] = _vs_baseline(ctx, {n: w[n]["rounds_chunks_per_s"] for n in names}, "ratio")
+        out.append(w)
+        ctx.say(f"streaming {label} ({w['chunk_bytes'] or 0:.0f} B/chunk): " + ", ".join(
+            f"{n} {w['vs'][n]['median']:.3f}x" for n in w["vs"] if w["vs"][n]["median"]))
+    return out
 
 
 def paced(ctx: Ctx) -> dict[str, Any]:

@@ -292,3 +292,17 @@ def test_models_and_inspect_show_the_memory() -> None:
     tiny = needs(0, 0, 3)
     assert memory_lines(fields(tiny, decide(tiny, budget(22_000))))[1].startswith(
         "         weights <1 MiB, context <1 MiB, compute 3.0 MiB")
+
+
+def test_without_an_nvidia_driver_pynvml_is_not_even_imported(monkeypatch) -> None:
+    """~2 MB in each process that reads GPU memory, for an nvmlInit() that must fail."""
+    import sys
+
+    from llmctl.daemon.observe import gpu
+
+    monkeypatch.setattr(gpu, "DRIVER_PATHS", ("/nonexistent/nvidia",))
+    monkeypatch.setattr(gpu.sys, "platform", "linux")
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: None)
+    assert GpuProbe().read() == []
+    assert "pynvml" not in sys.modules

@@ -231,6 +231,7 @@ def scrape(collector: Any) -> dict[str, Any]:
 def test_gpu_memory_from_an_injected_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     stub = StubNvml()
     monkeypatch.setitem(sys.modules, "pynvml", stub)  # what `import pynvml` will find
+    monkeypatch.setattr("llmctl.daemon.observe.gpu.DRIVER_PATHS", ("/",))  # "a driver here"
     probe = GpuProbe(rocm_smi=None)
     families = scrape(probe)
     used = {s.labels["gpu"]: s.value for s in families["llmctl_gpu_memory_used_bytes"].samples}
@@ -331,6 +332,7 @@ def test_live_gauges_come_from_the_hub_and_the_gpu_probe(monkeypatch: pytest.Mon
     from llmctl.daemon.observe.metrics import LiveCollector
 
     monkeypatch.setitem(sys.modules, "pynvml", StubNvml())
+    monkeypatch.setattr("llmctl.daemon.observe.gpu.DRIVER_PATHS", ("/",))  # "a driver here"
     families = scrape(LiveCollector(StubHub(), GpuProbe(rocm_smi=None)))
     assert families["llmctl_requests_in_flight"].samples[0].value == 2
     states = {s.labels["state"]: s.value for s in families["llmctl_backend_state"].samples}

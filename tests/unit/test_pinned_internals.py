@@ -175,3 +175,23 @@ def test_pywsgi_reads_the_request_head_where_the_client_deadlines_expect() -> No
     assert source.index("if not self.read_request(") < source.index("self.environ = self.get_environ()") < \
         source.index("self.handle_one_response()")
     assert list(inspect.signature(handler._handle_client_error).parameters) == ["self", "ex"]
+
+
+def test_gevent_announces_patches_through_notify_and_call_entry_points() -> None:
+    """proxy_worker.monkey_patch swaps gevent.events.notify_and_call_entry_points for
+    gevent.events.notify while patching (no entry-point scan): that works only while
+    monkey's announcements look the function up in gevent.events at call time."""
+    from gevent import events
+    from gevent.monkey import _util
+
+    assert callable(events.notify) and callable(events.notify_and_call_entry_points)
+    assert "from gevent.events import notify_and_call_entry_points" in \
+        inspect.getsource(_util._notify_patch)
+    seen: list[object] = []
+    real = events.notify_and_call_entry_points
+    events.notify_and_call_entry_points = seen.append
+    try:
+        _util._notify_patch(events.GeventWillPatchModuleEvent("x", None, None, []))
+    finally:
+        events.notify_and_call_entry_points = real
+    assert len(seen) == 1

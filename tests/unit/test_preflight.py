@@ -3,6 +3,7 @@ back to the caller as if it had been read here."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -69,3 +70,39 @@ def test_the_caller_never_imports_the_config_stack(tmp_path: Path) -> None:
                          timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_prepare_runs_in_the_same_child_and_a_failure_is_a_warning(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """llmctld asks for both at once (one child, one config-stack import on a cold start's
+    critical path); the starter step never stops the daemon."""
+    from llmctl.daemon.backend import starter
+
+    monkeypatch.delenv("LLMCTL_PORT", raising=False)
+    calls = tmp_path / "calls"
+
+    def ensure(paths: Paths, cfg: object) -> None:
+        calls.write_text(str(os.getpid()))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(starter, "ensure", ensure)  # the forked child inherits it
+    startup = preflight.check(paths(tmp_path), None, 17002, prepare=True)
+    assert startup.port == 17002
+    assert startup.warning == "could not prepare the starter model: RuntimeError: disk on fire"
+    assert calls.read_text() != str(os.getpid())  # it ran in the child
+    assert preflight.check(paths(tmp_path), None, 17002).warning is None  # not asked for
+
+
+def test_meanwhile_runs_here_while_the_child_works(tmp_path: Path, monkeypatch) -> None:
+    """llmctld imports the supervisor's modules meanwhile; a failure there ends the child."""
+    monkeypatch.delenv("LLMCTL_PORT", raising=False)
+    ran: list[int] = []
+    startup = preflight.check(paths(tmp_path), None, 17003,
+                              meanwhile=lambda: ran.append(os.getpid()))
+    assert startup.port == 17003 and ran == [os.getpid()]
+
+    def broken() -> None:
+        raise ImportError("no such module")
+
+    with pytest.raises(ImportError):
+        preflight.check(paths(tmp_path), None, 17003, meanwhile=broken)

@@ -34,14 +34,12 @@ from llmctl.daemon.api.cache_route import cache_response
 from llmctl.daemon.api.errors import error_body
 from llmctl.daemon.api.hub import Hub
 from llmctl.daemon.api.listing import encode_items, encode_object
-from llmctl.daemon.api.pull_route import pull_response
 from llmctl.daemon.api.router_api import RouterApi, routed_models, router_fields
 from llmctl.daemon.backend.tool_calls import no_tool_calls
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.commands import Pending
 from llmctl.daemon.kvcache.view import kv_view
 from llmctl.daemon.observe import routes as observe_routes
-from llmctl.daemon.ollama import OllamaAPI, ollama_error
 from llmctl.daemon.relay import anthropic_stream
 from llmctl.daemon.relay.bodies import BodyError, control_body
 from llmctl.daemon.relay.native_routes import NativeRoutes
@@ -86,22 +84,36 @@ def error(status: int, code: str, message: str, **extra: Any) -> Response:
                     mimetype="application/json")
 
 
+def _ollama_api() -> Any:
+    """The Ollama facade's package, imported on first use: most users never call it, and a
+    proxy worker's start (after a restart: a gap in service) need not wait for it."""
+    from llmctl.daemon import ollama
+
+    return ollama
+
+
 class App:
     def __init__(self, hub: Hub):
         self.hub = hub
         self.proxy = OpenAIProxy(hub)
         self.native = NativeRoutes(self.proxy, hub.config)
         self.router = RouterApi(hub, failure=_reply_response)
-        self.ollama = OllamaAPI(hub, self.proxy)
+        self._ollama: Any = None  # the Ollama facade, built by the first /api/ request
         self.started = time.time()
         self.observer: Any = None  # daemon/observe/observer.py's, when metrics or activity are on
+
+    def ollama(self) -> Any:
+        """The Ollama facade, built by the first /api/ request (a proxy start skips it)."""
+        if self._ollama is None:
+            self._ollama = _ollama_api().OllamaAPI(self.hub, self.proxy)
+        return self._ollama
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         guard = self.hub.config.guard  # rebuilt by every refresh (reload, SIGHUP)
         refusal = guard.check(environ)
         if refusal is not None:
             if environ["PATH_INFO"].startswith("/api/"):
-                return ollama_error(start_response, 403, refusal)
+                return _ollama_api().ollama_error(start_response, 403, refusal)
             return error(403, "forbidden", refusal)(environ, start_response)
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
@@ -122,15 +134,11 @@ class App:
         if self.native.handles(path):
             return self.native(environ, start_response)
         if path.startswith("/api/"):
-            return self.ollama(environ, start_response)
+            return self.ollama()(environ, start_response)
         try:  # whole and capped however it is framed (a chunked body too)
             environ = control_body(self.hub.bodies, environ, MAX_CONTROL_BODY)
-        except BodyError as e:  # answered at once; close rather than drain the rest
-            message = f"control requests take a small JSON body at most: {e.message}" \
-                if e.status == 413 else e.message
-            response = error(e.status, e.code, message)
-            response.headers["Connection"] = "close"
-            return response(environ, start_response)
+        except BodyError as e:
+            return _body_refused(e)(environ, start_response)
         request = Request(environ)
         try:
             endpoint, args = ROUTES.bind_to_environ(environ).match()
@@ -369,6 +377,8 @@ class App:
         })
 
     def on_pull(self, request: Request) -> Response:
+        from llmctl.daemon.api.pull_route import pull_response  # the pull stack: on first use
+
         return pull_response(request, self.hub, error)
 
     def on_cache(self, request: Request) -> Response:
@@ -380,6 +390,16 @@ class App:
     def on_restart_proxy(self, request: Request) -> Response:
         self.hub.commands.send(p.RestartProxy)
         return json_response({"restarting": True, "pid": os.getpid()}, 202)
+
+
+def _body_refused(e: BodyError) -> Response:
+    """A control body too big or too slow: answered at once, and the connection closed
+    rather than drained."""
+    message = f"control requests take a small JSON body at most: {e.message}" \
+        if e.status == 413 else e.message
+    response = error(e.status, e.code, message)
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _preflight(environ: dict[str, Any], start_response: Any, origin: str) -> list[bytes]:

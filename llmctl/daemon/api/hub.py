@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
@@ -30,9 +30,11 @@ from llmctl.daemon.api.config_view import ConfigView
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
 from llmctl.daemon.ipc.commands import CommandClient
-from llmctl.daemon.memory.listing import MemoryListing
 from llmctl.daemon.relay.bodies import Bodies
 from llmctl.daemon.rpc.view import RpcView
+
+if TYPE_CHECKING:
+    from llmctl.daemon.memory.listing import MemoryListing
 
 log = logging.getLogger("llmctld.proxy")
 
@@ -57,7 +59,7 @@ class Hub:
                                       on_reply=lambda rid: self.gate.finished(rid))
         self.gate = Gate(self.backend, self.commands, self.config)
         self.bodies = Bodies(paths.runtime / "spool", lambda: self.config.limits)
-        self.memory = MemoryListing(paths, lambda: self.backend.backend.pid, gevent.spawn)
+        self._memory: MemoryListing | None = None
         self._table: dict[type[p.Message], Any] = {
             p.State: lambda m: self.backend.apply(m.backend),
             p.Event: self.commands.deliver,
@@ -66,6 +68,17 @@ class Hub:
             p.RpcHealth: lambda m: self.rpc.apply(m.workers),
             p.ReloadConfig: lambda m: gevent.spawn(self.config.refresh),  # not in the reader
         }
+
+    @property
+    def memory(self) -> MemoryListing:
+        """Built at the first listing that shows memory (the estimator, free-memory and GPU
+        probes are imports a proxy start need not wait for)."""
+        if self._memory is None:
+            from llmctl.daemon.memory.listing import MemoryListing
+
+            self._memory = MemoryListing(self.paths, lambda: self.backend.backend.pid,
+                                         gevent.spawn)
+        return self._memory
 
     def start(self) -> None:
         gevent.spawn(self._read_channel)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -128,7 +130,18 @@ def parse_rocm_smi(output: bytes) -> list[GpuMemory]:
     return found
 
 
+# where an NVIDIA driver shows itself on Linux: its kernel module, its control device, WSL's
+# GPU bridge (WSL has no /proc/driver/nvidia but NVML works through /dev/dxg)
+DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+
+
 def _import_nvml() -> Any:
+    """pynvml, where NVML can work. Importing it costs ~2 MB (ctypes and its bindings) in
+    each process that reads GPU memory (the lifecycle worker's memory check, the proxy's
+    listing and /metrics), so on Linux without any sign of the NVIDIA driver it is not
+    imported at all: nvmlInit() would fail there anyway."""
+    if sys.platform.startswith("linux") and not any(os.path.exists(p) for p in DRIVER_PATHS):
+        raise ImportError(f"no NVIDIA driver (none of {', '.join(DRIVER_PATHS)})")
     import pynvml
 
     return pynvml

@@ -71,8 +71,11 @@ class Metrics:
     in `pending` until the next flush()."""
 
     def __init__(self, hub: Any, gpu: Any):
-        from prometheus_client import CollectorRegistry, Counter, Histogram, values
+        # submodules by name: the proxy skips the package __init__ (processes/slim.py)
+        from prometheus_client import values
+        from prometheus_client.metrics import Counter, Histogram
         from prometheus_client.multiprocess import MultiProcessCollector
+        from prometheus_client.registry import CollectorRegistry
 
         store = os.environ.get(STORE_ENV)
         if not store or not getattr(values.ValueClass, "_multiprocess", False):
@@ -226,10 +229,11 @@ class Metrics:
                 self.inc(self.child(self.idle_unloads, str(data["stopped"])))
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from llmctl.daemon.processes.slim import import_needing_https
 
+        exposition = import_needing_https("prometheus_client.exposition")  # the first scrape's
         self.flush()
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return exposition.generate_latest(self.registry), exposition.CONTENT_TYPE_LATEST
 
     def flush_periodically(self) -> None:
         """A greenlet's loop in the proxy worker."""

@@ -24,6 +24,7 @@ from llmctl.core.paths import Paths
 from llmctl.daemon.backend.lifecycle import Lifecycle
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelClosed
+from llmctl.daemon.processes import imported, slim
 
 log = logging.getLogger("llmctld.lifecycle")
 
@@ -42,6 +43,8 @@ def run(sock: socket.socket, paths: Paths, daemon_info: dict[str, Any]) -> int:
     for note in lifecycle.boot():
         log.info(note)
     channel.post(p.Ready(os.getpid()))
+    imported.dump("lifecycle")
+    slim.give_back_free_memory()
     if first_boot:
         lifecycle.load_default_on_startup()
     if injected_fault("lifecycle-garbage"):

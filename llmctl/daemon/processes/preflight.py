@@ -31,23 +31,35 @@ class Startup(NamedTuple):
     remote: bool  # listening beyond loopback (allowed by daemon.allow_remote)
     config: dict[str, Any]  # GlobalConfig.data
     config_exists: bool
+    warning: str | None = None  # from prepare: for the log, never fatal
 
 
-def check(paths: Paths, host: str | None, port: int | None) -> Startup:
+def check(paths: Paths, host: str | None, port: int | None, prepare: bool = False,
+          meanwhile: Callable[[], None] | None = None) -> Startup:
     """Load and check the global config and settle host and port (--host/--port, then
-    LLMCTL_HOST/LLMCTL_PORT, then the config), in a child. Raises PreflightError."""
-    return Startup(*_in_child(lambda: _settle(paths, host, port)))
+    LLMCTL_HOST/LLMCTL_PORT, then the config), in a child. Raises PreflightError.
+
+    With `prepare` (the caller holds the pid lock), the same child then assembles the
+    starter model (once) and puts any warning in the result: one child and one import of
+    the config stack on the way to serving instead of two (a cold start's critical path).
+    `meanwhile` runs here while the child works (llmctld imports the supervisor's modules:
+    the two overlap on a machine with more than one core)."""
+    def work() -> Startup:
+        startup = _settle(paths, host, port)
+        if not prepare:
+            return startup
+        try:
+            warning = _prepare_starter(paths, startup)
+        except Exception as e:  # noqa: BLE001 - never fatal: the daemon serves the others
+            warning = f"could not prepare the starter model: {type(e).__name__}: {e}"
+        return startup._replace(warning=warning)
+
+    return Startup(*_in_child(work, meanwhile))
 
 
-def prepare(paths: Paths, startup: Startup) -> str | None:
-    """Work for once the pid lock is ours, in a child too: assemble the starter model (the
-    YAML and config stack again). Returns a warning for the log, or None; never fatal."""
-    return _in_child(lambda: _prepare_starter(paths, startup))
-
-
-def _in_child(work: Callable[[], Any]) -> Any:
+def _in_child(work: Callable[[], Any], meanwhile: Callable[[], None] | None = None) -> Any:
     """Run `work` in a forked child and return its JSON-able result (PreflightError, or any
-    other exception as one, when it fails)."""
+    other exception as one, when it fails); `meanwhile` here, while it runs."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -66,8 +78,10 @@ def _in_child(work: Callable[[], Any]) -> Any:
             os._exit(0)
     os.close(write_end)
     try:
+        if meanwhile is not None:
+            meanwhile()
         raw = _read_all(read_end)
-    except PreflightError:
+    except BaseException:
         os.kill(pid, signal.SIGKILL)
         raise
     finally:

@@ -34,24 +34,31 @@ SWITCH_INTERVAL = 0.001  # seconds; see run()
 
 def run(listener: socket.socket, sock: socket.socket, paths: Paths,
         daemon_info: dict[str, Any], config: GlobalConfig) -> int:
-    monkey_patch()
-    # The loop thread relays every stream; the catalogue is read in a thread of gevent's pool
-    # (api/config_view.py). While that thread runs Python, the loop waits for the GIL after
-    # each of its system calls, up to the switch interval (5 ms by default) each time: with
-    # several calls per relayed chunk, a scan of a thousand config files stretched the gaps
-    # of every stream. 1 ms keeps them short; the cost is more switches during a scan.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    import gevent
-    import gevent.event
-    import gevent.pool
+    from llmctl.daemon.processes import slim
 
-    from llmctl.daemon.api.app import App
-    from llmctl.daemon.api.hub import Hub
-    from llmctl.daemon.ipc import protocol as p
-    from llmctl.daemon.ipc.channel import Channel, ChannelClosed
-    from llmctl.daemon.observe.observer import install as observe
-    from llmctl.daemon.processes.wsgi_server import ErrorLog, Handler, Server
-    from llmctl.daemon.relay import headers
+    slim.bare_package("werkzeug")  # routing and wrappers, not the dev server and test client
+    slim.bare_package("prometheus_client")  # the counters, not every exporter
+    with slim.without_ssl():
+        monkey_patch()
+        # The loop thread relays every stream; the catalogue is read in a thread of gevent's
+        # pool (api/config_view.py). While that thread runs Python, the loop waits for the GIL
+        # after each of its system calls, up to the switch interval (5 ms by default) each
+        # time: with several calls per relayed chunk, a scan of a thousand config files
+        # stretched the gaps of every stream. 1 ms keeps them short; the cost is more switches
+        # during a scan.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        import gevent
+        import gevent.event
+        import gevent.pool
+
+        from llmctl.daemon.api.app import App
+        from llmctl.daemon.api.hub import Hub
+        from llmctl.daemon.ipc import protocol as p
+        from llmctl.daemon.ipc.channel import Channel, ChannelClosed
+        from llmctl.daemon.observe.observer import install as observe
+        from llmctl.daemon.processes import imported
+        from llmctl.daemon.processes.wsgi_server import ErrorLog, Handler, Server
+        from llmctl.daemon.relay import headers
 
     headers.install()  # the request's and llama-server's header blocks, parsed faster
     server_sock = socket.socket(listener.family, listener.type, fileno=listener.detach())
@@ -94,6 +101,8 @@ def run(listener: socket.socket, sock: socket.socket, paths: Paths,
         channel.post(p.Ready(os.getpid()))
     except ChannelClosed:
         stop()
+    imported.dump("proxy")
+    slim.give_back_free_memory()
     stopped.wait()
     if hasattr(app, "flush"):  # the observer: write the metrics still in memory
         app.flush()
@@ -121,25 +130,23 @@ def raise_file_limit(connections: int) -> None:
 
 
 def monkey_patch() -> None:
-    """gevent's monkey.patch_all(), with one look at the installed packages' entry points.
+    """gevent's monkey.patch_all(), without asking installed packages for gevent plugins, and
+    without ssl (slim.without_ssl: nothing here speaks TLS).
 
-    patch_all announces each step to gevent plugins, and every announcement asks
-    importlib.metadata for the entry points of its group, which reads the metadata of every
-    installed distribution again: ~25 scans, most of patch_all's time and a good part of a
-    proxy worker's start (a restart is a gap in service). The packages do not change in
-    between, so the scan is done once and each group is selected from it."""
-    from importlib import metadata
+    patch_all announces each step to gevent plugins: zope.event subscribers in this process,
+    and every installed distribution's `gevent.plugins.*` entry points, for which
+    importlib.metadata reads the metadata of every installed package (~25 times; once each
+    even when cached: ~2 MB and tens of ms of a proxy start, which is a gap in service).
+    llmctl registers no plugin, and the only one gevent ships (a warning for patching
+    signal without os) does not apply to patch_all's defaults. So while patching, gevent's
+    announcement goes to the subscribers alone (`gevent.events.notify`, its public
+    function). tests/unit/test_pinned_internals.py fails if gevent stops announcing through
+    `gevent.events.notify_and_call_entry_points`."""
+    from gevent import events, monkey
 
-    from gevent import monkey
-
-    every = metadata.entry_points()
-    scan = metadata.entry_points
-
-    def selected(**params: Any) -> Any:
-        return every.select(**params) if params else every
-
-    metadata.entry_points = selected
+    announce = events.notify_and_call_entry_points
+    events.notify_and_call_entry_points = events.notify
     try:
-        monkey.patch_all()
+        monkey.patch_all(ssl=False)
     finally:
-        metadata.entry_points = scan
+        events.notify_and_call_entry_points = announce

@@ -36,6 +36,7 @@ import time
 from llmctl.core.exits import describe_exit
 from llmctl.daemon.ipc import protocol as p
 from llmctl.daemon.ipc.channel import Channel, ChannelBroken, ChannelClosed, channel_pair
+from llmctl.daemon.processes import imported
 from llmctl.daemon.processes.switchboard import Switchboard
 from llmctl.daemon.processes.workers import (
     BOOT_FAILURES_MAX,
@@ -313,6 +314,7 @@ class Supervisor:
         source.mark_ready()
         if source.role == "proxy":
             self.retire_old_proxies()  # its successor serves: the old one may drain
+            imported.dump("supervisor")
 
     def _failed(self, source: Worker, message: p.Failed) -> None:
         source.last_error = message.error
