@@ -597,7 +597,7 @@ def test_pull_through_the_daemon(real: Home, tiny_gguf: Path, hub: FakeHub,
     refused = daemon.post("/pull", json={"repo": "someone/Tiny-GGUF"},
                           headers={"Origin": "https://evil.example"})
     assert refused.status_code == 403
-    assert "cross-site request" in refused.json()["error"]["message"]
+    assert "takes no request from a browser page" in refused.json()["error"]["message"]
     assert not (real.models_dir / "tiny-f32").exists()
 
     bad = daemon.post("/pull", json={"repo": "not a repo"})

@@ -203,7 +203,7 @@ def test_a_client_body_with_a_non_hex_chunk_size_gets_400(fake_home: Home, make_
             data += chunk
     assert data.startswith(b"HTTP/1.1 400 "), data[:200]
     answer = json.loads(data.partition(b"\r\n\r\n")[2])
-    assert answer["error"]["code"] == "bad_request_body"
+    assert answer["error"]["code"] == "bad_request_body", answer
     assert "hex digits only" in answer["error"]["message"]
     assert not (fake_home.root / "seen.jsonl").exists()  # nothing reached llama-server
     assert daemon.get("/health").status_code == 200

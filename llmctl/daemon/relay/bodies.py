@@ -208,8 +208,10 @@ class _Reader:
                 f"the request body stopped arriving: no {BODY_PIECE // 1024} KiB within "
                 "daemon.body_timeout")) from None
         except (OSError, ValueError) as e:  # a reset, or broken chunked framing
-            raise BodyError(400, "bad_request", f"the request body could not be read ({e})"
-                            ) from None
+            raise BodyError(400, "bad_request_body", (
+                f"the request body could not be read ({e}); a chunked body needs chunk sizes "
+                "in hex digits only (optionally ;extensions), each line and each chunk's data "
+                "ending in CRLF")) from None
         finally:
             timer.close()
         if self.left is not None:
