@@ -53,7 +53,7 @@ def agent_daemon(real_home: Home, make_daemon, tmp_path: Path) -> Daemon:
     real_home.add_model(
         "tiny-agent", gguf,
         # random weights never stop by themselves, and an answer cut at max_tokens is an
-        # error to Claude Code: a bias on EOS (token 2) ends each answer in ~35 tokens
+        # error to Claude Code: a bias on EOS (token 2) ends each answer within ~15 tokens
         llama={"ctx_size": 32768, "extra_args": ["--jinja", "--chat-template-file",
                                                   str(template), "--logit-bias", "2+2"]})
     real_home.write_config(daemon={"default_model": "tiny-agent"})
@@ -112,9 +112,16 @@ def test_opencode_answers_through_llmctld(agent_daemon: Daemon, tmp_path: Path) 
         "$schema": "https://opencode.ai/config.json",
         "agent": {"build": {"prompt": "You reply briefly."}},
         "tools": {"*": False, "read": True}}))
-    r = run_launch(agent_daemon, tmp_path, "opencode", "--", "run", "Say hello.")
+    # --format json: the answer as opencode's own events. Its text is a few random bytes, often
+    # whitespace or not UTF-8, which the default format prints as nothing at all
+    r = run_launch(agent_daemon, tmp_path, "opencode", "--", "run", "--format", "json",
+                   "Say hello.")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.strip(), r.stderr[-3000:]
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert not [e for e in events if e["type"] == "error"], events
+    finished = [e["part"] for e in events if e["type"] == "step_finish"]
+    assert finished and finished[-1]["reason"] == "stop", events
+    assert finished[-1]["tokens"]["input"] > 0 and finished[-1]["tokens"]["output"] > 0, events
     seen = [e for e in requests_seen(agent_daemon) if e["route"] == "/v1/chat/completions"]
     assert seen and all(e["status"] == 200 for e in seen), seen
     assert {e["model"] for e in seen} == {"tiny-agent"}
