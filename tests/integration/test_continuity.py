@@ -239,6 +239,29 @@ def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_
     assert "kv cache kept: saved when it stops" in daemon.cli("inspect", "tiny-alpha").stdout
 
 
+def test_cache_clear_of_the_running_model_saves_it_at_its_next_stop(kv: Home, make_daemon
+                                                                     ) -> None:
+    """`llmctl cache clear M` while M runs: its save directory (llama-server's
+    --slot-save-path) comes back, and a saving given up on resumes: the next switch away
+    saves it. Before, the clear removed the directory and the record stayed "not kept"."""
+    daemon = make_daemon()
+    assert daemon.switch("tiny-alpha").status_code == 200
+    chat(daemon)
+    for other in ("zz " * 300, "yy " * 300):
+        assert daemon.switch("tiny-beta").status_code == 200
+        assert daemon.switch("tiny-alpha").status_code == 200
+        reused = chat(daemon, other)["cache_n"]
+        wait_for(lambda n=reused: daemon.backend()["kv"].get("reused_tokens") == n, 20,
+                 "the reuse noted", daemon.log)
+    assert not daemon.backend()["kv"]["kept"]
+    assert daemon.cli("cache", "clear", "tiny-alpha").returncode == 0
+    kv_record = daemon.backend()["kv"]
+    assert kv_record["kept"] and "kept_before" not in kv_record, kv_record
+    assert "not kept" not in daemon.cli("status").stdout
+    assert daemon.switch("tiny-beta").status_code == 200
+    assert saves(kv, "tiny-alpha"), daemon.log.read_text()[-3000:]
+
+
 def test_a_projector_model_is_not_saved_and_says_why(kv: Home, tiny_gguf: Path,
                                                      make_daemon) -> None:
     from tinymodel import write_tiny_llama

@@ -804,6 +804,9 @@ def test_idle_countdown_and_idle_unload_are_shown(real_home, make_daemon, pi_bin
 def test_rpc_dashboard_shows_activity_caches_memory_and_pin(daemon, pi):
     """What the web dashboard shows, in /llm: the pin, the last requests with tokens/s, each
     model's memory need and saved KV cache; and "Pull a model…" among the actions."""
+    # earlier tests of the module restored tiny-alpha's cache before prompts that reused none
+    # of it, so the daemon stopped saving it (as it should): start its record afresh
+    assert daemon.post("/cache/clear?model=tiny-alpha").status_code == 200
     switch(daemon, "tiny-alpha")
     prompt = " ".join(f"line {i} of a prompt worth keeping." for i in range(30))  # ~1k tokens
     r = daemon.post("/v1/chat/completions", json={"max_tokens": 4, "messages": [

@@ -61,7 +61,7 @@ class CacheCommand:
             backend.kv = {**backend.kv, "reused_tokens": message.reused}
             if reason:
                 log.warning("%s: %s", message.model, reason)
-                backend.kv.update(kept=False, reason=reason)
+                backend.kv.update(kept=False, reason=reason, kept_before=backend.kv.get("reason"))
             ctx.changed()
 
     def listing(self) -> dict[str, Any]:
@@ -101,6 +101,28 @@ class CacheCommand:
             self.ctx.refuse([rid], "bad_request", str(e))
             return
         log.info("cleared %d saved KV cache(s)%s", len(cleared), f" of {model}" if model else "")
+        self._rearm(model)
         self.ctx.reply(rid, True, cleared=[{"model": s.model, "fingerprint": s.fingerprint,
                                             "tokens": s.tokens, "bytes": s.bytes}
                                            for s in cleared])
+
+    def _rearm(self, model: str | None) -> None:
+        """The clear removed the running backend's save directory too (its --slot-save-path),
+        and with it what turned its saving off: it is saved at its next stop again."""
+        backend = self.ctx.backend
+        kv = backend.kv
+        if not backend.model or not kv or (model is not None and backend.model != model):
+            return
+        if "kept_before" in kv:
+            before = kv["kept_before"]
+            kv = {k: v for k, v in kv.items() if k != "kept_before"}
+            kv.update(kept=True, reason=before or "saved when it stops")
+            backend.kv = kv
+            self.ctx.changed()
+        if kv.get("kept"):
+            try:
+                self.ctx.kv.store.model_dir(backend.model, create=True)
+            except OSError as e:
+                log.warning("cannot create the KV cache directory of %s again: %s",
+                            backend.model, e.strerror)
+
