@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bench.loadgen import Conn, HTTPError, chat_body, median, summary_ms
+from bench.loadgen import ClientThreads, Conn, HTTPError, chat_body, median, summary_ms
 from bench.plan import ROUTER_MODEL, SEQ_TOKENS, Ctx
 from bench.stack import (
     DEFAULT_MODEL,
@@ -143,22 +142,19 @@ class Outcome:
     detail: str = ""
 
 
-class SteadyLoop:
+class SteadyLoop(ClientThreads):
     """A steady request loop against llmctld: `keepalive` threads on kept-alive connections
     and `fresh` threads opening one connection per request, 5 ms apart."""
 
     PAUSE = 0.005
 
     def __init__(self, port: int, keepalive: int = 2, fresh: int = 2):
+        super().__init__()
         self.port = port
         self.body = chat_body(SEQ_TOKENS, False)
         self.outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(True,), daemon=True)
-                        for _ in range(keepalive)]
-        self.threads += [threading.Thread(target=self._run, args=(False,), daemon=True)
-                         for _ in range(fresh)]
+        self.spawn(self._run, True, n=keepalive)
+        self.spawn(self._run, False, n=fresh)
 
     def _run(self, keepalive: bool) -> None:
         conn = Conn(self.port, timeout=30, retry_stale=False)
@@ -183,16 +179,6 @@ class SteadyLoop:
                 conn.close()
             self._stop.wait(self.PAUSE)
         conn.close()
-
-    def __enter__(self) -> SteadyLoop:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self.threads:
-            t.join(40)
 
 
 def _max_gap(ends: list[float], start: float, stop: float) -> tuple[float, float]:

@@ -293,3 +293,31 @@ def summary_ms(seconds: list[float]) -> dict[str, Any]:
 def median(values: list[float]) -> float:
     """The median; NaN for no data (prints as n/a)."""
     return statistics.median(values) if values else float("nan")
+
+
+class ClientThreads:
+    """Client threads that run from `with` until its end, then are told to stop and joined
+    (each within JOIN seconds). Subclasses add threads with `spawn()` and count under
+    `_lock`; their loops end when `_stop` is set."""
+
+    JOIN = 40.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def spawn(self, target: Any, *args: Any, n: int = 1) -> None:
+        self.threads += [threading.Thread(target=target, args=args, daemon=True)
+                         for _ in range(n)]
+
+    def __enter__(self) -> Any:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(self.JOIN)
+

@@ -33,7 +33,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -44,7 +43,7 @@ if __package__ in (None, ""):
 
 import psutil  # noqa: E402
 
-from bench.loadgen import Conn, chat_body  # noqa: E402
+from bench.loadgen import ClientThreads, Conn, chat_body  # noqa: E402
 from bench.stack import (  # noqa: E402
     DAEMON_MODULE,
     MODELS,
@@ -53,6 +52,8 @@ from bench.stack import (  # noqa: E402
     Ports,
     Reaper,
     daemon_pids,
+    get_status,
+    http_status,
     make_home,
     wait_for,
     write_models,
@@ -62,17 +63,6 @@ from bench.workloads import memory_of  # noqa: E402
 SAMPLE_EVERY = 30.0
 WARMUP_S = 120.0
 CONTROL = ("/status", "/models", "/v1/models", "/api/tags")
-
-
-def _get(port: int, path: str, timeout: float = 30) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    finally:
-        conn.close()
 
 
 def _post(port: int, path: str, timeout: float = 120) -> tuple[int, bytes]:
@@ -85,18 +75,19 @@ def _post(port: int, path: str, timeout: float = 120) -> tuple[int, bytes]:
         conn.close()
 
 
-class Traffic:
-    """The clients, in threads, until stop(); outcomes counted by kind."""
+class Traffic(ClientThreads):
+    """The clients, in threads, for the `with` block; outcomes counted by kind."""
+
+    JOIN = 90.0
 
     def __init__(self, port: int):
+        super().__init__()
         self.port = port
         self.counts: dict[str, int] = {}
         self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.threads = [threading.Thread(target=self._chat, daemon=True) for _ in range(2)]
-        self.threads += [threading.Thread(target=self._control, daemon=True),
-                         threading.Thread(target=self._scrape, daemon=True)]
+        self.spawn(self._chat, n=2)
+        self.spawn(self._control)
+        self.spawn(self._scrape)
 
     def count(self, kind: str, detail: str = "") -> None:
         with self._lock:
@@ -125,7 +116,7 @@ class Traffic:
             path = CONTROL[i % len(CONTROL)]
             i += 1
             try:
-                status = _get(self.port, path)
+                status = get_status(self.port, path, 30)
                 self.count("control_ok" if status == 200 else f"control_http_{status}",
                            "" if status == 200 else path)
             except (OSError, http.client.HTTPException) as e:
@@ -134,20 +125,10 @@ class Traffic:
     def _scrape(self) -> None:
         while not self._stop.wait(15.0):
             try:
-                status = _get(self.port, "/metrics")
+                status = get_status(self.port, "/metrics", 30)
                 self.count("scrape_ok" if status == 200 else f"scrape_http_{status}")
             except (OSError, http.client.HTTPException) as e:
                 self.count("scrape_failed", f"{type(e).__name__}: {e}")
-
-    def __enter__(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self.threads:
-            t.join(90)
 
 
 def slope_mb_per_hour(points: list[tuple[float, float]]) -> float | None:
@@ -204,7 +185,7 @@ def restart(daemon: BenchDaemon, kind: str) -> dict[str, Any]:
         os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: (p := daemon.workers().get(role)) not in (None, old) and p, 60,
                    f"a new {role} worker", daemon.log)
-    wait_for(lambda: _get(daemon.port, "/health", 5) == 200, 60, "/health again", daemon.log)
+    wait_for(lambda: http_status(daemon.port, "/health", 5) == 200, 60, "/health again", daemon.log)
     return {"kind": kind, "old_pid": old, "new_pid": new,
             "seconds": round(time.monotonic() - t0, 3)}
 

@@ -172,18 +172,24 @@ def make_home(root: Path, ggufs: dict[str, Path], backend_port: int, parallel: i
     return home
 
 
-def http_status(port: int, path: str = "/health", timeout: float = 0.5) -> int | None:
-    """One GET on a fresh connection: its status, or None when nothing answers."""
+def get_status(port: int, path: str, timeout: float) -> int:
+    """One GET on a fresh connection: its status (raises when nothing answers)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
         return resp.status
-    except (OSError, http.client.HTTPException):
-        return None
     finally:
         conn.close()
+
+
+def http_status(port: int, path: str = "/health", timeout: float = 0.5) -> int | None:
+    """One GET on a fresh connection: its status, or None when nothing answers."""
+    try:
+        return get_status(port, path, timeout)
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 def poll_ready(port: int, timeout: float, every: float = 0.005,

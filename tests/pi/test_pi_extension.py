@@ -527,18 +527,24 @@ def test_prompt_after_cli_switch_uses_new_metadata_without_polling(daemon, pi):
         assert daemon.backend()["model"] == "tiny-beta"
 
 
+def open_dashboard(rpc) -> dict:
+    """/llm, closed at once: the one dialog it opened (a select whose title is the status)."""
+    dialogs: list[dict] = []
+
+    def close(req: dict) -> dict | None:
+        dialogs.append(req)
+        return {"value": "Close"}
+
+    rpc.command("/llm", on_dialog=close)
+    [dash] = dialogs
+    return dash
+
+
 def test_rpc_dashboard_picker_stop_status_logs(daemon, pi):
     switch(daemon, "tiny-alpha")
     with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
         # Dashboard: a select whose title is the status block; close it.
-        dialogs: list[dict] = []
-
-        def close(req: dict) -> dict | None:
-            dialogs.append(req)
-            return {"value": "Close"}
-
-        rpc.command("/llm", on_dialog=close)
-        [dash] = dialogs
+        dash = open_dashboard(rpc)
         assert dash["method"] == "select"
         title = dash["title"]
         assert "Active:" in title and "tiny-alpha" in title and "ready" in title
@@ -819,14 +825,7 @@ def test_rpc_dashboard_shows_activity_caches_memory_and_pin(daemon, pi):
     saved = {c["model"]: c["tokens"] for c in daemon.get("/cache").json()["caches"]}
     assert saved.get("tiny-alpha", 0) > 500, saved
     with pi.rpc("--model", "llmctl/local", "--no-session") as rpc:
-        dialogs: list[dict] = []
-
-        def close(req: dict) -> dict | None:
-            dialogs.append(req)
-            return {"value": "Close"}
-
-        rpc.command("/llm", on_dialog=close)
-        [dash] = dialogs
+        dash = open_dashboard(rpc)
         title = dash["title"]
         assert re.search(r"Active:\s+tiny-beta \(Tiny Beta\) — ready, pinned, loaded in ", title), title
         recent = title.split("Recent:\n", 1)[1].split("Models:", 1)[0]
