@@ -213,11 +213,8 @@ def test_a_full_disk_budget_evicts_the_least_recently_used(
     assert "restored_tokens" not in daemon.backend()["kv"]
 
 
-def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_daemon
-                                                                  ) -> None:
-    """Verified from llama-server's cache_n: each switch back restores, and the first
-    request then shares no prefix with it (another conversation), twice."""
-    daemon = make_daemon()
+def restore_twice_for_nothing(daemon: Daemon) -> None:
+    """tiny-alpha saved, then restored twice before a prompt that shares no prefix with it."""
     assert daemon.switch("tiny-alpha").status_code == 200
     chat(daemon)
     for other in ("zz " * 300, "yy " * 300):
@@ -228,6 +225,14 @@ def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_
         assert reused < 64  # the chat template's first tokens at most (cache.min_tokens)
         wait_for(lambda n=reused: daemon.backend()["kv"].get("reused_tokens") == n, 20,
                  "the reuse noted", daemon.log)
+
+
+def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_daemon
+                                                                  ) -> None:
+    """Verified from llama-server's cache_n: each switch back restores, and the first
+    request then shares no prefix with it (another conversation), twice."""
+    daemon = make_daemon()
+    restore_twice_for_nothing(daemon)
     kv_record = daemon.backend()["kv"]
     assert not kv_record["kept"] and "last 2 restores reused nothing" in kv_record["reason"]
     assert "not kept: its last 2 restores reused nothing" in daemon.cli("status").stdout
@@ -242,17 +247,10 @@ def test_restores_that_reuse_nothing_stop_the_saving_and_say_why(kv: Home, make_
 def test_cache_clear_of_the_running_model_saves_it_at_its_next_stop(kv: Home, make_daemon
                                                                      ) -> None:
     """`llmctl cache clear M` while M runs: its save directory (llama-server's
-    --slot-save-path) comes back, and a saving given up on resumes: the next switch away
-    saves it. Before, the clear removed the directory and the record stayed "not kept"."""
+    --slot-save-path) stays, and a saving given up on resumes: the next switch away saves it.
+    Before, the clear removed the directory and the record stayed "not kept"."""
     daemon = make_daemon()
-    assert daemon.switch("tiny-alpha").status_code == 200
-    chat(daemon)
-    for other in ("zz " * 300, "yy " * 300):
-        assert daemon.switch("tiny-beta").status_code == 200
-        assert daemon.switch("tiny-alpha").status_code == 200
-        reused = chat(daemon, other)["cache_n"]
-        wait_for(lambda n=reused: daemon.backend()["kv"].get("reused_tokens") == n, 20,
-                 "the reuse noted", daemon.log)
+    restore_twice_for_nothing(daemon)
     assert not daemon.backend()["kv"]["kept"]
     assert daemon.cli("cache", "clear", "tiny-alpha").returncode == 0
     kv_record = daemon.backend()["kv"]

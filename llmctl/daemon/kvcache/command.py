@@ -107,22 +107,14 @@ class CacheCommand:
                                            for s in cleared])
 
     def _rearm(self, model: str | None) -> None:
-        """The clear removed the running backend's save directory too (its --slot-save-path),
-        and with it what turned its saving off: it is saved at its next stop again."""
+        """The clear also forgot what turned the running backend's saving off: it is saved
+        at its next stop again."""
         backend = self.ctx.backend
         kv = backend.kv
-        if not backend.model or not kv or (model is not None and backend.model != model):
+        if not backend.model or not kv or "kept_before" not in kv or \
+                (model is not None and backend.model != model):
             return
-        if "kept_before" in kv:
-            before = kv["kept_before"]
-            kv = {k: v for k, v in kv.items() if k != "kept_before"}
-            kv.update(kept=True, reason=before or "saved when it stops")
-            backend.kv = kv
-            self.ctx.changed()
-        if kv.get("kept"):
-            try:
-                self.ctx.kv.store.model_dir(backend.model, create=True)
-            except OSError as e:
-                log.warning("cannot create the KV cache directory of %s again: %s",
-                            backend.model, e.strerror)
-
+        before = kv["kept_before"]
+        backend.kv = {**{k: v for k, v in kv.items() if k != "kept_before"}, "kept": True,
+                      "reason": before or "saved when it stops"}
+        self.ctx.changed()

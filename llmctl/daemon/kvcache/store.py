@@ -225,8 +225,9 @@ class KvStore:
         cleared = self.entries(model) if model is None or (self.root / model).is_dir() else []
         dirs = [self.root / model] if model else (
             [p for p in self.root.iterdir() if p.is_dir()] if self.root.is_dir() else [])
-        for directory in dirs:
-            shutil.rmtree(directory, ignore_errors=True)
+        for directory in dirs:  # the directories stay: one may be a running --slot-save-path
+            for path in directory.iterdir():
+                path.unlink(missing_ok=True)
         return cleared
 
     def make_room(self, need: int, budget: int, keep: tuple[str, str]) -> bool:
